@@ -1,0 +1,149 @@
+"""Agent settings: built once from flags with environment fallbacks, validated, then frozen.
+
+Nothing else in the agent reads ``os.environ``; the CLI passes ``os.environ`` in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE_DIR = "/var/lib/model-locality"
+DEFAULT_PORT = 8470
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?|[kmgtp]i?)?[Bb]?\s*$")
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+_IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the CLI prints it and exits non-zero."""
+
+
+def parse_size(text: str) -> int:
+    """Parse ``123``, ``500G``, ``1.5Ti``, ``64MiB`` into bytes (SI and IEC suffixes)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"not a size: {text!r} (examples: 500Gi, 2T, 1048576)")
+    number, unit = match.groups()
+    unit = (unit or "").lower()
+    factor = _IUNITS.get(unit) or _UNITS.get(unit)
+    if factor is None:
+        raise ConfigError(f"unknown size unit in {text!r}")
+    return int(float(number) * factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the agent is configured with."""
+
+    cache_dir: Path = Path(DEFAULT_CACHE_DIR)
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    node_name: str | None = None
+    kubeconfig: str | None = None
+    quota_bytes: int | None = None  # None: the filesystem size of cache_dir
+    high_watermark: float = 0.90
+    low_watermark: float = 0.80
+    concurrency: int = 8
+    chunk_bytes: int = 32 * 2**20
+    max_parallel_models: int = 2
+    agent_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    grace_seconds: float = 25.0
+
+    def validate(self) -> Settings:
+        if not 0 < self.low_watermark < self.high_watermark <= 1:
+            raise ConfigError("watermarks need 0 < low < high <= 1")
+        if self.quota_bytes is not None and self.quota_bytes <= 0:
+            raise ConfigError("quota must be positive")
+        if not 1 <= self.concurrency <= 256:
+            raise ConfigError("concurrency must be between 1 and 256")
+        if not 2**20 <= self.chunk_bytes <= 2**30:
+            raise ConfigError("chunk size must be between 1 MiB and 1 GiB")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"invalid port {self.port}")
+        return self
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every verb takes."""
+    parser.add_argument(
+        "--cache-dir", help=f"cache root (env MODEL_LOCALITY_CACHE_DIR, default {DEFAULT_CACHE_DIR})"
+    )
+    parser.add_argument(
+        "--quota", help="byte quota, e.g. 500Gi (env MODEL_LOCALITY_QUOTA; default: the disk size)"
+    )
+    parser.add_argument(
+        "--high-watermark", type=float, help="evict above this share of the quota (default 0.90)"
+    )
+    parser.add_argument("--low-watermark", type=float, help="evict down to this share (default 0.80)")
+    parser.add_argument("--concurrency", type=int, help="parallel ranged GETs per model (default 8)")
+    parser.add_argument("--chunk-size", help="bytes per ranged GET, e.g. 32Mi (default 32Mi)")
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``serve``."""
+    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_HOST, default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_PORT, default {DEFAULT_PORT})"
+    )
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--node-name", help="this node's name (env NODE_NAME, from the downward API)")
+    parser.add_argument("--kubeconfig", help="kubeconfig path (env KUBECONFIG; default: in-cluster)")
+    parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 25)")
+
+
+def add_client_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of verbs that talk to a running agent (``wait``)."""
+    parser.add_argument("--agent-url", help="agent REST base URL (env MODEL_LOCALITY_AGENT_URL)")
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
+    from agent.httpkit import read_token_file
+
+    def pick(flag: str, env: str) -> str | None:
+        value = getattr(args, flag, None)
+        return str(value) if value is not None else environ.get(env) or None
+
+    defaults = Settings()
+    quota = pick("quota", "MODEL_LOCALITY_QUOTA")
+    chunk = pick("chunk_size", "MODEL_LOCALITY_CHUNK_SIZE")
+    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
+    try:
+        token = read_token_file(token_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        settings = Settings(
+            cache_dir=Path(pick("cache_dir", "MODEL_LOCALITY_CACHE_DIR") or DEFAULT_CACHE_DIR),
+            host=pick("host", "MODEL_LOCALITY_HOST") or defaults.host,
+            port=int(pick("port", "MODEL_LOCALITY_PORT") or defaults.port),
+            token=token,
+            node_name=pick("node_name", "NODE_NAME"),
+            kubeconfig=pick("kubeconfig", "KUBECONFIG"),
+            quota_bytes=parse_size(quota) if quota else None,
+            high_watermark=float(
+                pick("high_watermark", "MODEL_LOCALITY_HIGH_WATERMARK") or defaults.high_watermark
+            ),
+            low_watermark=float(
+                pick("low_watermark", "MODEL_LOCALITY_LOW_WATERMARK") or defaults.low_watermark
+            ),
+            concurrency=int(pick("concurrency", "MODEL_LOCALITY_CONCURRENCY") or defaults.concurrency),
+            chunk_bytes=parse_size(chunk) if chunk else defaults.chunk_bytes,
+            agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or defaults.agent_url).rstrip("/"),
+            grace_seconds=float(
+                pick("grace_seconds", "MODEL_LOCALITY_GRACE_SECONDS") or defaults.grace_seconds
+            ),
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+    return settings.validate()

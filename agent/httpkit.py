@@ -1,0 +1,168 @@
+"""Shared aiohttp plumbing for our services: JSON errors, bearer auth, body parsing, metrics.
+
+Both the agent and the extender build their apps from these pieces so that every error body is
+``{"error": "..."}`` and no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ApiError(Exception):
+    """A domain error that maps to an HTTP status and a JSON ``{"error": message}`` body."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class NotFoundError(ApiError):
+    status = 404
+
+
+class ConflictError(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn domain and HTTP errors into JSON; log and answer 500 JSON for anything unexpected."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        return json_error(exc.status, reason or "error", headers=_allow_header(exc))
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error; see the server log")
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+def bearer_auth_middleware(token: str | None, protected_methods: Collection[str]) -> Any:
+    """Require ``Authorization: Bearer <token>`` on the given methods (constant-time compare).
+
+    With ``token=None`` auth is disabled (standalone development only; the CLI warns).
+    """
+    expected = token.encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.method in protected_methods:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+                return json_error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return middleware
+
+
+def read_token_file(path: str | Path | None) -> str | None:
+    """Read a bearer token from a file (a mounted Secret); ``None`` when no file is configured."""
+    if not path:
+        return None
+    token = Path(path).read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+async def read_json_object(
+    request: web.Request,
+    *,
+    required: Collection[str] = (),
+    optional: Collection[str] = (),
+    max_bytes: int = 1 << 20,
+) -> dict[str, Any]:
+    """Parse a JSON object body; 400 on bad JSON, a non-object, unknown or missing fields."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    allowed = set(required) | set(optional)
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    missing = sorted(set(required) - set(body))
+    if missing:
+        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+    return body
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    """A handler that renders ``registry`` in the Prometheus text format."""
+
+    async def handle(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        resp = web.Response(body=body)
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        resp.charset = "utf-8"
+        return resp
+
+    return handle
+
+
+class QuietProbeAccessLogger(AbstractAccessLogger):
+    """Access log that skips the probe and metrics endpoints (they are polled every few seconds)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in PROBE_PATHS:
+            return
+        self.logger.info(
+            "%s %s %s %d %.1fms",
+            request.remote,
+            request.method,
+            request.path_qs,
+            response.status,
+            time * 1000,
+        )

@@ -1,0 +1,189 @@
+"""Model identity: URI normalisation, model id, slug, label key and safe relative paths.
+
+This is the single place that turns a user's model URI into the names every component agrees on
+(DESIGN.md section 2, a contract). It is pure: no I/O, no clock, no settings.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+import xxhash
+
+DOMAIN = "model-locality.io"
+MODELS_ANNOTATION = f"{DOMAIN}/models"
+LOCALITY_ANNOTATION = f"{DOMAIN}/locality"
+LABEL_PREFIX = f"{DOMAIN}/"
+READY = "ready"
+
+MAX_URI_LENGTH = 2048
+MAX_PATH_LENGTH = 1024  # S3 keys are at most 1024 bytes
+MAX_SEGMENT_BYTES = 255  # NAME_MAX on every Linux filesystem we care about
+SLUG_MAX = 40
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_SLUG_DROP = re.compile(r"[^a-z0-9]+")
+_SCHEMES = ("s3", "http", "https")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class InvalidURI(ValueError):
+    """A model URI that cannot be normalised; the message says why."""
+
+
+class UnsafePath(ValueError):
+    """An object key that would not stay inside its model directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A normalised model URI and the names derived from it."""
+
+    uri: str
+    scheme: str
+    authority: str  # S3 bucket, or HTTP host[:port]
+    path: str  # S3 prefix/key without leading "/", or the HTTP path with query
+    id: str
+    slug: str
+    label_key: str
+
+
+def model_ref(uri: str) -> ModelRef:
+    """Normalise ``uri`` and derive id, slug and label key; raise ``InvalidURI`` when it cannot be."""
+    normalized, scheme, authority, path = normalize_uri(uri)
+    model_id = model_id_of(normalized)
+    last = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or authority
+    slug = slugify(last)
+    return ModelRef(
+        uri=normalized,
+        scheme=scheme,
+        authority=authority,
+        path=path,
+        id=model_id,
+        slug=slug,
+        label_key=f"{LABEL_PREFIX}{slug}.{model_id[:8]}",
+    )
+
+
+def model_id_of(normalized_uri: str) -> str:
+    """The model id: 16 lower-case hex digits of xxh3_64 over the normalised URI."""
+    return xxhash.xxh3_64(normalized_uri.encode("utf-8")).hexdigest()
+
+
+def slugify(segment: str) -> str:
+    """Reduce a path segment to ``[a-z0-9-]``, at most 40 chars, no edge ``-``; ``model`` if empty."""
+    folded = unicodedata.normalize("NFKD", segment).encode("ascii", "ignore").decode("ascii")
+    slug = _SLUG_DROP.sub("-", folded.lower())[:SLUG_MAX].strip("-")
+    return slug or "model"
+
+
+def is_model_label(key: str) -> bool:
+    """True for a Node label key that this project owns (``model-locality.io/<slug>.<id8>``)."""
+    return key.startswith(LABEL_PREFIX) and key != MODELS_ANNOTATION
+
+
+def normalize_uri(uri: str) -> tuple[str, str, str, str]:
+    """Return ``(normalized, scheme, authority, path)`` or raise ``InvalidURI``."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise InvalidURI("model URI must be a non-empty string")
+    if len(uri) > MAX_URI_LENGTH:
+        raise InvalidURI(f"model URI is longer than {MAX_URI_LENGTH} characters")
+    _reject_control(uri, "model URI")
+    if "\\" in uri:
+        raise InvalidURI("model URI must not contain a backslash")
+    try:
+        parts = urlsplit(uri.strip())
+    except ValueError as exc:
+        raise InvalidURI(f"model URI cannot be parsed: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise InvalidURI(f"unsupported scheme {parts.scheme!r}: use s3://, http:// or https://")
+    if parts.fragment:
+        raise InvalidURI("model URI must not carry a #fragment")
+    if scheme == "s3":
+        return _normalize_s3(parts.netloc, parts.path, parts.query)
+    return _normalize_http(scheme, parts)
+
+
+def _normalize_s3(netloc: str, path: str, query: str) -> tuple[str, str, str, str]:
+    bucket = netloc.lower()
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise InvalidURI(f"invalid S3 bucket name {netloc!r}")
+    if query:
+        raise InvalidURI("s3:// URIs take no query string")
+    key = _normalize_path(path)
+    normalized = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    return normalized, "s3", bucket, key
+
+
+def _normalize_http(scheme: str, parts: SplitResult) -> tuple[str, str, str, str]:
+    if parts.username is not None or parts.password is not None:
+        raise InvalidURI("credentials in the URI are not allowed; use a bearer token or presigned URL")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise InvalidURI("http(s) URI needs a host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidURI(f"invalid port in URI: {exc}") from exc
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    key = _normalize_path(parts.path)
+    if not key:
+        raise InvalidURI("http(s) URI must name a file, not the server root")
+    normalized = urlunsplit((scheme, netloc, "/" + key, parts.query, ""))
+    path = f"{key}?{parts.query}" if parts.query else key
+    return normalized, scheme, netloc, path
+
+
+def _normalize_path(path: str) -> str:
+    """Collapse ``//``, drop the leading and trailing ``/``, refuse ``.`` and ``..`` segments."""
+    segments = [s for s in path.split("/") if s]
+    for segment in segments:
+        if segment in (".", ".."):
+            raise InvalidURI("model URI must not contain '.' or '..' path segments")
+    key = "/".join(segments)
+    if len(key.encode("utf-8")) > MAX_PATH_LENGTH:
+        raise InvalidURI(f"model URI path is longer than {MAX_PATH_LENGTH} bytes")
+    return key
+
+
+def _reject_control(text: str, what: str) -> None:
+    for char in text:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            raise InvalidURI(f"{what} contains a control character (code {ord(char)})")
+
+
+def safe_relpath(key: str) -> str:
+    """Check a relative path inside a model (an object key below the prefix) and return it.
+
+    Refused: empty, absolute, ``.``/``..`` or empty segments, NUL or other control characters,
+    backslashes, segments over 255 bytes, and paths over 1024 bytes. A path that passes can be
+    joined to the model directory and stays inside it (no segment can climb out).
+    """
+    if not key:
+        raise UnsafePath("empty object path")
+    if "\x00" in key:
+        raise UnsafePath(f"object path {key!r} contains a NUL byte")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise UnsafePath(f"object path {key!r} contains a control character")
+    if "\\" in key:
+        raise UnsafePath(f"object path {key!r} contains a backslash")
+    if key.startswith("/"):
+        raise UnsafePath(f"object path {key!r} is absolute")
+    segments = key.split("/")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise UnsafePath(f"object path {key!r} has an empty, '.' or '..' segment")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise UnsafePath(f"object path {key!r} has a segment over {MAX_SEGMENT_BYTES} bytes")
+    if len(key.encode("utf-8")) > MAX_PATH_LENGTH:
+        raise UnsafePath(f"object path {key!r} is longer than {MAX_PATH_LENGTH} bytes")
+    if posixpath.normpath(key) != key:
+        raise UnsafePath(f"object path {key!r} is not in normal form")
+    return key

@@ -1,0 +1,1 @@
+"""model-locality scheduler extender: scores nodes by the model weights they already hold."""

@@ -1,0 +1,1 @@
+"""model-locality reference serving: embeddings from weights in the node cache."""
