@@ -1,0 +1,116 @@
+"""In-memory node index: node states, model holders and the cluster-wide size index.
+
+Built for the scheduler's hot path: a Node event updates the index once, and a request then
+scores each offered name with a few set lookups. Names the index has not seen hold nothing.
+The index does no I/O; the node cache (``nodecache.py``) feeds it from a Kubernetes watch and
+full-Nodes requests build a throwaway one from the request body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from scheduler_extender.nodes import NodeState
+from scheduler_extender.scoring import PodModels, filter_reason, locality_score, model_weights
+
+
+class NodeIndex:
+    """Node states by name, ready holders by label key, and model sizes (max over nodes)."""
+
+    def __init__(self, states: Iterable[NodeState] = ()) -> None:
+        self._states: dict[str, NodeState] = {}
+        self._holders: dict[str, set[str]] = {}
+        self._sizes_by_node: dict[str, dict[str, int]] = {}  # model id -> node -> bytes
+        self.sizes: dict[str, int] = {}  # model id -> max bytes reported by any node
+        for state in states:
+            self.upsert(state)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __iter__(self) -> Iterator[NodeState]:
+        return iter(list(self._states.values()))
+
+    def get(self, name: str) -> NodeState | None:
+        return self._states.get(name)
+
+    def holders(self, label_key: str) -> frozenset[str]:
+        """Names of nodes where the model with this label key is ready."""
+        return frozenset(self._holders.get(label_key, ()))
+
+    def upsert(self, state: NodeState) -> None:
+        """Add or replace a node's state."""
+        self.remove(state.name)
+        self._states[state.name] = state
+        for label in state.ready_labels:
+            self._holders.setdefault(label, set()).add(state.name)
+        for mid, size in state.sizes().items():
+            per_node = self._sizes_by_node.setdefault(mid, {})
+            per_node[state.name] = size
+            self.sizes[mid] = max(self.sizes.get(mid, 0), size)
+
+    def remove(self, name: str) -> None:
+        """Forget a node (deleted from the cluster)."""
+        old = self._states.pop(name, None)
+        if old is None:
+            return
+        for label in old.ready_labels:
+            holders = self._holders.get(label)
+            if holders is not None:
+                holders.discard(name)
+                if not holders:
+                    del self._holders[label]
+        for mid in old.sizes():
+            per_node = self._sizes_by_node.get(mid, {})
+            per_node.pop(name, None)
+            if per_node:
+                self.sizes[mid] = max(per_node.values())
+            else:
+                self._sizes_by_node.pop(mid, None)
+                self.sizes.pop(mid, None)
+
+    def replace_all(self, states: Iterable[NodeState]) -> None:
+        """Swap in a complete listing (after a re-list); nodes not in it are removed."""
+        fresh = {s.name: s for s in states}
+        for name in list(self._states):
+            if name not in fresh:
+                self.remove(name)
+        for state in fresh.values():
+            if self._states.get(state.name) != state:
+                self.upsert(state)
+
+    def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
+        """Scores for ``names`` in the order given (``scoring.locality_score`` per node)."""
+        if not pod.refs:
+            return [0] * len(names)
+        weights = model_weights(pod.refs, self.sizes)
+        holder_sets = [self._holders.get(r.label_key, set()) for r in pod.refs]
+        memo: dict[tuple[bool, ...], int] = {}
+        out = []
+        for name in names:
+            flags = tuple(name in h for h in holder_sets)
+            score = memo.get(flags)
+            if score is None:
+                score = memo[flags] = locality_score(weights, flags)
+            out.append(score)
+        return out
+
+    def filter(self, pod: PodModels, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Split ``names`` into passing names (order kept) and ``{failed name: reason}``."""
+        if not pod.required:
+            return list(names), {}
+        holder_sets = [self._holders.get(r.label_key, set()) for r in pod.refs]
+        memo: dict[tuple[bool, ...], str | None] = {}
+        passed: list[str] = []
+        failed: dict[str, str] = {}
+        for name in names:
+            flags = tuple(name in h for h in holder_sets)
+            if flags not in memo:
+                ready = {r.label_key for r, f in zip(pod.refs, flags, strict=True) if f}
+                memo[flags] = filter_reason(pod, ready)
+            reason = memo[flags]
+            if reason is None:
+                passed.append(name)
+            else:
+                failed[name] = reason
+        return passed, failed

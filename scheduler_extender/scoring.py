@@ -1,0 +1,126 @@
+"""Locality scoring and filtering: pure functions from a pod's model request and node state.
+
+A pod asks for models with the annotations (DESIGN.md section 4, contract)
+``model-locality.io/models`` (comma-separated URIs) and ``model-locality.io/locality``
+(``preferred``, the default, or ``required``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
+
+log = logging.getLogger(__name__)
+
+MAX_SCORE = 10  # MaxExtenderPriority
+MAX_MODELS_PER_POD = 64  # more is surely garbage; the rest is ignored (and reported)
+
+
+@dataclass(frozen=True, slots=True)
+class PodModels:
+    """The models a pod asked for, normalised, plus what could not be understood."""
+
+    refs: tuple[ModelRef, ...] = ()
+    required: bool = False
+    invalid: tuple[str, ...] = ()  # one message per URI that failed normalisation
+    problem: str | None = None  # first thing worth a log line
+
+
+NO_MODELS = PodModels()
+
+
+def pod_models(annotations: Mapping[str, object] | None) -> PodModels:
+    """Read a pod's annotations (any junk allowed) into ``PodModels``."""
+    if not annotations:
+        return NO_MODELS
+    models = annotations.get(MODELS_ANNOTATION)
+    locality = annotations.get(LOCALITY_ANNOTATION)
+    if models is None:
+        return NO_MODELS
+    if not isinstance(models, str):
+        return PodModels(problem=f"{MODELS_ANNOTATION} is not a string")
+    return _parse(models, locality if isinstance(locality, str) else None)
+
+
+@lru_cache(maxsize=4096)
+def _parse(models: str, locality: str | None) -> PodModels:
+    """Cached: replicas of one Deployment send the same annotation strings over and over."""
+    mode = (locality or "preferred").strip().lower()
+    problem = None
+    if mode not in ("preferred", "required"):
+        problem = f"{LOCALITY_ANNOTATION}={locality!r} is neither preferred nor required; using preferred"
+    refs: dict[str, ModelRef] = {}
+    invalid: list[str] = []
+    items = [u.strip() for u in models.split(",") if u.strip()]
+    for uri in items[:MAX_MODELS_PER_POD]:
+        try:
+            ref = model_ref(uri)
+        except InvalidURI as exc:
+            invalid.append(f"invalid model URI {uri[:200]!r}: {exc}")
+            continue
+        refs.setdefault(ref.id, ref)
+    if len(items) > MAX_MODELS_PER_POD:
+        invalid.append(f"more than {MAX_MODELS_PER_POD} models requested; the rest are ignored")
+    if invalid and problem is None:
+        problem = invalid[0]
+    return PodModels(tuple(refs.values()), mode == "required", tuple(invalid), problem)
+
+
+def model_weights(refs: Sequence[ModelRef], sizes: Mapping[str, int]) -> tuple[int, ...]:
+    """Each model's weight in bytes: its known size, else the mean of the known ones, else 1.
+
+    ``sizes`` maps model id -> total bytes as reported by any node (the cluster-wide size index).
+    A model no node has reported yet weighs the integer mean of the pod's known model sizes;
+    when none is known every model weighs 1, i.e. models count equally.
+    """
+    known = [sizes[r.id] for r in refs if sizes.get(r.id, 0) > 0]
+    fallback = max(1, sum(known) // len(known)) if known else 1
+    return tuple(sizes[r.id] if sizes.get(r.id, 0) > 0 else fallback for r in refs)
+
+
+def locality_score(weights: Sequence[int], ready: Sequence[bool]) -> int:
+    """score = floor(10 * sum(weight_m for ready m) / sum(weight_m)), an integer in 0..10.
+
+    Only 10 means every requested byte is ready, so a complete node always outranks a partial one,
+    and a node holding more of the requested bytes never scores lower than one holding fewer.
+    """
+    total = sum(weights)
+    if total <= 0:
+        return 0
+    have = sum(w for w, r in zip(weights, ready, strict=True) if r)
+    return (MAX_SCORE * have) // total
+
+
+def score_node(pod: PodModels, ready_labels: Collection[str], sizes: Mapping[str, int]) -> int:
+    """The score of one node for ``pod``: share of the pod's model bytes ready there (0..10)."""
+    if not pod.refs:
+        return 0
+    weights = model_weights(pod.refs, sizes)
+    return locality_score(weights, [r.label_key in ready_labels for r in pod.refs])
+
+
+def missing_models(pod: PodModels, ready_labels: Collection[str]) -> tuple[ModelRef, ...]:
+    """The pod's models that are not ready on a node with these ready labels."""
+    return tuple(r for r in pod.refs if r.label_key not in ready_labels)
+
+
+def filter_reason(pod: PodModels, ready_labels: Collection[str]) -> str | None:
+    """Why a node fails a ``required`` pod, or ``None`` when it passes.
+
+    ``preferred`` pods pass everywhere. A ``required`` pod whose annotation holds a URI that
+    cannot be normalised fails everywhere: it asked for a model no node can ever hold.
+    """
+    if not pod.required:
+        return None
+    if pod.invalid:
+        return f"model-locality: {pod.invalid[0]}"
+    missing = missing_models(pod, ready_labels)
+    if not missing:
+        return None
+    names = ", ".join(f"{r.uri} ({r.label_key})" for r in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return f"model-locality: required model not ready on this node: {names}{more}"

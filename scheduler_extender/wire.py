@@ -1,0 +1,113 @@
+"""kube-scheduler extender v1 wire format: parse ``ExtenderArgs``, build filter/prioritize replies.
+
+Exact shapes (extender-wire.md section 1): PascalCase keys; prioritize answers a bare array of
+``{"Host", "Score"}`` with integer scores in the order of the hosts given; filter answers
+``{"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}`` where, with
+``nodeCacheCapable: true``, ``NodeNames`` is never null (null would drop every node). Top-level
+keys are matched case-insensitively, as Go's decoder does; anything else malformed is a
+``BadRequest`` (HTTP 400), never a 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.httpkit import BadRequest
+from scheduler_extender.scoring import PodModels, pod_models
+
+
+@dataclass(frozen=True, slots=True)
+class ExtenderArgs:
+    """One filter/prioritize request: the pod's models and the candidate nodes."""
+
+    pod: PodModels
+    pod_key: str  # "namespace/name" for log lines
+    names: list[str]  # candidate names, in the order given
+    items: list[dict[str, Any]] | None  # full Node objects (nodeCacheCapable: false), else None
+
+    @property
+    def node_cache_capable(self) -> bool:
+        return self.items is None
+
+
+def parse_args(raw: bytes) -> ExtenderArgs:
+    """Decode an ``ExtenderArgs`` body; raise ``BadRequest`` with a clear message when malformed."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object (ExtenderArgs)")
+    keys = {k.lower(): k for k in body if isinstance(k, str)}
+    pod = body.get(keys.get("pod", "Pod"))
+    nodes = body.get(keys.get("nodes", "Nodes"))
+    names = body.get(keys.get("nodenames", "NodeNames"))
+    if not isinstance(pod, dict):
+        raise BadRequest("ExtenderArgs.Pod must be a Pod object")
+    meta = _optional_object(pod.get("metadata"), "Pod.metadata")
+    annotations = _optional_object(meta.get("annotations"), "Pod.metadata.annotations")
+    pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    if (nodes is None) == (names is None):
+        raise BadRequest("ExtenderArgs needs exactly one of Nodes and NodeNames")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest("ExtenderArgs.NodeNames must be a list of strings")
+        return ExtenderArgs(pod_models(annotations), pod_key, names, None)
+    items = _node_items(nodes)
+    return ExtenderArgs(pod_models(annotations), pod_key, [_item_name(i) for i in items], items)
+
+
+def _optional_object(value: object, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object")
+    return value
+
+
+def _node_items(nodes: object) -> list[dict[str, Any]]:
+    if not isinstance(nodes, dict):
+        raise BadRequest("ExtenderArgs.Nodes must be a NodeList object")
+    items = nodes.get("items")
+    if items is None:
+        return []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise BadRequest("ExtenderArgs.Nodes.items must be a list of Node objects")
+    return items
+
+
+def _item_name(item: Mapping[str, Any]) -> str:
+    meta = item.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        raise BadRequest("every node in ExtenderArgs.Nodes.items needs metadata.name")
+    return name
+
+
+def prioritize_reply(names: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:
+    """``HostPriorityList``: a bare array, one entry per host given, in the same order."""
+    return [{"Host": n, "Score": s} for n, s in zip(names, scores, strict=True)]
+
+
+def filter_reply(args: ExtenderArgs, passed: Sequence[str], failed: Mapping[str, str]) -> dict[str, Any]:
+    """``ExtenderFilterResult`` in the mode of the request; every dropped node has a reason."""
+    if args.items is None:
+        nodes: dict[str, Any] | None = None
+        node_names: list[str] | None = list(passed)
+    else:
+        keep = set(passed)
+        nodes = {
+            "metadata": {},
+            "items": [i for i, n in zip(args.items, args.names, strict=True) if n in keep],
+        }
+        node_names = None
+    return {
+        "Nodes": nodes,
+        "NodeNames": node_names,
+        "FailedNodes": dict(failed),
+        "FailedAndUnresolvableNodes": {},
+        "Error": "",
+    }
