@@ -1,0 +1,120 @@
+"""``model-serve``: parse settings, find the model directory, serve until SIGTERM or a failed start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+
+from agent.httpkit import QuietProbeAccessLogger
+from serving.app import Deps, create_app, drain
+from serving.config import ConfigError, Settings, add_arguments, settings_from_args
+from serving.startup import Embedder, StartupError
+
+log = logging.getLogger("serving")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-serve",
+        description="Reference embeddings server: loads a model from the node cache, serves /v1/embeddings.",
+    )
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = settings_from_args(args, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        print(f"model-serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(settings, default_deps(settings)))
+    except KeyboardInterrupt:
+        return 130
+
+
+def default_deps(settings: Settings) -> Deps:
+    """The production edges: a fixed directory or the local agent; the torch loader."""
+
+    async def resolve() -> Path:
+        if settings.model_dir is not None:
+            return settings.model_dir
+        return await wait_for_agent(settings)
+
+    def load(model_dir: Path) -> Embedder:
+        from serving import model  # torch is imported here, on the inference thread, once
+
+        return model.load(model_dir, device=settings.device, threads=settings.threads)
+
+    return Deps(resolve=resolve, load=load)
+
+
+async def wait_for_agent(settings: Settings) -> Path:
+    """Ask the node agent to fetch ``model_uri`` and wait until it is committed; return its path."""
+    assert settings.model_uri is not None
+    try:
+        client = importlib.import_module("agent.client")
+    except ImportError as exc:
+        raise StartupError("--model-uri needs agent.client, which this build lacks; use --model-dir") from exc
+    try:
+        path = await client.wait_ready(
+            settings.agent_url, settings.model_uri, token=settings.token, timeout=settings.wait_timeout
+        )
+    except client.AgentError as exc:
+        raise StartupError(f"waiting for {settings.model_uri} via {settings.agent_url}: {exc}") from exc
+    return Path(path)
+
+
+async def serve(settings: Settings, deps: Deps) -> int:
+    """Listen at once (probes answer while loading); exit 1 on a failed start, 0 after a drain."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[str | None] = loop.create_future()  # a failure message, or None on a signal
+
+    def finish(message: str | None) -> None:
+        if not outcome.done():
+            outcome.set_result(message)
+
+    app = create_app(settings, replace(deps, on_fatal=finish))
+    runner = web.AppRunner(app, access_log_class=QuietProbeAccessLogger, handle_signals=False)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            print(
+                f"model-serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, finish, None)
+        log.info("listening on %s:%d", settings.host, settings.port)
+        failure = await outcome
+        if failure is not None:
+            print(f"model-serve: {failure}", file=sys.stderr)
+            return 1
+        log.info("stop signal: draining for up to %.0fs", settings.grace_seconds)
+        await drain(app, settings.grace_seconds)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()

@@ -1,0 +1,152 @@
+"""Serving settings: built once from flags with environment fallbacks, validated, then frozen.
+
+Nothing else in ``serving`` reads ``os.environ``; the CLI passes ``os.environ`` in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import ConfigError
+from agent.httpkit import read_token_file
+
+DEFAULT_PORT = 8000
+DEFAULT_AGENT_URL = "http://127.0.0.1:8470"
+DEVICES = ("auto", "cpu", "cuda")
+
+__all__ = ["ConfigError", "Settings", "add_arguments", "settings_from_args"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the serving process is configured with."""
+
+    model_dir: Path | None = None
+    model_uri: str | None = None
+    model_name: str = "model"  # the name answered in ``model``; requests naming another get 404
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    device: str = "auto"  # auto: CUDA when torch sees one, else CPU
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    max_batch: int = 32  # inputs per forward pass
+    max_wait: float = 0.005  # seconds the first queued input waits for company
+    max_queue: int = 1024  # inputs waiting; beyond this a request gets 429
+    max_inputs: int = 256  # inputs in one request
+    max_chars: int = 20_000  # characters in one input (tokens past the model's limit are truncated)
+    max_body_bytes: int = 8 * 2**20
+    verify: bool = True  # re-hash a node-cache model against the agent's record before loading
+    agent_url: str = DEFAULT_AGENT_URL
+    token: str | None = None
+    wait_timeout: float = 1800.0
+    grace_seconds: float = 25.0
+
+    def validate(self) -> Settings:
+        if (self.model_dir is None) == (self.model_uri is None):
+            raise ConfigError("give exactly one of --model-dir and --model-uri")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ConfigError("--threads must be between 1 and 1024")
+        if not 1 <= self.max_batch <= 4096:
+            raise ConfigError("--max-batch must be between 1 and 4096")
+        if not 0 <= self.max_wait <= 10:
+            raise ConfigError("--max-wait-ms must be between 0 and 10000")
+        if not 1 <= self.max_inputs <= self.max_queue:
+            raise ConfigError("--max-inputs must be at least 1 and at most --max-queue")
+        if self.max_chars < 1 or self.max_body_bytes < 1024:
+            raise ConfigError("--max-chars must be positive and the body limit at least 1 KiB")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"invalid port {self.port}")
+        if self.wait_timeout <= 0 or self.grace_seconds < 0:
+            raise ConfigError("--wait-timeout must be positive and --grace-seconds not negative")
+        return self
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag of ``model-serve``; defaults are applied in ``settings_from_args``."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model-dir", help="model directory, e.g. the node cache path (env MODEL_SERVE_MODEL_DIR)"
+    )
+    src.add_argument("--model-uri", help="model URI; the local agent fetches it (env MODEL_SERVE_MODEL_URI)")
+    parser.add_argument(
+        "--model-name", help="name answered as `model` (default: last segment of the URI/dir)"
+    )
+    parser.add_argument("--host", help="listen address (env MODEL_SERVE_HOST, default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, help=f"listen port (env MODEL_SERVE_PORT, default {DEFAULT_PORT})"
+    )
+    parser.add_argument("--device", help="auto | cpu | cuda (env MODEL_SERVE_DEVICE, default auto)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (env MODEL_SERVE_THREADS)")
+    parser.add_argument("--max-batch", type=int, help="inputs per forward pass (default 32)")
+    parser.add_argument("--max-wait-ms", type=float, help="wait for a fuller batch, ms (default 5)")
+    parser.add_argument("--max-queue", type=int, help="queued inputs before 429 (default 1024)")
+    parser.add_argument("--max-inputs", type=int, help="inputs per request (default 256)")
+    parser.add_argument("--max-chars", type=int, help="characters per input (default 20000)")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip re-hashing a node-cache model before loading"
+    )
+    parser.add_argument(
+        "--agent-url", help=f"agent REST URL (env MODEL_LOCALITY_AGENT_URL, {DEFAULT_AGENT_URL})"
+    )
+    parser.add_argument("--token-file", help="agent bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--wait-timeout", type=float, help="seconds to wait for the cache (default 1800)")
+    parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain period (default 25)")
+
+
+def _default_name(model_dir: str | None, model_uri: str | None) -> str:
+    source = (model_uri or model_dir or "model").rstrip("/")
+    return source.rsplit("/", 1)[-1] or "model"
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
+
+    def pick(flag: str, env: str) -> str | None:
+        value = getattr(args, flag, None)
+        return str(value) if value is not None else environ.get(env) or None
+
+    d = Settings()
+    model_dir = pick("model_dir", "MODEL_SERVE_MODEL_DIR")
+    model_uri = pick("model_uri", "MODEL_SERVE_MODEL_URI")
+    if model_dir and model_uri and args.model_dir is None and args.model_uri is None:
+        raise ConfigError("MODEL_SERVE_MODEL_DIR and MODEL_SERVE_MODEL_URI are both set; keep one")
+    if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
+        model_dir, model_uri = args.model_dir, args.model_uri
+    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
+    try:
+        token = read_token_file(token_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        threads = pick("threads", "MODEL_SERVE_THREADS")
+        wait_ms = pick("max_wait_ms", "MODEL_SERVE_MAX_WAIT_MS")
+        settings = Settings(
+            model_dir=Path(model_dir) if model_dir else None,
+            model_uri=model_uri,
+            model_name=pick("model_name", "MODEL_SERVE_MODEL_NAME") or _default_name(model_dir, model_uri),
+            host=pick("host", "MODEL_SERVE_HOST") or d.host,
+            port=int(pick("port", "MODEL_SERVE_PORT") or d.port),
+            device=(pick("device", "MODEL_SERVE_DEVICE") or d.device).lower(),
+            threads=int(threads) if threads else None,
+            max_batch=int(pick("max_batch", "MODEL_SERVE_MAX_BATCH") or d.max_batch),
+            max_wait=float(wait_ms) / 1000 if wait_ms is not None else d.max_wait,
+            max_queue=int(pick("max_queue", "MODEL_SERVE_MAX_QUEUE") or d.max_queue),
+            max_inputs=int(pick("max_inputs", "MODEL_SERVE_MAX_INPUTS") or d.max_inputs),
+            max_chars=int(pick("max_chars", "MODEL_SERVE_MAX_CHARS") or d.max_chars),
+            verify=not getattr(args, "no_verify", False),
+            agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or d.agent_url).rstrip("/"),
+            token=token,
+            wait_timeout=float(pick("wait_timeout", "MODEL_SERVE_WAIT_TIMEOUT") or d.wait_timeout),
+            grace_seconds=float(pick("grace_seconds", "MODEL_SERVE_GRACE_SECONDS") or d.grace_seconds),
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"bad setting: {exc}") from exc
+    return settings.validate()

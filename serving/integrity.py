@@ -1,0 +1,122 @@
+"""Start-up integrity of a model directory: safetensors headers and the node cache's record.
+
+Everything here runs before torch sees a byte, so a damaged file fails with a one-line reason
+that names it instead of a loader traceback (or, worse, a model that loads garbage silently).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAX_HEADER = 100 * 2**20  # the safetensors reference implementation refuses larger headers
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+
+class IntegrityError(Exception):
+    """A model file that must not be loaded; the message names the file and the reason."""
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The ``*.safetensors`` files of a Hugging Face layout directory, checked against its index."""
+    if not model_dir.is_dir():
+        raise IntegrityError(f"model directory {model_dir} does not exist or is not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise IntegrityError(f"{model_dir}/config.json is missing: not a Hugging Face model directory")
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise IntegrityError(f"no *.safetensors weights in {model_dir} (only safetensors are loaded)")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"{index}: unreadable shard index ({exc})") from exc
+        missing = sorted(s for s in shards if not (model_dir / s).is_file())
+        if missing:
+            raise IntegrityError(f"{model_dir}: shard(s) named in the index are missing: {missing}")
+    return files
+
+
+def check_safetensors(path: Path) -> int:
+    """Validate a safetensors header against the file size; return the number of tensors.
+
+    Layout: ``u64 little-endian N``, ``N`` bytes of JSON ``{name: {dtype, shape, data_offsets}}``,
+    then the data. Each tensor needs ``end - begin = prod(shape) * bytes(dtype)`` and the largest
+    ``end`` must equal ``size - 8 - N`` (a truncated or padded file fails here).
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise IntegrityError(f"{path}: {size} bytes is too short for a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(MAX_HEADER, size - 8):
+            raise IntegrityError(f"{path}: header length {n} does not fit a file of {size} bytes")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path}: safetensors header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise IntegrityError(f"{path}: safetensors header is not a JSON object")
+    data_len = size - 8 - n
+    end = 0
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, info in tensors.items():
+        end = max(end, _tensor_end(path, name, info, data_len))
+    if end != data_len:
+        raise IntegrityError(f"{path}: header describes {end} data bytes but the file holds {data_len}")
+    return len(tensors)
+
+
+def _tensor_end(path: Path, name: str, info: Any, data_len: int) -> int:
+    try:
+        begin, end = (int(x) for x in info["data_offsets"])
+        width = DTYPE_BYTES[info["dtype"]]
+        count = math.prod(int(d) for d in info["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{path}: tensor {name!r} has a malformed header entry") from exc
+    if not 0 <= begin <= end <= data_len or end - begin != count * width:
+        raise IntegrityError(f"{path}: tensor {name!r} offsets {begin}..{end} do not fit its shape/file")
+    return end
+
+
+def check_dir(model_dir: Path) -> int:
+    """Check every weight file's header; return the total number of tensors."""
+    return sum(check_safetensors(p) for p in weight_files(model_dir))
+
+
+def cache_verifier() -> Callable[[Path], list[str] | None] | None:
+    """``agent.store.verify_model_dir`` when this build has it (it re-hashes against the record)."""
+    try:
+        store = importlib.import_module("agent.store")
+    except ImportError:
+        return None
+    verify: Callable[[Path], list[str] | None] | None = getattr(store, "verify_model_dir", None)
+    return verify
+
+
+def verify_in_cache(model_dir: Path) -> bool:
+    """Re-hash ``model_dir`` against the node cache record; ``False`` when it is not in a cache.
+
+    Flipped data bytes load silently, so the record's digests are the only witness for them.
+    """
+    verify = cache_verifier()
+    if verify is None:
+        return False
+    problems = verify(model_dir)
+    if problems is None:
+        return False
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise IntegrityError(f"{model_dir} does not match the node cache record: {shown}")
+    return True
