@@ -69,30 +69,37 @@ def check_safetensors(path: Path) -> int:
     if not isinstance(header, dict):
         raise IntegrityError(f"{path}: safetensors header is not a JSON object")
     data_len = size - 8 - n
-    end = 0
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    for name, info in tensors.items():
-        end = max(end, _tensor_end(path, name, info, data_len))
-    if end != data_len:
-        raise IntegrityError(f"{path}: header describes {end} data bytes but the file holds {data_len}")
-    return len(tensors)
+    entries = [_entry(path, k, v) for k, v in header.items() if k != "__metadata__"]
+    declared = max((end for _, _, end, _ in entries), default=0)
+    if declared != data_len:
+        raise IntegrityError(
+            f"{path}: header describes {declared} data bytes but the file holds {data_len} (truncated?)"
+        )
+    for name, begin, end, nbytes in entries:
+        if not 0 <= begin <= end or end - begin != nbytes:
+            raise IntegrityError(f"{path}: tensor {name!r} offsets {begin}..{end} do not fit its shape")
+    return len(entries)
 
 
-def _tensor_end(path: Path, name: str, info: Any, data_len: int) -> int:
+def _entry(path: Path, name: str, info: Any) -> tuple[str, int, int, int]:
+    """``(name, begin, end, bytes its dtype and shape need)`` of one header entry."""
     try:
         begin, end = (int(x) for x in info["data_offsets"])
-        width = DTYPE_BYTES[info["dtype"]]
-        count = math.prod(int(d) for d in info["shape"])
+        nbytes = DTYPE_BYTES[info["dtype"]] * math.prod(int(d) for d in info["shape"])
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{path}: tensor {name!r} has a malformed header entry") from exc
-    if not 0 <= begin <= end <= data_len or end - begin != count * width:
-        raise IntegrityError(f"{path}: tensor {name!r} offsets {begin}..{end} do not fit its shape/file")
-    return end
+    return name, begin, end, nbytes
 
 
 def check_dir(model_dir: Path) -> int:
     """Check every weight file's header; return the total number of tensors."""
-    return sum(check_safetensors(p) for p in weight_files(model_dir))
+    total = 0
+    for path in weight_files(model_dir):
+        try:
+            total += check_safetensors(path)
+        except OSError as exc:
+            raise IntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return total
 
 
 def cache_verifier() -> Callable[[Path], list[str] | None] | None:
