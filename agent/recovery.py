@@ -1,0 +1,105 @@
+"""Start-up recovery of a cache root: roll forward half-done commits, remove debris, keep resumable staging.
+
+Cases, by what a crash can leave behind (commit order: fsync files, record, rename, cleanup):
+
+- record + ``models/<id>``: a committed model;
+- record, no model dir, complete ``staging/<id>/files``: crash between record and rename, so
+  the rename is done now (the record was written only after every file was verified and synced);
+- record and nothing else: the model was being deleted; the record goes;
+- ``models/<id>`` without record: debris, moved to trash and deleted (never served as a model);
+- ``staging/<id>`` with a manifest: resumable, kept; without one, or unlocked junk: removed;
+- ``trash/*`` and ``*.tmp``: removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from agent.store import Layout, ModelRecord, fsync_dir, load_record
+
+log = logging.getLogger(__name__)
+_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def recover(layout: Layout) -> list[ModelRecord]:
+    """Bring ``layout`` to a consistent state and return the committed records."""
+    for path in layout.trash.iterdir():
+        _remove(path)
+    records = []
+    for path in sorted(layout.records.glob("*.json")):
+        model_id = path.name.removesuffix(".json")
+        if not _ID.match(model_id):
+            continue  # pending pins (<id>.pins.json) and foreign files
+        record = load_record(layout, model_id)
+        if record is not None and _settle(layout, record):
+            records.append(record)
+        else:
+            path.unlink(missing_ok=True)
+    for path in layout.records.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    known = {r.id for r in records}
+    for path in layout.models.iterdir():
+        if path.name not in known:
+            log.warning("removing %s: a model directory without a record", path)
+            _remove_via_trash(layout, path)
+    for path in layout.staging.iterdir():
+        if path.is_dir() and (path.name in known or not (path / "manifest.json").exists()):
+            _remove_unlocked(layout, path)
+    return records
+
+
+def _settle(layout: Layout, record: ModelRecord) -> bool:
+    model_dir = layout.model(record.id)
+    if model_dir.is_dir():
+        return True
+    staged = layout.stage(record.id) / "files"
+    if staged.is_dir() and all(
+        (staged / f.path).is_file() and (staged / f.path).stat().st_size == f.size for f in record.files
+    ):
+        log.info("finishing the commit of %s (%s)", record.id, record.uri)
+        os.rename(staged, model_dir)
+        fsync_dir(layout.models)
+        shutil.rmtree(layout.stage(record.id), ignore_errors=True)
+        return True
+    log.warning("dropping the record of %s: its directory is gone", record.id)
+    return False
+
+
+def _remove_unlocked(layout: Layout, path: Path) -> None:
+    """Remove a staging dir unless a live fetch (another process) holds its lock."""
+    lock = layout.staging / f"{path.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        _remove(path)
+    finally:
+        os.close(fd)
+
+
+def _remove_via_trash(layout: Layout, path: Path) -> None:
+    trash = layout.trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, trash)
+    except OSError:
+        trash = path
+    _remove(trash)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,20 @@
+"""Model sources: list a model URI's files and say how to GET their bytes (S3 or HTTP)."""
+
+from __future__ import annotations
+
+from agent.identity import ModelRef
+from agent.sources.base import HttpTarget, RemoteFile, Source, SourceError, checked_files
+
+
+def open_source(ref: ModelRef) -> Source:
+    """The source for ``ref``'s scheme; the S3 one is imported lazily (it loads boto3)."""
+    if ref.scheme == "s3":
+        from agent.sources.s3 import S3Source
+
+        return S3Source(ref)
+    from agent.sources.http import HttpSource
+
+    return HttpSource(ref)
+
+
+__all__ = ["HttpTarget", "RemoteFile", "Source", "SourceError", "checked_files", "open_source"]

@@ -1,0 +1,71 @@
+"""HTTP(S) source: one file per URI; aiohttp asks the origin its size, ETag and Range support."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from agent.identity import ModelRef
+from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+
+_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=15)
+_PERMANENT = {400, 401, 403, 404, 405, 410, 451}
+
+
+class HttpSource:
+    """``http(s)://host/path``: a single file, saved under its last path segment."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.uri = ref.uri
+        self._url = ref.uri  # replaced by the final URL after redirects
+        self._name = ref.path.split("?", 1)[0].rsplit("/", 1)[-1]
+
+    async def list_files(self) -> list[RemoteFile]:
+        try:
+            async with aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False) as session:
+                file = await self._probe(session)
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"{self.uri}: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+        except TimeoutError as exc:
+            raise SourceError(f"{self.uri}: timed out asking for the size", permanent=False) from exc
+        return checked_files(self.uri, [file])
+
+    def target(self, file: RemoteFile) -> HttpTarget:
+        return HttpTarget(url=self._url)
+
+    async def close(self) -> None:
+        return None
+
+    async def _probe(self, session: aiohttp.ClientSession) -> RemoteFile:
+        """HEAD for size/ETag/Accept-Ranges; origins that refuse HEAD get a ``Range: bytes=0-0`` GET."""
+        headers = {"Accept-Encoding": "identity"}
+        async with session.head(self._url, allow_redirects=True, headers=headers) as resp:
+            status, final, got = resp.status, str(resp.url), resp.headers
+        if status in (405, 501):
+            headers["Range"] = "bytes=0-0"
+            async with session.get(self._url, allow_redirects=True, headers=headers) as resp:
+                status, final, got = resp.status, str(resp.url), resp.headers
+                resp.release()
+        _check_status(self.uri, status)
+        self._url = final
+        size = _size_of(got.get("Content-Range"), got.get("Content-Length"), status)
+        if size is None:
+            raise SourceError(f"{self.uri}: the origin does not report a size", permanent=True)
+        ranges = status == 206 or got.get("Accept-Ranges", "").lower() == "bytes"
+        return RemoteFile(path=self._name, size=size, etag=got.get("ETag"), key=final, ranges=ranges)
+
+
+def _check_status(uri: str, status: int) -> None:
+    if status in _PERMANENT:
+        raise SourceError(f"{uri}: origin answered HTTP {status}", permanent=True)
+    if status >= 300:
+        raise SourceError(f"{uri}: origin answered HTTP {status}", permanent=status < 500 and status != 429)
+
+
+def _size_of(content_range: str | None, content_length: str | None, status: int) -> int | None:
+    """Total size: ``bytes 0-0/TOTAL`` of a 206, else Content-Length of a 200 HEAD."""
+    if status == 206 and content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        return int(total) if total.isdigit() else None
+    if content_length and content_length.strip().isdigit():
+        return int(content_length)
+    return None

@@ -1,0 +1,192 @@
+"""The lean data path: a blocking ranged GET that reads into a reused buffer, ``pwrite``s and hashes.
+
+MEASURED.md: ``readinto`` a reused buffer + ``os.pwrite`` reaches the page-cache ceiling from
+Python, while boto3 and aiohttp's stream readers are CPU-bound at a third to a half of it. So the
+bytes of every source go through here, one ``RangeReader`` per fetch thread, each keeping its
+keep-alive connections and its buffer (memory per fetch = concurrency x buffer, whatever the model).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import xxhash
+
+from agent.sources.base import HttpTarget, SourceError
+
+BUFFER_BYTES = 1 << 20
+_PERMANENT = {400, 401, 403, 404, 405, 410, 412, 416, 451}
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+class Stopped(Exception):
+    """The fetch was cancelled; the chunk keeps what it received so far."""
+
+
+@dataclass(eq=False)
+class ChunkJob:
+    """One chunk of one file on its way: where it goes, how far it got, its running xxh3_128."""
+
+    fd: int
+    offset: int
+    length: int
+    file_size: int
+    ranged: bool = True
+    received: int = 0
+    hasher: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
+
+    def restart(self) -> None:
+        self.received = 0
+        self.hasher = xxhash.xxh3_128()
+
+
+class RangeReader:
+    """One fetch thread's HTTP client: a reused buffer and one keep-alive connection per origin."""
+
+    def __init__(self, stop: threading.Event, *, timeout: float = 30.0, buffer_bytes: int = BUFFER_BYTES):
+        self._stop = stop
+        self._timeout = timeout
+        self._buf = memoryview(bytearray(buffer_bytes))
+        self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
+        self._active: http.client.HTTPConnection | None = None
+
+    def fetch(
+        self, target: HttpTarget, job: ChunkJob, etag: str | None, on_bytes: Callable[[int], None]
+    ) -> None:
+        """Fill ``job`` from its ``received`` mark to its end; raise ``SourceError`` or ``Stopped``."""
+        url = target.url
+        for _ in range(6):
+            resp = self._request(url, target, job)
+            if resp.status not in _REDIRECTS:
+                break
+            location = resp.getheader("Location") or ""
+            self._drop(url)
+            url = urljoin(url, location)
+        else:
+            raise SourceError(f"{target.url}: too many redirects", permanent=True)
+        try:
+            self._check(url, resp, job, etag)
+            self._stream(resp, job, on_bytes)
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(url)
+            if self._stop.is_set():
+                raise Stopped() from exc
+            if isinstance(exc, OSError) and not _is_network_error(exc):
+                raise  # a local write error (ENOSPC, EIO): the caller decides
+            raise SourceError(f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+        except BaseException:
+            self._drop(url)
+            raise
+
+    def abort(self) -> None:
+        """From another thread: break a blocking read so a cancelled fetch stops at once."""
+        conn = self._active
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _request(self, url: str, target: HttpTarget, job: ChunkJob) -> http.client.HTTPResponse:
+        start = job.offset + job.received
+        end = job.offset + job.length - 1
+        headers = {"Accept-Encoding": "identity", **dict(target.headers)}
+        if job.ranged:
+            headers["Range"] = f"bytes={start}-{end}"
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for attempt in (0, 1):  # a kept-alive connection the server closed: one fresh try
+            conn = self._conn(parts.scheme, parts.netloc)
+            try:
+                conn.request("GET", path, headers=headers)
+                return conn.getresponse()
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(url)
+                if attempt or self._stop.is_set():
+                    raise SourceError(
+                        f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=False
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _check(self, url: str, resp: http.client.HTTPResponse, job: ChunkJob, etag: str | None) -> None:
+        status = resp.status
+        if status >= 300:
+            body = resp.read(512).decode("utf-8", "replace").strip().replace("\n", " ")
+            detail = f"{_redact(url)}: origin answered HTTP {status}" + (f" ({body[:200]})" if body else "")
+            raise SourceError(detail, permanent=status in _PERMANENT)
+        got = resp.getheader("ETag")
+        if etag and got and got.strip('"') != etag.strip('"'):
+            raise SourceError(
+                f"{_redact(url)}: object changed at the source (ETag {got} != {etag})", permanent=True
+            )
+        start = job.offset + job.received
+        if status == 206:
+            expect = f"bytes {start}-{job.offset + job.length - 1}/"
+            if not (resp.getheader("Content-Range") or "").startswith(expect):
+                raise SourceError(f"{_redact(url)}: wrong Content-Range from the origin", permanent=False)
+        elif not job.ranged:
+            job.restart()  # a whole body from byte 0: start the (single-piece) file over
+        elif start != 0 or job.length != job.file_size:
+            raise SourceError(f"{_redact(url)}: the origin ignored the Range header", permanent=True)
+
+    def _stream(self, resp: http.client.HTTPResponse, job: ChunkJob, on_bytes: Callable[[int], None]) -> None:
+        buf = self._buf
+        while job.received < job.length:
+            if self._stop.is_set():
+                raise Stopped()
+            want = min(len(buf), job.length - job.received)
+            n = resp.readinto(buf[:want])
+            if n <= 0:
+                raise http.client.IncompleteRead(b"", job.length - job.received)
+            view = buf[:n]
+            pos = job.offset + job.received
+            written = 0
+            while written < n:
+                written += os.pwrite(job.fd, view[written:], pos + written)
+            job.hasher.update(view)
+            job.received += n
+            on_bytes(n)
+        if resp.length:  # more body than asked for: do not reuse this connection
+            resp.close()
+        self._active = None
+
+    def _conn(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        conn = self._conns.get((scheme, netloc))
+        if conn is None:
+            if scheme == "https":
+                ctx = ssl.create_default_context()
+                conn = http.client.HTTPSConnection(netloc, timeout=self._timeout, context=ctx)
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self._timeout)
+            self._conns[(scheme, netloc)] = conn
+        self._active = conn
+        return conn
+
+    def _drop(self, url: str) -> None:
+        parts = urlsplit(url)
+        conn = self._conns.pop((parts.scheme, parts.netloc), None)
+        if conn is not None:
+            conn.close()
+        self._active = None
+
+
+def _is_network_error(exc: OSError) -> bool:
+    return isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, ssl.SSLError)) or exc.errno is None
+
+
+def _redact(url: str) -> str:
+    """A URL for messages: presigned query strings carry credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
