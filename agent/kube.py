@@ -1,0 +1,319 @@
+"""The one door to the Kubernetes API: list, watch, get and the few writes we make, as plain dicts.
+
+The sync ``kubernetes`` client runs in worker threads (``asyncio.to_thread``); objects come
+back exactly as on the wire (camelCase JSON). Library and transport errors become
+``KubeError`` (``NotFound`` 404, ``Conflict`` 409, ``Gone`` 410) with the original chained.
+Each call makes one attempt (connect failures aside): callers own their retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as _k8s_config
+
+GROUP = "model-locality.io"
+VERSION = "v1alpha1"
+PLURAL = "modeldistributions"
+KIND = "ModelDistribution"
+
+MERGE_PATCH = "application/merge-patch+json"
+
+# The config loaders are typed loosely upstream; we call them through Any.
+k8s_config: Any = _k8s_config
+
+Kind = Literal["nodes", "pods", "modeldistributions"]
+
+
+class KubeError(Exception):
+    """A failed Kubernetes API call; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    """404: the object does not exist."""
+
+
+class Conflict(KubeError):
+    """409: a stale resourceVersion or an object that already exists."""
+
+
+class Gone(KubeError):
+    """410: the resourceVersion is too old (compacted); list again."""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One watch event: ``type`` is ADDED, MODIFIED, DELETED or BOOKMARK."""
+
+    type: str
+    object: dict[str, Any]
+
+
+_BY_STATUS: dict[int, type[KubeError]] = {404: NotFound, 409: Conflict, 410: Gone}
+_TRANSPORT_ERRORS = (k8s.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def _error(status: int | None, message: str) -> KubeError:
+    return _BY_STATUS.get(status or 0, KubeError)(message, status)
+
+
+def _from_library(err: Exception) -> KubeError:
+    """Our error for a library exception: the Status message when the server sent one."""
+    if isinstance(err, k8s.ApiException):
+        message = str(err.reason or "")
+        with contextlib.suppress(ValueError, TypeError):
+            message = json.loads(err.body or "").get("message") or message
+        return _error(err.status, f"Kubernetes API {err.status}: {message}")
+    return KubeError(f"Kubernetes API unreachable: {type(err).__name__}: {err}")
+
+
+def _decode(response: Any) -> dict[str, Any]:
+    body = json.loads(response.data)
+    if not isinstance(body, dict):
+        raise ValueError("the API server answered something other than a JSON object")
+    return body
+
+
+class Kube:
+    """A connection to one API server (see ``connect``)."""
+
+    def __init__(self, api_client: Any, *, request_timeout: float = 10.0) -> None:
+        self._api = api_client
+        self._core = k8s.CoreV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self._timeout = request_timeout
+        self._watches: set[Any] = set()  # open watch responses, shut down by close()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, *, request_timeout: float = 10.0) -> Kube | None:
+        """kubeconfig path -> that file; else in-cluster config when it is available; else None."""
+        configuration = k8s.Configuration()
+        if kubeconfig:
+            try:
+                k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            except (k8s_config.ConfigException, OSError, ValueError) as err:
+                raise KubeError(f"cannot use kubeconfig {kubeconfig}: {err}") from err
+        else:
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except k8s_config.ConfigException:
+                return None
+        # Retry only connection set-up; a read that failed or timed out is the caller's call.
+        configuration.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0)
+        return cls(k8s.ApiClient(configuration), request_timeout=request_timeout)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run one raw API call in a thread; decode the JSON body; map errors."""
+
+        def call() -> dict[str, Any]:
+            try:
+                response = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
+                try:
+                    return _decode(response)
+                finally:
+                    response.release_conn()
+            except _TRANSPORT_ERRORS as err:
+                raise _from_library(err) from err
+
+        return await asyncio.to_thread(call)
+
+    def _lister(self, kind: Kind) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        if kind == "nodes":
+            return self._core.list_node, ()
+        if kind == "pods":
+            return self._core.list_pod_for_all_namespaces, ()
+        if kind == "modeldistributions":
+            return self._custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)
+        raise ValueError(f"unknown kind {kind!r}")
+
+    async def list(
+        self, kind: Kind, *, label_selector: str | None = None, field_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every matching object, and the list's resourceVersion (to watch from)."""
+        fn, args = self._lister(kind)
+        body = await self._call(fn, *args, label_selector=label_selector, field_selector=field_selector)
+        return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+    async def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
+        if kind == "nodes":
+            return await self._call(self._core.read_node, name)
+        if kind == "pods":
+            return await self._call(self._core.read_namespaced_pod, name, namespace or "default")
+        if kind == "modeldistributions":
+            return await self._call(self._custom.get_cluster_custom_object, GROUP, VERSION, PLURAL, name)
+        raise ValueError(f"unknown kind {kind!r}")
+
+    async def patch_node_metadata(
+        self, name: str, *, labels: Mapping[str, str | None] = {}, annotations: Mapping[str, str | None] = {}
+    ) -> dict[str, Any]:
+        """JSON merge patch of the Node's labels/annotations: a value sets, None removes,
+        keys not named are left alone. Nothing to change -> a plain get (no write)."""
+        metadata: dict[str, Any] = {}
+        if labels:
+            metadata["labels"] = dict(labels)
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if not metadata:
+            return await self.get("nodes", name)
+        return await self._call(
+            self._core.patch_node, name, {"metadata": metadata}, _content_type=MERGE_PATCH
+        )
+
+    async def create_distribution(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a ModelDistribution (``Conflict`` when the name is taken)."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, **body}
+        return await self._call(self._custom.create_cluster_custom_object, GROUP, VERSION, PLURAL, body)
+
+    async def delete_distribution(self, name: str) -> None:
+        await self._call(self._custom.delete_cluster_custom_object, GROUP, VERSION, PLURAL, name)
+
+    async def patch_distribution_status(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch on the ``/status`` subresource (None values remove keys)."""
+        return await self._call(
+            self._custom.patch_cluster_custom_object_status,
+            GROUP,
+            VERSION,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type=MERGE_PATCH,
+        )
+
+    def watch(
+        self,
+        kind: Kind,
+        *,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 240,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Events after ``resource_version`` (BOOKMARKs included); raises ``Gone`` on 410,
+        ``KubeError`` on a broken stream; ends when the server closes the stream.
+        Close it (``aclose``, or ``contextlib.aclosing``) to stop its reader thread at once."""
+        fn, args = self._lister(kind)
+        kwargs = {
+            "label_selector": label_selector,
+            "field_selector": field_selector,
+            "resource_version": resource_version,
+            "timeout_seconds": timeout_seconds,
+            "allow_watch_bookmarks": True,
+            "watch": True,
+            "_preload_content": False,
+            # The server ends the stream after timeout_seconds; the read timeout is a backstop.
+            "_request_timeout": (self._timeout, timeout_seconds + max(self._timeout, 30.0)),
+        }
+        return self._stream(fn, args, kwargs, kind)
+
+    async def _stream(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], kind: str
+    ) -> AsyncGenerator[WatchEvent, None]:
+        def open_stream() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except _TRANSPORT_ERRORS as err:
+                raise _from_library(err) from err
+
+        response = await asyncio.to_thread(open_stream)
+        pump = _Pump(response, asyncio.get_running_loop())
+        with self._lock:
+            self._watches.add(response)
+        thread = threading.Thread(target=pump.run, name=f"kube-watch-{kind}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await pump.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, KubeError):
+                    raise item
+                yield item
+        finally:
+            with self._lock:
+                self._watches.discard(response)
+            pump.stop()
+            thread.join(timeout=5.0)  # prompt: stop() shut the socket down
+
+    async def close(self) -> None:
+        """Stop open watches and release the connection pool."""
+        with self._lock:
+            responses = list(self._watches)
+        for response in responses:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+        def close_client() -> None:
+            self._api.close()
+            self._api.rest_client.pool_manager.clear()
+
+        await asyncio.to_thread(close_client)
+
+
+class _Pump:
+    """Reads one watch response in a thread and feeds events into an asyncio queue.
+
+    The queue receives ``WatchEvent``s, then ``None`` (clean end) or a ``KubeError``.
+    """
+
+    def __init__(self, response: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.response = response
+        self.loop = loop
+        self.queue: asyncio.Queue[WatchEvent | KubeError | None] = asyncio.Queue()
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self.response.shutdown()  # unblocks a read in progress in the pump thread
+
+    def _put(self, item: WatchEvent | KubeError | None) -> bool:
+        if self.stopped.is_set():
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        return True
+
+    def run(self) -> None:
+        try:
+            self._put(self._read())
+        except Exception as err:
+            chained = _from_library(err)
+            chained.__cause__ = err
+            self._put(chained)
+        finally:
+            with contextlib.suppress(Exception):
+                self.response.close()
+                self.response.release_conn()
+
+    def _read(self) -> KubeError | None:
+        """Pump events until the stream ends (None) or carries an ERROR (its KubeError)."""
+        buffer = b""
+        for chunk in self.response.stream(65536, decode_content=False):
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    code = obj.get("code") if isinstance(obj, dict) else None
+                    return _error(code, f"watch error {code}: {obj.get('message', obj)}")
+                if not self._put(WatchEvent(str(event.get("type")), obj)):
+                    return None
+        return None
