@@ -1,12 +1,113 @@
-"""CLI verbs of the running agent: serve, wait (placeholder until Node agent II)."""
+"""CLI verbs of the running agent: ``serve`` (the DaemonSet process) and ``wait`` (init containers)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping
 from typing import Any
+
+from aiohttp import web
+
+from agent.cli import CliError
+from agent.config import (
+    ConfigError,
+    add_cache_args,
+    add_client_args,
+    add_server_args,
+    settings_from_args,
+)
+from agent.httpkit import QuietProbeAccessLogger
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 124  # like coreutils' timeout(1)
 
 
 def register(sub: Any) -> None:
-    for verb in ("serve", "wait"):
-        p: argparse.ArgumentParser = sub.add_parser(verb, help=f"{verb} (not built yet)")
-        p.set_defaults(func=lambda args, environ: 2)
+    serve: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="run the node agent (REST API, node labels, pod and distribution watches)"
+    )
+    add_server_args(serve)
+    add_cache_args(serve)
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow running without --token-file (POST/DELETE unauthenticated; development only)",
+    )
+    serve.set_defaults(func=run_serve)
+
+    wait: argparse.ArgumentParser = sub.add_parser(
+        "wait",
+        help="ask the local agent for a model, block until ready, print its directory",
+        description="Exit codes: 0 ready (path on stdout), 1 fetch failed or refused, "
+        f"{EXIT_TIMEOUT} timeout, 2 usage error.",
+    )
+    wait.add_argument("uri", help="model URI, e.g. s3://bucket/prefix")
+    wait.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+    wait.add_argument("--cache-dir", help="unused; accepted like every verb")
+    add_client_args(wait)
+    wait.set_defaults(func=run_wait)
+
+
+def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from agent.app import Deps, create_app
+    from agent.kube import Kube
+
+    settings = settings_from_args(args, environ)
+    if settings.token is None and not args.insecure_no_auth:
+        raise ConfigError(
+            "no bearer token: pass --token-file (or MODEL_LOCALITY_TOKEN_FILE), "
+            "or --insecure-no-auth for a development agent"
+        )
+    kube = Kube.connect(settings.kubeconfig) if settings.node_name else None
+    if kube is None:
+        log.warning("standalone mode: %s", "no node name" if not settings.node_name else "no cluster found")
+    app = create_app(settings, Deps(kube=kube))
+    if kube is not None:
+
+        async def close_kube(_: web.Application) -> None:
+            await kube.close()
+
+        app.on_cleanup.append(close_kube)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log_class=QuietProbeAccessLogger,
+        shutdown_timeout=max(1.0, settings.grace_seconds - 5.0),
+        print=lambda text: log.info("%s", text.strip()),
+        handle_signals=True,
+    )
+    return 0
+
+
+def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from agent.client import AgentError, wait_ready
+
+    settings = settings_from_args(args, environ)
+    if args.timeout <= 0:
+        raise CliError("--timeout must be positive", code=2)
+    last_state: list[str] = [""]
+
+    def progress(view: dict[str, Any]) -> None:
+        state = str(view.get("state"))
+        done, total = view.get("bytes_done") or 0, view.get("bytes_total")
+        line = f"{state} {done}/{total if total is not None else '?'} bytes"
+        if line != last_state[0]:
+            print(f"model-agent wait: {line}", file=sys.stderr, flush=True)
+            last_state[0] = line
+
+    try:
+        path = asyncio.run(
+            wait_ready(
+                settings.agent_url, args.uri, token=settings.token, timeout=args.timeout, on_progress=progress
+            )
+        )
+    except AgentError as exc:
+        raise CliError(str(exc), code=EXIT_TIMEOUT if exc.timed_out else EXIT_FAILED) from exc
+    print(path)
+    return 0

@@ -1,0 +1,99 @@
+"""REST client of the local agent: ask for a model and wait until it is ready (init containers, serving).
+
+``wait_ready`` POSTs the URI (idempotent on the agent), then polls ``GET /v1/models/{id}`` until
+the state is ``ready`` (returns the local path) or ``failed`` (raises with the agent's error).
+A refused connection is retried until the deadline: the agent may still be starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.identity import InvalidURI, model_ref
+
+
+class AgentError(Exception):
+    """The agent said no (failed fetch, bad request, auth) or did not answer in time."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+async def wait_ready(
+    agent_url: str,
+    uri: str,
+    *,
+    token: str | None,
+    timeout: float,  # noqa: ASYNC109 - a total deadline across many requests, not one call's
+    poll: float = 0.5,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """Have the agent at ``agent_url`` fetch ``uri``; return the model's local directory."""
+    try:
+        ref = model_ref(uri)
+    except InvalidURI as exc:
+        raise AgentError(str(exc)) from exc
+    base = agent_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + timeout
+    last = "no answer from the agent yet"
+    posted = False
+    request_timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=request_timeout) as session:
+        while time.monotonic() < deadline:
+            try:
+                if not posted:
+                    await _call(session, "POST", f"{base}/v1/models", headers, {"uri": ref.uri})
+                    posted = True
+                view = await _call(session, "GET", f"{base}/v1/models/{ref.id}", headers, None)
+            except _Retry as exc:
+                last = str(exc)
+                posted = posted and not exc.gone  # evicted or agent restarted: ask again
+            else:
+                if on_progress is not None:
+                    on_progress(view)
+                if view.get("state") == "ready" and view.get("path"):
+                    return Path(str(view["path"]))
+                if view.get("state") == "failed":
+                    raise AgentError(f"fetch of {ref.uri} failed: {view.get('error') or 'unknown error'}")
+                last = f"state {view.get('state')}"
+            await asyncio.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+    raise AgentError(f"timed out after {timeout:g}s waiting for {ref.uri} ({last})", timed_out=True)
+
+
+class _Retry(Exception):
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
+
+
+async def _call(
+    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any
+) -> dict[str, Any]:
+    """One request; ``_Retry`` for what may pass (connection, 5xx, 404), ``AgentError`` for the rest."""
+    try:
+        async with session.request(method, url, headers=headers, json=body) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except ValueError:
+                data = None
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _Retry(f"agent not reachable at {url}: {exc or type(exc).__name__}") from exc
+    error = data.get("error") if isinstance(data, dict) else None
+    if status == 404:
+        raise _Retry(f"agent does not know the model yet: {error}", gone=True)
+    if status >= 500 or status == 409:
+        raise _Retry(f"agent answered {status}: {error}")
+    if status >= 400:
+        raise AgentError(f"agent refused {method} ({status}): {error or 'no detail'}")
+    if not isinstance(data, dict):
+        raise _Retry(f"agent answered {status} without a JSON object")
+    return data

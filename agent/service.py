@@ -1,0 +1,358 @@
+"""The model manager: one state machine per model on top of the cache.
+
+States: ``queued -> fetching -> ready | failed``, and ``evicting`` while a DELETE removes a
+committed model. One fetch task per model (concurrent requests share it), at most
+``settings.max_parallel_models`` fetching at once, tasks independent of the HTTP request that
+started them (a client that disconnects does not cancel a fetch). Pins come from the watchers
+(pods on this node, distributions targeting it) and are written through to the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.cache import Cache, CacheError, NoSpace, Pinned, Progress, UnknownModel
+from agent.config import Settings
+from agent.httpkit import ApiError, BadRequest, ConflictError, NotFoundError
+from agent.identity import ModelRef
+from agent.labels import ModelState
+from agent.metrics import AgentMetrics
+from agent.store import record_view
+
+log = logging.getLogger(__name__)
+
+_MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
+PIN_PREFIXES = ("pod:", "distribution:")  # pins the watchers own; others (e.g. manual) are left alone
+MAX_ERROR_CHARS = 1000
+RETRY_BASE_SECONDS = 10.0
+RETRY_MAX_SECONDS = 300.0
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+@dataclass
+class _Job:
+    """A model that is not (or no longer) simply committed: queued, fetching, failed or evicting."""
+
+    ref: ModelRef
+    state: str = "queued"
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    error: str | None = None
+    task: asyncio.Task[None] | None = None
+    attempts: int = 0
+    failed_at: float = 0.0
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.ref.id,
+            "uri": self.ref.uri,
+            "label": self.ref.label_key,
+            "state": self.state,
+            "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_done,
+            "path": None,
+            "error": self.error,
+        }
+
+
+def check_model_id(model_id: str) -> str:
+    if not _MODEL_ID.match(model_id):
+        raise BadRequest("model id must be 16 lower-case hex digits")
+    return model_id
+
+
+def retry_delay(attempts: int) -> float:
+    """Back-off before a pinned model that failed is fetched again: ``min(300, 10 * 2**(n-1))`` s."""
+    return float(min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+
+
+class ModelManager:
+    """Owns the cache and every model's state; the REST handlers and the watchers call it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: AgentMetrics,
+        *,
+        cache_factory: Callable[..., Cache] = Cache,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = cache_factory(settings, on_change=self._cache_changed)
+        self._clock = clock
+        self._jobs: dict[str, _Job] = {}
+        self._sem = asyncio.Semaphore(settings.max_parallel_models)
+        self._listeners: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._known_ready: set[str] = set()
+        self._deleting: set[str] = set()
+        self._wanted: dict[str, tuple[ModelRef, frozenset[str]]] = {}
+        self._wanted_changed = asyncio.Event()
+        self._pins_applied: dict[str, frozenset[str]] = {}
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Scan the cache (recovering from a crash) and publish the initial state."""
+        self._loop = asyncio.get_running_loop()
+        records = await asyncio.to_thread(self.cache.scan)
+        self._known_ready = {r.id for r in records}
+        log.info("cache scanned: %d committed model(s) in %s", len(records), self.settings.cache_dir)
+        self._changed()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (in the event loop) after every state change."""
+        self._listeners.append(listener)
+
+    async def close(self, grace: float) -> None:
+        """Stop taking work, cancel running fetches (the cache checkpoints them), wait <= ``grace``."""
+        self._closing = True
+        tasks = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                log.warning("%d fetch task(s) did not stop within %.0fs", len(pending), grace)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def request(self, ref: ModelRef) -> dict[str, Any]:
+        """Make sure ``ref`` is (being) fetched; idempotent. Returns ``{"id", "label", "state"}``."""
+        if self._closing:
+            raise Unavailable("agent is shutting down")
+        job = self._jobs.get(ref.id)
+        if job is not None and job.state == "evicting":
+            raise ConflictError("model is being removed; retry when the removal is done")
+        if job is None and self.cache.get(ref.id) is not None:
+            with contextlib.suppress(CacheError, OSError):
+                await asyncio.to_thread(self.cache.touch, ref.id)
+            return {"id": ref.id, "label": ref.label_key, "state": "ready"}
+        if job is None or job.state == "failed":
+            job = self._start(ref, job)
+        return {"id": ref.id, "label": ref.label_key, "state": job.state}
+
+    def view(self, model_id: str) -> dict[str, Any]:
+        job = self._jobs.get(check_model_id(model_id))
+        if job is not None:
+            return job.view()
+        record = self.cache.get(model_id)
+        if record is None:
+            raise NotFoundError(f"unknown model {model_id}")
+        return record_view(record, self.cache.model_path(model_id))
+
+    def views(self) -> list[dict[str, Any]]:
+        views = {r.id: record_view(r, self.cache.model_path(r.id)) for r in self.cache.records()}
+        views.update({mid: job.view() for mid, job in self._jobs.items()})
+        return [views[mid] for mid in sorted(views)]
+
+    async def delete(self, model_id: str) -> dict[str, Any]:
+        """Remove a model (or abandon its fetch); 409 while pinned, 404 when unknown."""
+        check_model_id(model_id)
+        job, record = self._jobs.get(model_id), self.cache.get(model_id)
+        if job is None and record is None:
+            raise NotFoundError(f"unknown model {model_id}")
+        pins = set(self._wanted.get(model_id, (None, frozenset()))[1]) | set(record.pins if record else ())
+        if pins:
+            raise ConflictError(f"model is pinned by {', '.join(sorted(pins)[:5])}")
+        if job is not None and job.state == "evicting":
+            return job.view()
+        # The removal runs in its own task so a client that disconnects cannot interrupt it.
+        return await asyncio.shield(asyncio.ensure_future(self._delete(model_id, job)))
+
+    async def _delete(self, model_id: str, job: _Job | None) -> dict[str, Any]:
+        if job is not None and job.task is not None and not job.task.done():
+            job.task.cancel()
+            await asyncio.gather(job.task, return_exceptions=True)
+        ref = job.ref if job else None
+        record = self.cache.get(model_id)
+        if record is None:
+            self._jobs.pop(model_id, None)
+            with contextlib.suppress(UnknownModel, CacheError, OSError):
+                await asyncio.to_thread(self.cache.remove, model_id, force=True)  # staged bytes
+            self._changed()
+            return {"id": model_id, "label": ref.label_key if ref else None, "state": "evicting"}
+        evicting = _Job(ref=_ref_of_record(record), state="evicting", bytes_total=record.total_bytes)
+        self._jobs[model_id] = evicting
+        self._deleting.add(model_id)
+        self._changed()
+        try:
+            await asyncio.to_thread(self.cache.remove, model_id)
+        except Pinned as exc:
+            raise ConflictError(f"model is pinned: {exc}") from exc
+        finally:
+            self._jobs.pop(model_id, None)
+            self._deleting.discard(model_id)
+            self._changed()
+        return {"id": model_id, "label": evicting.ref.label_key, "state": "evicting"}
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _start(self, ref: ModelRef, previous: _Job | None) -> _Job:
+        job = _Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1)
+        self._jobs[ref.id] = job
+        job.task = asyncio.create_task(self._fetch(job), name=f"fetch-{ref.id}")
+        self._changed()
+        return job
+
+    async def _fetch(self, job: _Job) -> None:
+        ref, started, outcome = job.ref, self._clock(), "failed"
+        try:
+            async with self._sem:
+                job.state = "fetching"
+                self._changed()
+                record = await self.cache.fetch(ref, progress=lambda p: self._progress(job, p))
+            outcome = "ready"
+            self._known_ready.add(ref.id)
+            if self._jobs.get(ref.id) is job:
+                del self._jobs[ref.id]
+            log.info("model %s ready (%s, %d bytes)", ref.id, ref.uri, record.total_bytes)
+            self._changed()
+            await self._apply_pins(ref.id)
+            await self._gc()
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self._fail(job, "fetch cancelled (agent stopping or model deleted)")
+            raise
+        except (CacheError, OSError) as exc:
+            if _is_verification_failure(exc):
+                self.metrics.verification_failures.inc()
+            self._fail(job, str(exc) or type(exc).__name__)
+            log.warning("fetch of %s failed: %s", ref.uri, exc, exc_info=not isinstance(exc, CacheError))
+        except Exception as exc:
+            log.exception("fetch of %s crashed", ref.uri)
+            self._fail(job, f"internal error: {exc}")
+        finally:
+            self.metrics.fetch_duration.labels(outcome=outcome).observe(self._clock() - started)
+
+    def _fail(self, job: _Job, error: str) -> None:
+        job.state, job.error, job.failed_at = "failed", error[:MAX_ERROR_CHARS], self._clock()
+        self._changed()
+
+    def _progress(self, job: _Job, progress: Progress) -> None:
+        delta = progress.bytes_done - job.bytes_done
+        if delta > 0:
+            self.metrics.fetched_bytes.labels(scheme=job.ref.scheme).inc(delta)
+        job.bytes_done = progress.bytes_done
+        job.bytes_total = progress.bytes_total
+
+    async def _gc(self) -> None:
+        try:
+            await asyncio.to_thread(self.cache.gc)
+        except (CacheError, OSError) as exc:
+            log.warning("cache gc failed: %s", exc)
+
+    # -- pins from the watchers --------------------------------------------------------------
+
+    def set_wanted(self, wanted: dict[str, tuple[ModelRef, frozenset[str]]]) -> None:
+        """The watchers' answer: models this node must hold, with their pin reasons."""
+        self._wanted = dict(wanted)
+        self._wanted_changed.set()
+
+    async def run(self) -> None:
+        """Apply pins and start fetches for wanted models; retry failed ones with back-off."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted_changed.wait(), timeout=RETRY_BASE_SECONDS / 2)
+            self._wanted_changed.clear()
+            if self._closing:
+                return
+            wanted = self._wanted
+            for model_id, (ref, _) in wanted.items():
+                job = self._jobs.get(model_id)
+                if job is None and self.cache.get(model_id) is None:
+                    log.info("fetching %s for %s", ref.uri, ", ".join(sorted(wanted[model_id][1])))
+                    self._start(ref, None)
+                elif (
+                    job is not None
+                    and job.state == "failed"
+                    and self._clock() - job.failed_at >= retry_delay(job.attempts)
+                ):
+                    self._start(ref, job)
+            ids = set(wanted) | set(self._pins_applied) | {r.id for r in self.cache.records() if r.pins}
+            for model_id in sorted(ids):
+                await self._apply_pins(model_id)
+
+    async def _apply_pins(self, model_id: str) -> None:
+        """Make the cache's watcher-owned pins of ``model_id`` equal the wanted reasons."""
+        want = self._wanted.get(model_id, (None, frozenset()))[1]
+        record = self.cache.get(model_id)
+        have = self._pins_applied.get(model_id, frozenset())
+        if record is not None:
+            have = frozenset(p for p in record.pins if p.startswith(PIN_PREFIXES))
+        try:
+            for reason in sorted(want - have):
+                await asyncio.to_thread(self.cache.pin, model_id, reason)
+            for reason in sorted(have - want):
+                await asyncio.to_thread(self.cache.unpin, model_id, reason)
+        except UnknownModel:
+            pass  # not committed yet; pinned again after the commit
+        except (CacheError, OSError) as exc:
+            log.warning("cannot update pins of %s: %s", model_id, exc)
+            return
+        if want:
+            self._pins_applied[model_id] = want
+        else:
+            self._pins_applied.pop(model_id, None)
+
+    # -- state for labels and metrics --------------------------------------------------------
+
+    def model_states(self) -> list[ModelState]:
+        states = {
+            r.id: ModelState(id=r.id, uri=r.uri, label_key=r.label, state="ready", bytes=r.total_bytes)
+            for r in self.cache.records()
+        }
+        for mid, job in self._jobs.items():
+            states[mid] = ModelState(
+                id=mid,
+                uri=job.ref.uri,
+                label_key=job.ref.label_key,
+                state=job.state,
+                bytes=job.bytes_total or 0,
+            )
+        return list(states.values())
+
+    def _cache_changed(self, model_id: str) -> None:
+        """The cache's ``on_change`` hook; it may run in a worker thread."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._on_cache_change, model_id)
+
+    def _on_cache_change(self, model_id: str) -> None:
+        if self.cache.get(model_id) is None:
+            if model_id in self._known_ready and model_id not in self._deleting:
+                self.metrics.evictions.inc()
+                log.info("model %s evicted", model_id)
+            self._known_ready.discard(model_id)
+        else:
+            self._known_ready.add(model_id)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.metrics.set_model_counts(s.state for s in self.model_states())
+        for listener in self._listeners:
+            listener()
+
+
+def _ref_of_record(record: Any) -> ModelRef:
+    from agent.identity import model_ref
+
+    return model_ref(record.uri)
+
+
+def _is_verification_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return not isinstance(exc, NoSpace) and ("mismatch" in text or "digest" in text or "verif" in text)
