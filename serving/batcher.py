@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent.httpkit import ApiError
@@ -86,9 +86,7 @@ class Batcher:
                 batch = await self._next_batch()
                 await self._run_batch(batch)
         finally:
-            for item in self._queue:
-                if not item.future.done():
-                    item.future.set_exception(ApiError("server is shutting down", 503))
+            _fail(self._queue, ApiError("server is shutting down", 503))
             self._queue.clear()
             self._metrics.queue_depth.set(0)
 
@@ -115,11 +113,12 @@ class Batcher:
         self._metrics.batch_size.observe(len(live))
         try:
             vectors, tokens = await self._run([item.text for item in live])
+        except asyncio.CancelledError:  # stopping: answer the batch's clients rather than hang them
+            _fail(live, ApiError("server is shutting down", 503))
+            raise
         except Exception as exc:
             log.error("inference failed for a batch of %d: %s", len(live), exc)
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            _fail(live, exc)
             return
         elapsed = self._clock() - start
         self._metrics.batch_duration.observe(elapsed)
@@ -127,3 +126,9 @@ class Batcher:
         for item, vector, count in zip(live, vectors, tokens, strict=True):
             if not item.future.done():
                 item.future.set_result((vector, count))
+
+
+def _fail(items: Iterable[_Item], exc: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(exc)
