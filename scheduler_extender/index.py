@@ -8,7 +8,7 @@ full-Nodes requests build a throwaway one from the request body.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from scheduler_extender.nodes import NodeState
 from scheduler_extender.scoring import PodModels, filter_reason, locality_score, model_weights
@@ -78,6 +78,11 @@ class NodeIndex:
         for state in fresh.values():
             if self._states.get(state.name) != state:
                 self.upsert(state)
+
+    def add_missing_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Borrow sizes of models no node here reported (a full-Nodes request using the cache's)."""
+        for mid, size in sizes.items():
+            self.sizes.setdefault(mid, size)
 
     def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
         """Scores for ``names`` in the order given (``scoring.locality_score`` per node)."""

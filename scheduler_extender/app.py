@@ -1,0 +1,97 @@
+"""The extender's aiohttp application: scheduler verbs, distribution REST, probes and metrics.
+
+Standalone (no Kubernetes API): full-Nodes requests are answered normally; names-only requests
+see an empty node cache (every node scores 0, ``preferred`` pods pass, ``required`` ones fail
+with a reason) and a warning is logged; the distribution REST answers 503. ``/readyz`` is ready
+at once in standalone mode, and after the first complete Node listing otherwise.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from agent.httpkit import error_middleware, metrics_handler
+from scheduler_extender import background, distributions
+from scheduler_extender.config import Settings
+from scheduler_extender.metrics import Metrics
+from scheduler_extender.nodecache import NodeCache, ProblemLog
+from scheduler_extender.verbs import CONTEXT, VerbContext, filter_handler, prioritize_handler
+
+
+def _random_suffix() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass
+class Deps:
+    """Outside things the app uses; tests pass their own."""
+
+    kube: Any = None  # agent.kube.Kube, or None: standalone (no cluster)
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    new_suffix: Callable[[], str] = _random_suffix
+    metrics: Metrics = field(default_factory=Metrics)
+    node_cache: NodeCache | None = None  # None: a fresh one (fed by the Node watch when kube is set)
+
+
+SETTINGS = web.AppKey("settings", Settings)
+CACHE = web.AppKey("node_cache", NodeCache)
+
+
+def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
+    """Build the extender app; the watches and the reconciler run with it (``cleanup_ctx``)."""
+    deps = deps or Deps()
+    metrics = deps.metrics
+    cache = deps.node_cache if deps.node_cache is not None else NodeCache(clock=deps.clock)
+    cache.problems = ProblemLog(on_problem=metrics.bad_annotations.labels("node").inc)
+    metrics.track_node_cache(lambda: len(cache), cache.age, lambda: cache.synced)
+    app = web.Application(
+        middlewares=[metrics.middleware(), error_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[CACHE] = cache
+    app[CONTEXT] = VerbContext(
+        cache=cache,
+        max_body_bytes=settings.max_body_bytes,
+        standalone=deps.kube is None,
+        pod_problems=ProblemLog(on_problem=metrics.bad_annotations.labels("pod").inc),
+        clock=deps.clock,
+        observe_nodes=lambda verb, n: metrics.nodes_offered.labels(verb).observe(n),
+    )
+    poke: Callable[[], None] = lambda: None  # noqa: E731
+    if deps.kube is None:
+        if deps.node_cache is None:
+            cache.mark_synced()  # nothing will ever arrive: ready at once
+    else:
+        watches = background.Watches.build(
+            deps.kube, cache=cache, settings=settings, metrics=metrics, clock=deps.clock, wall=deps.wall
+        )
+        app[background.WATCHES] = watches
+        app.cleanup_ctx.append(background.run_watches)
+        poke = watches.reconciler.trigger.set
+    prefix = settings.url_prefix
+    app.router.add_post(f"{prefix}/filter", filter_handler, name="filter")
+    app.router.add_post(f"{prefix}/prioritize", prioritize_handler, name="prioritize")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_handler(metrics.registry), name="metrics")
+    ctx = distributions.DistContext(deps.kube, cache, deps.new_suffix, poke)
+    app.add_subapp("/v1/", distributions.create_subapp(settings.token, ctx))
+    return app
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    cache = request.app[CACHE]
+    if not cache.synced:
+        return web.json_response({"error": "node cache not synced yet"}, status=503)
+    return web.json_response({"status": "ready", "nodes": len(cache)})

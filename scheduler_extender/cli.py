@@ -1,0 +1,94 @@
+"""``model-extender`` command line: ``serve`` runs the scheduler extender and the cluster REST."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.config import ConfigError
+from agent.httpkit import QuietProbeAccessLogger
+from scheduler_extender.config import Settings, add_serve_args, settings_from_args
+
+if TYPE_CHECKING:
+    from agent.kube import Kube
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-extender",
+        description="kube-scheduler extender of model-locality: scores nodes by the model weights they hold, "
+        "and pre-distributes models across the cluster.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    serve = sub.add_parser("serve", help="serve /filter, /prioritize, /v1/distributions and probes")
+    add_serve_args(serve)
+    serve.set_defaults(func=serve_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args, os.environ if environ is None else environ)
+    except ConfigError as exc:
+        print(f"model-extender {args.verb}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = settings_from_args(args, environ)
+    kube = connect(settings)
+    from scheduler_extender.app import Deps, create_app
+
+    app = create_app(settings, Deps(kube=kube))
+    if kube is not None:
+
+        async def close_kube(_: web.Application) -> None:
+            await kube.close()
+
+        app.on_cleanup.append(close_kube)
+    if settings.token is None:
+        log.warning("no --token-file: the distribution REST is open to anyone who can reach it")
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log_class=QuietProbeAccessLogger,
+        shutdown_timeout=settings.grace_seconds,
+        print=None,
+    )
+    return 0
+
+
+def connect(settings: Settings) -> Kube | None:
+    """The Kubernetes API, or None (standalone) when there is neither a kubeconfig nor in-cluster config."""
+    from agent.kube import Kube, KubeError
+
+    try:
+        kube = Kube.connect(settings.kubeconfig)
+    except KubeError as exc:
+        raise ConfigError(str(exc)) from exc
+    if kube is None:
+        log.warning(
+            "standalone: no kubeconfig and not in a cluster; answering full-Nodes requests only "
+            "(names-only requests score 0), distributions unavailable"
+        )
+    return kube

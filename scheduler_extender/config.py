@@ -1,0 +1,127 @@
+"""Extender settings: built once from flags with environment fallbacks, validated, then frozen.
+
+Nothing else in the extender reads ``os.environ``; the CLI passes it in here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.config import ConfigError, parse_size
+from agent.httpkit import read_token_file
+
+DEFAULT_PORT = 8471
+DEFAULT_MAX_BODY = 64 * 2**20  # 500 full Node objects with images and managedFields fit easily
+_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the extender is configured with."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    token: str | None = None
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+    url_prefix: str = ""  # "" -> /filter, /prioritize; "/scheduler" -> /scheduler/filter, ...
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    resync_seconds: float = 300.0  # full re-list of Nodes and distributions
+    status_interval_seconds: float = 5.0  # at most one status write per distribution per interval
+    grace_seconds: float = 10.0
+
+    @property
+    def standalone(self) -> bool:
+        """No cluster: full-Nodes requests only (names-only requests see an empty node cache)."""
+        return self.kubeconfig is None and not self.in_cluster
+
+    def validate(self) -> Settings:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"invalid port {self.port}")
+        if not _PREFIX.match(self.url_prefix):
+            raise ConfigError(f"invalid URL prefix {self.url_prefix!r}: use e.g. /scheduler")
+        if not 1024 <= self.max_body_bytes <= 2**31:
+            raise ConfigError("max body size must be between 1 KiB and 2 GiB")
+        if self.resync_seconds < 1 or self.status_interval_seconds < 0 or self.grace_seconds < 0:
+            raise ConfigError("intervals must be positive")
+        return self
+
+
+def normalize_prefix(text: str) -> str:
+    """``scheduler/`` -> ``/scheduler``; empty and ``/`` -> ``""``."""
+    text = text.strip().strip("/")
+    return f"/{text}" if text else ""
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``model-extender serve``."""
+    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_HOST, default 0.0.0.0)")
+    parser.add_argument(
+        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_PORT, default {DEFAULT_PORT})"
+    )
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig path (env KUBECONFIG; default: in-cluster; neither: standalone)",
+    )
+    parser.add_argument(
+        "--url-prefix",
+        help="path prefix of the scheduler verbs, e.g. /scheduler (env MODEL_LOCALITY_URL_PREFIX; "
+        "default none: /filter and /prioritize)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        help="largest accepted request body, e.g. 64Mi (env MODEL_LOCALITY_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, help="full re-list interval of the watches (default 300)"
+    )
+    parser.add_argument(
+        "--status-interval-seconds",
+        type=float,
+        help="minimum seconds between status writes of one distribution (default 5)",
+    )
+    parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 10)")
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
+
+    def pick(flag: str, env: str | None) -> str | None:
+        value = getattr(args, flag, None)
+        if value is not None:
+            return str(value)
+        return (environ.get(env) or None) if env else None
+
+    defaults = Settings()
+    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
+    try:
+        token = read_token_file(token_file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    body = pick("max_body_bytes", "MODEL_LOCALITY_MAX_BODY_BYTES")
+    try:
+        settings = Settings(
+            host=pick("host", "MODEL_LOCALITY_HOST") or defaults.host,
+            port=int(pick("port", "MODEL_LOCALITY_PORT") or defaults.port),
+            token=token,
+            kubeconfig=pick("kubeconfig", "KUBECONFIG"),
+            in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
+            url_prefix=normalize_prefix(pick("url_prefix", "MODEL_LOCALITY_URL_PREFIX") or ""),
+            max_body_bytes=parse_size(body) if body else defaults.max_body_bytes,
+            resync_seconds=float(pick("resync_seconds", None) or defaults.resync_seconds),
+            status_interval_seconds=float(
+                pick("status_interval_seconds", None) or defaults.status_interval_seconds
+            ),
+            grace_seconds=float(pick("grace_seconds", None) or defaults.grace_seconds),
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+    return settings.validate()

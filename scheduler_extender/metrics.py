@@ -1,0 +1,115 @@
+"""Prometheus metrics of the extender, one registry per app instance.
+
+Names follow DESIGN.md (``model_locality_*`` with unit suffixes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agent.httpkit import Handler
+
+# The scheduler waits on filter (serially) with a 2-5 s timeout; the interesting range is sub-ms to 1 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DISTRIBUTION_STATES = ("pending", "progressing", "ready", "unsatisfiable")
+
+
+class Metrics:
+    """The extender's metric families."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "model_locality_extender_requests",
+            "HTTP requests by verb (route) and status code",
+            ["verb", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "model_locality_extender_request_duration_seconds",
+            "Time to answer a request, by verb",
+            ["verb"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.nodes_offered = Histogram(
+            "model_locality_extender_request_nodes",
+            "Candidate nodes per filter/prioritize request",
+            ["verb"],
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+            registry=r,
+        )
+        self.node_cache_nodes = Gauge(
+            "model_locality_extender_node_cache_nodes", "Nodes in the watch-backed node cache", registry=r
+        )
+        self.node_cache_age = Gauge(
+            "model_locality_extender_node_cache_age_seconds",
+            "Seconds since the node cache last completed a list or received a watch event",
+            registry=r,
+        )
+        self.node_cache_synced = Gauge(
+            "model_locality_extender_node_cache_synced",
+            "1 once the node cache has listed all Nodes",
+            registry=r,
+        )
+        self.bad_annotations = Counter(
+            "model_locality_extender_bad_annotations",
+            "Pod or Node annotations that could not be understood (scored as no models)",
+            ["object"],
+            registry=r,
+        )
+        self.distributions = Gauge(
+            "model_locality_extender_distributions",
+            "ModelDistributions by state",
+            ["state"],
+            registry=r,
+        )
+        self.distribution_targets = Gauge(
+            "model_locality_extender_distribution_targets",
+            "Target nodes of all ModelDistributions by per-node model state",
+            ["state"],
+            registry=r,
+        )
+        self.status_writes = Counter(
+            "model_locality_extender_status_writes",
+            "ModelDistribution status writes, by result",
+            ["result"],
+            registry=r,
+        )
+
+    def track_node_cache(
+        self, size: Callable[[], int], age: Callable[[], float], synced: Callable[[], bool]
+    ) -> None:
+        """Read the cache's size, age and sync state at scrape time."""
+        self.node_cache_nodes.set_function(lambda: float(size()))
+        self.node_cache_age.set_function(age)
+        self.node_cache_synced.set_function(lambda: 1.0 if synced() else 0.0)
+
+    def middleware(self) -> Any:
+        """Count and time every request by route name (``verb``) and final status code."""
+        requests, latency = self.requests, self.latency
+
+        @web.middleware
+        async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            start = time.perf_counter()
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                route = request.match_info.route
+                verb = route.name or ("unmatched" if route.resource is None else "other")
+                requests.labels(verb, str(status)).inc()
+                latency.labels(verb).observe(time.perf_counter() - start)
+
+        return metrics_middleware

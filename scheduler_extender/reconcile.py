@@ -1,0 +1,136 @@
+"""Distribution reconciler: recompute each ModelDistribution's status when nodes or specs change.
+
+The extender is the only writer of ``status`` and writes it only when it changed, at most once
+per distribution per ``status_interval_seconds`` (every agent watches these objects, so each
+write fans out cluster-wide). Two extender replicas need no leader election: targets are a
+deterministic function of the same watched state (``specs.desired_status``), the condition's
+``lastTransitionTime`` is kept from the stored status while unchanged, and a merge patch of an
+identical status is idempotent, so concurrent writers converge on one answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.kube import KubeError, NotFound
+from scheduler_extender.metrics import Metrics
+from scheduler_extender.nodecache import NodeCache
+from scheduler_extender.specs import as_object, desired_status, node_view
+
+log = logging.getLogger(__name__)
+
+STATE_BY_REASON = {
+    "TargetsReady": "ready",
+    "Fetching": "progressing",
+    "NotEnoughNodes": "unsatisfiable",
+    "InvalidSpec": "invalid",
+}
+DEBOUNCE_SECONDS = 0.05  # a burst of Node events (a re-list) becomes one pass
+
+
+def needs_write(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """True when a key we own differs between the stored and the desired status."""
+    return any(current.get(k) != v for k, v in desired.items())
+
+
+class Reconciler:
+    """Keeps every distribution's status equal to ``desired_status`` (throttled)."""
+
+    def __init__(
+        self,
+        kube: Any,
+        cache: NodeCache,
+        items: Mapping[str, dict[str, Any]],
+        *,
+        trigger: asyncio.Event,
+        interval: float,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        metrics: Metrics,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._kube, self._cache, self._items = kube, cache, items
+        self._interval, self._clock, self._wall = interval, clock, wall
+        self._metrics, self._ready = metrics, ready
+        self._last_write: dict[str, float] = {}
+        self.trigger = trigger
+
+    async def run(self, idle_seconds: float = 30.0) -> None:
+        """Pass on every trigger, on a retry that is due, and at least every ``idle_seconds``."""
+        wait = idle_seconds
+        while True:
+            try:
+                await asyncio.wait_for(self.trigger.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self.trigger.clear()
+            if not self._ready():
+                wait = 0.2
+                continue
+            retry = await self.reconcile_once()
+            wait = idle_seconds if retry is None else max(retry, DEBOUNCE_SECONDS)
+
+    async def reconcile_once(self) -> float | None:
+        """One pass over every distribution; returns seconds until a throttled write is due."""
+        now = self._clock()
+        stamp = datetime.fromtimestamp(self._wall(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        retry: float | None = None
+        by_state: dict[str, int] = dict.fromkeys(STATE_BY_REASON.values(), 0)
+        targets_by_state: dict[str, int] = {}
+        for name, obj in list(self._items.items()):
+            current = as_object(obj.get("status"))
+            desired = desired_status(obj, self._cache.index, stamp)
+            self._count(desired, by_state, targets_by_state)
+            if not needs_write(current, desired):
+                continue
+            wait = self._interval - (now - self._last_write.get(name, float("-inf")))
+            if wait > 0:
+                retry = wait if retry is None else min(retry, wait)
+                continue
+            await self._write(name, desired)
+        self._forget_deleted()
+        for state, count in by_state.items():
+            self._metrics.distributions.labels(state).set(count)
+        for state in ("queued", "fetching", "ready", "failed", "evicting"):
+            self._metrics.distribution_targets.labels(state).set(targets_by_state.get(state, 0))
+        return retry
+
+    async def _write(self, name: str, status: dict[str, Any]) -> None:
+        self._last_write[name] = self._clock()
+        try:
+            await self._kube.patch_distribution_status(name, status)
+        except NotFound:
+            self._metrics.status_writes.labels("gone").inc()
+            return
+        except KubeError as exc:
+            self._metrics.status_writes.labels("error").inc()
+            log.warning("status write of distribution %s failed: %s; will retry", name, exc)
+            self.trigger.set()
+            return
+        self._metrics.status_writes.labels("ok").inc()
+        log.info(
+            "distribution %s: %s/%s ready on %s",
+            name,
+            status.get("ready"),
+            status.get("desired"),
+            ",".join(status.get("targets", [])[:10]) or "no nodes",
+        )
+
+    def _count(self, desired: dict[str, Any], by_state: dict[str, int], targets: dict[str, int]) -> None:
+        reason = desired["conditions"][0]["reason"]
+        state = STATE_BY_REASON.get(reason, "invalid")
+        by_state[state] = by_state.get(state, 0) + 1
+        if "modelId" in desired:
+            view = node_view(desired["modelId"], desired["label"], desired["targets"], self._cache.index)
+            for name in desired["targets"]:
+                node_state = view[name]["state"]
+                targets[node_state] = targets.get(node_state, 0) + 1
+
+    def _forget_deleted(self) -> None:
+        for name in [n for n in self._last_write if n not in self._items]:
+            del self._last_write[name]

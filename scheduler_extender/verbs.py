@@ -1,0 +1,103 @@
+"""HTTP handlers of the scheduler verbs ``filter`` and ``prioritize``.
+
+Node modes (DESIGN.md section 4):
+
+* ``nodeCacheCapable: true`` (``NodeNames``): nodes are looked up in the watch-backed node
+  cache. A well-formed name the cache has not seen (a Node created a moment ago, or any name
+  while the extender runs standalone without a cluster) holds no models: it scores 0, passes
+  ``preferred`` pods and fails ``required`` ones with a reason. Only a malformed list (not a
+  list of strings) is a 400: refusing the whole request would stall every pod over one new node.
+* ``nodeCacheCapable: false`` (``Nodes``): the request's own Node objects are the truth for
+  labels; model sizes the request does not mention come from the node cache when there is one.
+
+Bad input (bad JSON, no ``Pod``, both or neither node lists, malformed entries, a body over
+``--max-body-bytes``) is answered 4xx with ``{"error": ...}``; a pod annotation that cannot be
+understood scores 0 and is logged once per pod, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from agent.httpkit import PayloadTooLarge
+from scheduler_extender.index import NodeIndex
+from scheduler_extender.nodecache import NodeCache, ProblemLog
+from scheduler_extender.nodes import node_state
+from scheduler_extender.wire import ExtenderArgs, filter_reply, parse_args, prioritize_reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerbContext:
+    """What the verb handlers need; one per app."""
+
+    cache: NodeCache
+    max_body_bytes: int
+    standalone: bool
+    pod_problems: ProblemLog
+    clock: Callable[[], float]
+    observe_nodes: Callable[[str, int], None]
+    _warned_at: float | None = None
+
+    async def read_args(self, request: web.Request) -> ExtenderArgs:
+        raw = await read_capped(request, self.max_body_bytes)
+        args = parse_args(raw)
+        if args.pod.problem:
+            self.pod_problems.report("pod", args.pod_key, "", args.pod.problem)
+        return args
+
+    def index_for(self, args: ExtenderArgs) -> NodeIndex:
+        if args.items is None:
+            if self.standalone:
+                self._warn_standalone()
+            return self.cache.index
+        index = NodeIndex(node_state(item) for item in args.items)
+        index.add_missing_sizes(self.cache.index.sizes)
+        return index
+
+    def _warn_standalone(self) -> None:
+        now = self.clock()
+        if self._warned_at is None or now - self._warned_at > 60:
+            self._warned_at = now
+            log.warning(
+                "nodeCacheCapable request while running standalone (no cluster): every node scores 0; "
+                "give --kubeconfig / run in-cluster, or set nodeCacheCapable: false"
+            )
+
+
+CONTEXT = web.AppKey("verb_context", VerbContext)
+
+
+async def read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def filter_handler(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    args = await ctx.read_args(request)
+    ctx.observe_nodes("filter", len(args.names))
+    passed, failed = ctx.index_for(args).filter(args.pod, args.names)
+    return web.json_response(filter_reply(args, passed, failed))
+
+
+async def prioritize_handler(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    args = await ctx.read_args(request)
+    ctx.observe_nodes("prioritize", len(args.names))
+    scores = ctx.index_for(args).scores(args.pod, args.names)
+    return web.json_response(prioritize_reply(args.names, scores))
