@@ -39,6 +39,10 @@ def same_tree(a: Path, b: Path) -> bool:
     return all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
 def debris(root: Path) -> list[str]:
     """Everything under staging/ and trash/ (lock files aside)."""
     return sorted(
@@ -58,7 +62,7 @@ async def test_minilm_fetched_byte_exact_from_s3(
     record = await cache.fetch(model_ref(minilm_s3), seen.append)
     model_dir = cache.model_path(record.id)
     assert same_tree(model_dir, minilm)
-    assert record.total_bytes == sum(p.stat().st_size for p in minilm.rglob("*") if p.is_file())
+    assert record.total_bytes == sum(p.stat().st_size for p in files_under(minilm))
     assert seen[-1] == Progress(record.total_bytes, record.total_bytes)
     assert cache.verify(record.id) == []
     assert verify_model_dir(model_dir) == []
@@ -175,8 +179,7 @@ async def test_hostile_keys_abort_the_model(
     finally:
         s3_server.client().delete_object(Bucket=bucket, Key=key)
     assert cache.records() == [] and debris(cache.root) == []
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
-    assert written == []
+    assert [p for p in files_under(tmp_path) if not p.name.endswith(".lock")] == []
 
 
 async def test_quota_below_model_size_is_no_space(tmp_path: Path) -> None:
@@ -292,10 +295,14 @@ async def test_cancel_then_resume_skips_finished_chunks(tmp_path: Path) -> None:
         settings = Settings(cache_dir=tmp_path / "cache", chunk_bytes=MiB, concurrency=2).validate()
         cache = Cache(settings, retry=FAST_RETRY)
         ref = model_ref(f"{origin.url}/w.safetensors")
-        seen: list[Progress] = []
-        task = asyncio.create_task(cache.fetch(ref, seen.append))
-        while not seen or seen[-1].bytes_done < 3 * MiB:
-            await asyncio.sleep(0.05)
+        midway = asyncio.Event()
+
+        def progress(p: Progress) -> None:
+            if p.bytes_done >= 3 * MiB:
+                midway.set()
+
+        task = asyncio.create_task(cache.fetch(ref, progress))
+        await asyncio.wait_for(midway.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -323,3 +330,15 @@ def test_scan_cleans_debris_and_rolls_forward(tmp_path: Path) -> None:
     assert make_cache(root).scan() == []
     assert sorted(os.listdir(root / "models")) == []
     assert debris(root) == []
+
+
+async def test_origin_without_range_support(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 3 * MiB + 1, seed=11)
+    with run_origin(src.parent) as ranged:
+        want = await make_cache(tmp_path / "c1").fetch(model_ref(f"{ranged.url}/w.safetensors"))
+    with run_origin(src.parent, faults=Faults(ignore_range=True, reset_first=1)) as plain:
+        cache = make_cache(tmp_path / "c2")
+        got = await cache.fetch(model_ref(f"{plain.url}/w.safetensors"))
+        assert all(r == "" for r in plain.gets())  # never asked for a range it cannot give
+    assert got.files[0].chunk_digests == want.files[0].chunk_digests
+    assert filecmp.cmp(cache.model_path(got.id) / "w.safetensors", src, shallow=False)

@@ -1,0 +1,132 @@
+"""``model-agent fetch | ls | verify | rm | gc`` as a user runs them, including kill -9 and resume."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cache import Cache
+from agent.cli import main
+from agent.config import Settings
+from agent.identity import model_ref
+from agent.store import Layout, load_record, record_view
+from tests.fixtures.models import write_safetensors
+from tests.fixtures.origin import Faults, run_origin
+
+MiB = 2**20
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv), environ={})
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fetch_ls_verify_rm_gc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "src"
+    write_safetensors(src / "a.safetensors", 2 * MiB, seed=1)
+    write_safetensors(src / "b.safetensors", 3 * MiB, seed=2)
+    cache_dir = str(tmp_path / "cache")
+    flags = ["--cache-dir", cache_dir, "--chunk-size", "1Mi"]
+    with run_origin(src) as origin:
+        code, out, err = cli(capsys, "fetch", f"{origin.url}/a.safetensors", *flags)
+        assert code == 0 and err == ""  # quiet when stderr is not a terminal
+        model_dir = Path(out.strip())
+        assert filecmp.cmp(model_dir / "a.safetensors", src / "a.safetensors", shallow=False)
+        assert cli(capsys, "fetch", f"{origin.url}/b.safetensors", *flags)[0] == 0
+        code, out, err = cli(capsys, "fetch", f"{origin.url}/missing.safetensors", *flags)
+        assert code != 0 and "404" in err and len(err.strip().splitlines()) == 1
+    code, out, _ = cli(capsys, "ls", "--json", *flags)
+    listed = json.loads(out)
+    cache = Cache(Settings(cache_dir=Path(cache_dir)))
+    assert listed == [record_view(r, cache.model_path(r.id)) for r in cache.records()]
+    assert {v["uri"] for v in listed} == {f"{origin.url}/a.safetensors", f"{origin.url}/b.safetensors"}
+    a_id = model_ref(f"{origin.url}/a.safetensors").id
+    b_id = model_ref(f"{origin.url}/b.safetensors").id
+    assert cli(capsys, "verify", a_id, *flags)[0] == 0
+    with (model_dir / "a.safetensors").open("r+b") as f:
+        f.seek(MiB + 100)
+        f.write(b"\xff\x00")
+    code, _, err = cli(capsys, "verify", a_id, *flags)
+    assert code != 0 and "a.safetensors" in err
+    cache.pin(b_id, "pod/ns/p")
+    code, _, err = cli(capsys, "rm", b_id, *flags)
+    assert code != 0 and "pinned" in err
+    assert cli(capsys, "rm", b_id, "--force", *flags)[0] == 0
+    code, out, _ = cli(capsys, "gc", *flags, "--quota", "2Mi")  # 2 MiB > 0.9 * 2 MiB: a goes
+    assert code == 0 and f"evicted {a_id}" in out
+    code, out, _ = cli(capsys, "ls", *flags)
+    assert code == 0 and out == ""
+    code, _, err = cli(capsys, "verify", a_id, *flags)
+    assert code != 0 and "no model" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        pytest.param(["fetch", "ftp://x/y"], "unsupported scheme", id="bad-scheme"),
+        pytest.param(["fetch", "s3://Bad_Bucket!/x"], "bucket", id="bad-bucket"),
+        pytest.param(["rm", "0123456789abcdef"], "no model", id="unknown-id"),
+        pytest.param(
+            ["fetch", "http://127.0.0.1:1/x.bin", "--chunk-size", "1k"], "chunk size", id="bad-flag"
+        ),
+    ],
+)
+def test_user_errors_are_one_line(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(capsys, *argv, "--cache-dir", str(tmp_path / "cache"))
+    assert code != 0 and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_kill_9_then_fetch_again_resumes(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 12 * MiB, seed=7)
+    root = tmp_path / "cache"
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "fetch",
+        "--cache-dir",
+        str(root),
+        "--chunk-size",
+        "1Mi",
+        "--concurrency",
+        "2",
+    ]
+    with run_origin(src.parent, faults=Faults(throttle_bps=6 * MiB)) as origin:
+        uri = f"{origin.url}/w.safetensors"
+        ref = model_ref(uri)
+        journal = root / "staging" / ref.id / "journal"
+        proc = subprocess.Popen([*argv, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (
+                not journal.exists() or len(journal.read_text().splitlines()) < 4
+            ):
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+        finished = {json.loads(line)[1] for line in journal.read_text().splitlines() if line.endswith("]")}
+        assert 4 <= len(finished) < 12
+        assert not (root / "models" / ref.id).exists()
+        assert load_record(Layout(root), ref.id) is None
+        before = len(origin.gets())
+        origin.faults.throttle_bps = 0
+        done = subprocess.run([*argv, uri], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        again = origin.gets()[before:]
+    starts = {int(r.split("=")[1].split("-")[0]) // MiB for r in again}
+    assert starts and not starts & finished, (starts, finished)
+    assert filecmp.cmp(Path(done.stdout.strip()) / "w.safetensors", src, shallow=False)
+    assert sorted(os.listdir(root / "staging")) in ([], [f"{ref.id}.lock"])

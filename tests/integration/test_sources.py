@@ -1,0 +1,109 @@
+"""One conformance test for every source, on real servers: moto's S3 and an aiohttp range server."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.identity import model_ref
+from agent.sources import Source, SourceError, open_source
+from agent.sources.transfer import ChunkJob, RangeReader
+from tests.fixtures.models import synthetic_model, write_safetensors
+from tests.fixtures.origin import Faults, run_origin
+from tests.fixtures.s3server import S3Server
+
+MiB = 2**20
+
+
+@contextmanager
+def s3_model(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    src = synthetic_model(tmp_path / "src", shards=2, shard_bytes=MiB + 17)
+    (src / "sub").mkdir()
+    (src / "sub" / "empty.txt").write_bytes(b"")
+    s3_server.upload_dir(src, "conformance", "org/model")
+    s3_server.put("conformance", "org/model-sibling/x", b"not part of the model")
+    yield "s3://conformance/org/model", src
+
+
+@contextmanager
+def http_model(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    src = tmp_path / "src"
+    write_safetensors(src / "model.safetensors", 2 * MiB + 5, seed=4)
+    with run_origin(src) as origin:
+        yield f"{origin.url}/model.safetensors", src
+
+
+def read_all(source: Source, path: Path, file: object, piece: int) -> None:
+    """Read a file through the shared data path in ranges of ``piece`` bytes."""
+    from agent.sources.base import RemoteFile
+
+    assert isinstance(file, RemoteFile)
+    reader = RangeReader(threading.Event(), buffer_bytes=64 * 1024)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for offset in range(0, file.size, piece):
+            job = ChunkJob(fd=fd, offset=offset, length=min(piece, file.size - offset), file_size=file.size)
+            reader.fetch(source.target(file), job, file.etag, lambda n: None)
+            assert job.received == job.length
+    finally:
+        os.close(fd)
+        reader.close()
+
+
+@pytest.mark.parametrize("make", [pytest.param(s3_model, id="s3"), pytest.param(http_model, id="http")])
+async def test_source_conformance(
+    make: object, s3_server: S3Server, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    with make(s3_server, tmp_path) as (uri, src):  # type: ignore[operator]
+        source = open_source(model_ref(uri))
+        try:
+            files = await source.list_files()
+            want = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+            assert [f.path for f in files] == want
+            for f in files:
+                assert f.size == (src / f.path).stat().st_size and f.etag
+                out = tmp_path / "out" / f.path
+                out.parent.mkdir(parents=True, exist_ok=True)
+                read_all(source, out, f, piece=300 * 1024)
+                assert out.read_bytes() == (src / f.path).read_bytes()
+        finally:
+            await source.close()
+
+
+async def test_s3_single_object_uri(s3_server: S3Server, s3_env: dict[str, str]) -> None:
+    s3_server.put("conformance", "single/weights.bin", b"w" * 1000)
+    source = open_source(model_ref("s3://conformance/single/weights.bin"))
+    try:
+        files = await source.list_files()
+    finally:
+        await source.close()
+    assert [(f.path, f.size, f.key) for f in files] == [("weights.bin", 1000, "single/weights.bin")]
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [
+        pytest.param(404, True, id="404"),
+        pytest.param(403, True, id="403"),
+        pytest.param(503, False, id="503"),
+    ],
+)
+async def test_http_listing_errors(status: int, permanent: bool, tmp_path: Path) -> None:
+    with run_origin(tmp_path, faults=Faults(status={"/m.bin": status})) as origin:
+        source = open_source(model_ref(f"{origin.url}/m.bin"))
+        with pytest.raises(SourceError) as caught:
+            await source.list_files()
+    assert caught.value.permanent is permanent and str(status) in caught.value.message
+
+
+async def test_http_origin_without_range_support(tmp_path: Path) -> None:
+    write_safetensors(tmp_path / "m.bin", MiB + 3)
+    with run_origin(tmp_path, faults=Faults(ignore_range=True)) as origin:
+        source = open_source(model_ref(f"{origin.url}/m.bin"))
+        (file,) = await source.list_files()
+    assert file.ranges is False and file.size == MiB + 3
