@@ -1,0 +1,289 @@
+"""The extender against the fake Kubernetes API: node cache through the watch (dropped watches
+included), and the distribution REST round trip through the ModelDistribution custom resource."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from agent.kube import Kube
+from scheduler_extender.app import Deps, create_app
+from scheduler_extender.config import Settings
+from tests.fixtures.fakekube.server import FakeKube
+
+A = model_ref("s3://models/org/llama-3-8b")
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GPU = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
+SETTINGS = Settings(token=TOKEN, status_interval_seconds=0.2, resync_seconds=300)
+
+Client = Callable[..., Awaitable[TestClient[Any, Any]]]
+Factory = Callable[[], Awaitable[TestClient[Any, Any]]]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def models_annotation(ready: bool, size: int = 10**9) -> dict[str, str]:
+    state = "ready" if ready else "fetching"
+    return {MODELS_ANNOTATION: json.dumps({A.id: {"uri": A.uri, "bytes": size, "state": state}})}
+
+
+@pytest.fixture()
+async def extender(fake_kube: FakeKube, aiohttp_client: Client) -> AsyncIterator[Factory]:
+    """Start extender apps (each with its own Kube connection) against the fake API."""
+    kubes: list[Kube] = []
+
+    async def start() -> TestClient[Any, Any]:
+        kube = Kube.connect(str(fake_kube.kubeconfig_path))
+        assert kube is not None
+        kubes.append(kube)
+        client = await aiohttp_client(create_app(SETTINGS, Deps(kube=kube)))
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        await eventually(ready)
+        return client
+
+    yield start
+    for kube in kubes:
+        await kube.close()
+
+
+async def scores(client: TestClient[Any, Any], names: list[str], required: bool = False) -> dict[str, int]:
+    annotations = {MODELS_ANNOTATION: A.uri}
+    if required:
+        annotations[LOCALITY_ANNOTATION] = "required"
+    body = {"Pod": {"metadata": {"name": "p", "annotations": annotations}}, "Nodes": None, "NodeNames": names}
+    resp = await client.post("/prioritize", json=body)
+    assert resp.status == 200
+    return {e["Host"]: e["Score"] for e in await resp.json()}
+
+
+async def test_node_cache_follows_the_watch(fake_kube: FakeKube, extender: Factory) -> None:
+    fake_kube.add_node("warm", {A.label_key: "ready"}, models_annotation(True), allocatable=GPU)
+    fake_kube.add_node("cold", allocatable=GPU)
+    client = await extender()
+    assert await scores(client, ["cold", "warm"]) == {"cold": 0, "warm": 10}
+
+    kube = Kube.connect(str(fake_kube.kubeconfig_path))
+    assert kube is not None
+    try:  # an agent finishing a fetch writes its own Node, as in production
+        await kube.patch_node_metadata(
+            "cold", labels={A.label_key: "ready"}, annotations=models_annotation(True)
+        )
+
+        async def cold_warmed() -> bool:
+            return (await scores(client, ["cold"]))["cold"] == 10
+
+        await eventually(cold_warmed)
+        fake_kube.delete("node", "warm")
+
+        async def warm_gone() -> bool:
+            text = await (await client.get("/metrics")).text()
+            return "model_locality_extender_node_cache_nodes 1.0" in text
+
+        await eventually(warm_gone)
+    finally:
+        await kube.close()
+
+
+async def test_node_cache_recovers_from_dropped_watch(fake_kube: FakeKube, extender: Factory) -> None:
+    fake_kube.add_node("n1", allocatable=GPU)
+    client = await extender()
+
+    async def watching() -> bool:
+        return fake_kube.open_watches("node") > 0
+
+    await eventually(watching)
+    # The next watch attempts fail too, so the change below can only arrive through a re-list.
+    fake_kube.fail_next(3, path="/nodes", watch=True, status=500)
+    assert fake_kube.drop_watches() >= 1
+    node = fake_kube.get("node", "n1")
+    node["metadata"]["labels"][A.label_key] = "ready"
+    fake_kube.update("node", node)
+    fake_kube.add_node("n2", {A.label_key: "ready"}, allocatable=GPU)
+
+    async def converged() -> bool:
+        return await scores(client, ["n1", "n2"]) == {"n1": 10, "n2": 10}
+
+    await eventually(converged)
+    await eventually(watching)  # and it watches again afterwards
+
+
+async def test_filter_required_through_cache(fake_kube: FakeKube, extender: Factory) -> None:
+    fake_kube.add_node("warm", {A.label_key: "ready"}, allocatable=GPU)
+    fake_kube.add_node("cold", allocatable=GPU)
+    client = await extender()
+    body = {
+        "Pod": {"metadata": {"annotations": {MODELS_ANNOTATION: A.uri, LOCALITY_ANNOTATION: "required"}}},
+        "Nodes": None,
+        "NodeNames": ["cold", "warm"],
+    }
+    reply = await (await client.post("/filter", json=body)).json()
+    assert reply["NodeNames"] == ["warm"] and list(reply["FailedNodes"]) == ["cold"]
+
+
+async def get_json(client: TestClient[Any, Any], path: str, status: int = 200) -> Any:
+    resp = await client.get(path, headers=AUTH)
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def test_distribution_round_trip_and_restart(fake_kube: FakeKube, extender: Factory) -> None:
+    for i in range(4):
+        fake_kube.add_node(f"gpu-{i}", {"pool": "a"}, allocatable=GPU)
+    fake_kube.add_node("gpu-b", {"pool": "b"}, allocatable=GPU)
+    fake_kube.add_node("cordoned", {"pool": "a"}, unschedulable=True, allocatable=GPU)
+    client = await extender()
+
+    body = {"uri": A.uri + "/", "nodeSelector": {"pool": "a"}, "replicas": 2}
+    assert (await client.post("/v1/distributions", json=body)).status == 401
+    resp = await client.post("/v1/distributions", json=body, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    name = created["name"]
+    assert name.startswith(f"{A.slug}-") and len(name) == len(A.slug) + 9
+    assert (created["uri"], created["modelId"], created["label"]) == (A.uri, A.id, A.label_key)
+    assert created["replicas"] == 2 and created["nodeSelector"] == {"pool": "a"}
+    targets = created["targets"]
+    assert len(targets) == 2 and set(targets) <= {"gpu-0", "gpu-1", "gpu-2", "gpu-3"}
+    assert created["nodes"] == {t: {"state": "queued", "bytes": None} for t in targets}
+
+    stored = fake_kube.get("distribution", name)
+    assert stored["spec"] == {"uri": A.uri, "nodeSelector": {"pool": "a"}, "replicas": 2}
+
+    async def status_written() -> bool:
+        status = fake_kube.get("distribution", name).get("status") or {}
+        return status.get("targets") == targets and status.get("desired") == 2
+
+    await eventually(status_written)
+    status = fake_kube.get("distribution", name)["status"]
+    assert status["modelId"] == A.id and status["ready"] == 0
+    assert status["conditions"][0]["reason"] == "Fetching"
+
+    # One target's agent reports progress, the other finishes: per-node state comes from the Nodes.
+    fetching, done = targets
+    fake_kube.update("node", _with(fake_kube.get("node", fetching), {}, models_annotation(False, 123)))
+    fake_kube.update(
+        "node", _with(fake_kube.get("node", done), {A.label_key: "ready"}, models_annotation(True, 123))
+    )
+
+    async def states_seen() -> bool:
+        one = await get_json(client, f"/v1/distributions/{name}")
+        return one["nodes"] == {
+            fetching: {"state": "fetching", "bytes": 123},
+            done: {"state": "ready", "bytes": 123},
+        }
+
+    await eventually(states_seen)
+
+    async def ready_counted() -> bool:
+        return (fake_kube.get("distribution", name).get("status") or {}).get("ready") == 1
+
+    await eventually(ready_counted)
+
+    listed = await get_json(client, "/v1/distributions")
+    assert [d["name"] for d in listed["items"]] == [name]
+
+    # A second extender (a restart, or the other replica) sees the same distribution and targets.
+    other = await extender()
+    again = await get_json(other, f"/v1/distributions/{name}")
+    assert again["targets"] == targets and again["ready"] == 1
+
+    assert (await other.delete(f"/v1/distributions/{name}")).status == 401
+    assert (await other.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 204
+    assert (await get_json(client, f"/v1/distributions/{name}", 404))["error"]
+    assert (await client.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 404
+
+
+def _with(node: dict[str, Any], labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    node["metadata"].setdefault("labels", {}).update(labels)
+    node["metadata"].setdefault("annotations", {}).update(annotations)
+    return node
+
+
+async def test_kubectl_applied_distribution_all_follows_new_nodes(
+    fake_kube: FakeKube, extender: Factory
+) -> None:
+    fake_kube.add_node("gpu-0", allocatable=GPU)
+    fake_kube.add_node("cpu-0")  # no GPUs: not eligible while GPU nodes exist
+    client = await extender()
+    obj = {
+        "apiVersion": "model-locality.io/v1alpha1",
+        "kind": "ModelDistribution",
+        "metadata": {"name": "everywhere"},
+        "spec": {"uri": A.uri},  # replicas defaults to "all"
+    }
+    fake_kube.create("distribution", obj)
+
+    async def targets_are(expected: list[str]) -> bool:
+        status = fake_kube.get("distribution", "everywhere").get("status") or {}
+        return status.get("targets") == expected and status.get("desired") == len(expected)
+
+    await eventually(lambda: targets_are(["gpu-0"]))
+    fake_kube.add_node("gpu-1", allocatable=GPU)
+    await eventually(lambda: targets_are(["gpu-0", "gpu-1"]))
+    one = await get_json(client, "/v1/distributions/everywhere")
+    assert one["replicas"] == "all" and one["targets"] == ["gpu-0", "gpu-1"]
+
+
+async def test_invalid_applied_spec_reported_in_status(fake_kube: FakeKube, extender: Factory) -> None:
+    client = await extender()
+    fake_kube.create("distribution", {"metadata": {"name": "broken"}, "spec": {"uri": "ftp://nope/x"}})
+
+    async def reported() -> bool:
+        status = fake_kube.get("distribution", "broken").get("status") or {}
+        return bool(status.get("conditions")) and status["conditions"][0]["reason"] == "InvalidSpec"
+
+    await eventually(reported)
+    one = await get_json(client, "/v1/distributions/broken")
+    assert "unsupported scheme" in one["error"]
+
+
+BAD_POSTS = [
+    ("unknown field", {"uri": A.uri, "replica": 2}),
+    ("missing uri", {"replicas": 2}),
+    ("bad uri", {"uri": "ftp://x/y"}),
+    ("replicas zero", {"uri": A.uri, "replicas": 0}),
+    ("replicas negative", {"uri": A.uri, "replicas": -1}),
+    ("replicas float", {"uri": A.uri, "replicas": 1.5}),
+    ("replicas bool", {"uri": A.uri, "replicas": True}),
+    ("replicas other word", {"uri": A.uri, "replicas": "some"}),
+    ("selector not an object", {"uri": A.uri, "nodeSelector": ["a"]}),
+    ("selector value not a string", {"uri": A.uri, "nodeSelector": {"a": 1}}),
+    ("selector bad key", {"uri": A.uri, "nodeSelector": {"bad key!": "x"}}),
+    ("not an object", [A.uri]),
+]
+
+
+@pytest.mark.parametrize(("name", "body"), BAD_POSTS, ids=[n for n, _ in BAD_POSTS])
+async def test_distribution_validation(
+    name: str, body: object, fake_kube: FakeKube, extender: Factory
+) -> None:
+    client = await extender()
+    resp = await client.post("/v1/distributions", json=body, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"]
+    assert fake_kube.objects("distribution") == []
+
+
+async def test_distribution_api_down_is_503_not_a_trace(fake_kube: FakeKube, extender: Factory) -> None:
+    client = await extender()
+    fake_kube.fail_next(1, method="POST", path="modeldistributions", status=500)
+    resp = await client.post("/v1/distributions", json={"uri": A.uri}, headers=AUTH)
+    assert resp.status == 503
+    assert "Kubernetes API" in (await resp.json())["error"]
+    assert (await get_json(client, "/v1/distributions/bad_name!", 400))["error"]
