@@ -149,7 +149,7 @@ def _lifecycle(settings: Settings, deps: Deps) -> Callable[[web.Application], As
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await manager.close(settings.grace_seconds)
+            await manager.close(settings.grace_seconds / 2)
             if state.nodesync is not None:
                 await _final_sync(state.nodesync, min(5.0, settings.grace_seconds / 4))
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,7 @@ def register(sub: Any) -> None:
 
 def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from agent.app import Deps, create_app
-    from agent.kube import Kube
+    from agent.kube import Kube, KubeError
 
     settings = settings_from_args(args, environ)
     if settings.token is None and not args.insecure_no_auth:
@@ -63,7 +64,10 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             "no bearer token: pass --token-file (or MODEL_LOCALITY_TOKEN_FILE), "
             "or --insecure-no-auth for a development agent"
         )
-    kube = Kube.connect(settings.kubeconfig) if settings.node_name else None
+    try:
+        kube = Kube.connect(settings.kubeconfig) if settings.node_name else None
+    except KubeError as exc:
+        raise ConfigError(str(exc)) from exc
     if kube is None:
         log.warning("standalone mode: %s", "no node name" if not settings.node_name else "no cluster found")
     app = create_app(settings, Deps(kube=kube))
@@ -78,7 +82,9 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         host=settings.host,
         port=settings.port,
         access_log_class=QuietProbeAccessLogger,
-        shutdown_timeout=max(1.0, settings.grace_seconds - 5.0),
+        # SIGTERM budget: <= grace/4 for open requests, then cleanup_ctx spends <= grace/2
+        # checkpointing fetches and <= min(5, grace/4) on a last Node sync.
+        shutdown_timeout=settings.grace_seconds / 4,
         print=lambda text: log.info("%s", text.strip()),
         handle_signals=True,
     )
@@ -91,15 +97,18 @@ def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = settings_from_args(args, environ)
     if args.timeout <= 0:
         raise CliError("--timeout must be positive", code=2)
-    last_state: list[str] = [""]
+    last: dict[str, Any] = {"state": "", "at": 0.0}
 
     def progress(view: dict[str, Any]) -> None:
-        state = str(view.get("state"))
+        # One line per state change, and at most one every 10 s while bytes arrive (init logs).
+        state, now = str(view.get("state")), time.monotonic()
+        if state == last["state"] and now - float(last["at"]) < 10:
+            return
         done, total = view.get("bytes_done") or 0, view.get("bytes_total")
-        line = f"{state} {done}/{total if total is not None else '?'} bytes"
-        if line != last_state[0]:
-            print(f"model-agent wait: {line}", file=sys.stderr, flush=True)
-            last_state[0] = line
+        print(
+            f"model-agent wait: {state} {done}/{total if total is not None else '?'} bytes", file=sys.stderr
+        )
+        last.update(state=state, at=now)
 
     try:
         path = asyncio.run(

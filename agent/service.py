@@ -98,6 +98,9 @@ class ModelManager:
         self._known_ready: set[str] = set()
         self._deleting: set[str] = set()
         self._wanted: dict[str, tuple[ModelRef, frozenset[str]]] = {}
+        # Until the watchers have listed pods and distributions once, pins on disk are kept as
+        # they are: unpinning early could let eviction remove a model a running pod reads.
+        self._wanted_known = False
         self._wanted_changed = asyncio.Event()
         self._pins_applied: dict[str, frozenset[str]] = {}
         self._closing = False
@@ -259,6 +262,7 @@ class ModelManager:
     def set_wanted(self, wanted: dict[str, tuple[ModelRef, frozenset[str]]]) -> None:
         """The watchers' answer: models this node must hold, with their pin reasons."""
         self._wanted = dict(wanted)
+        self._wanted_known = True
         self._wanted_changed.set()
 
     async def run(self) -> None:
@@ -269,6 +273,8 @@ class ModelManager:
             self._wanted_changed.clear()
             if self._closing:
                 return
+            if not self._wanted_known:
+                continue
             wanted = self._wanted
             for model_id, (ref, _) in wanted.items():
                 job = self._jobs.get(model_id)
@@ -287,6 +293,8 @@ class ModelManager:
 
     async def _apply_pins(self, model_id: str) -> None:
         """Make the cache's watcher-owned pins of ``model_id`` equal the wanted reasons."""
+        if not self._wanted_known:
+            return
         want = self._wanted.get(model_id, (None, frozenset()))[1]
         record = self.cache.get(model_id)
         have = self._pins_applied.get(model_id, frozenset())
@@ -355,4 +363,5 @@ def _ref_of_record(record: Any) -> ModelRef:
 
 def _is_verification_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return not isinstance(exc, NoSpace) and ("mismatch" in text or "digest" in text or "verif" in text)
+    markers = ("mismatch", "digest", "verif", "incomplete")
+    return not isinstance(exc, NoSpace) and any(m in text for m in markers)
