@@ -351,6 +351,8 @@ class ModelManager:
 
     def _changed(self) -> None:
         self.metrics.set_model_counts(s.state for s in self.model_states())
+        with contextlib.suppress(OSError):  # a sum over records plus one statvfs: cheap
+            self.metrics.set_usage(*self.cache.usage())
         for listener in self._listeners:
             listener()
 

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import MANAGER, create_app
 from agent.client import AgentError, wait_ready
@@ -213,6 +214,17 @@ async def test_probes_and_metrics(client: Client, small_model: str) -> None:
         "model_locality_agent_http_request_duration_seconds_bucket",
     ):
         assert name in text, name
+    view = await (await client.get(f"/v1/models/{model_ref(small_model).id}")).json()
+    assert sample(text, "model_locality_agent_cache_used_bytes") == view["bytes_total"]
+    assert sample(text, "model_locality_agent_cache_quota_bytes") == 1 << 30
+
+
+def sample(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                return float(s.value)
+    raise AssertionError(f"no sample {name}")
 
 
 async def test_wait_ready_client(client: Client, small_model: str) -> None:
@@ -233,3 +245,35 @@ async def test_wait_ready_times_out_when_no_agent() -> None:
             f"http://127.0.0.1:{free_port()}", "s3://models/x", token=None, timeout=0.5, poll=0.1
         )
     assert info.value.timed_out
+
+
+async def test_eviction_is_counted_and_listed(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    tmp_path: Path,
+    s3_env: dict[str, str],
+    s3_server: S3Server,
+) -> None:
+    uris = []
+    for name in ("first-model", "second-model"):
+        local = synthetic_model(tmp_path / name, shards=2, shard_bytes=256 << 10)
+        prefix = f"evict/{uuid.uuid4().hex[:8]}/{name}"
+        s3_server.upload_dir(local, "models", prefix)
+        uris.append(f"s3://models/{prefix}")
+    # Room for one model only: the second fetch must evict the first (least recently used).
+    settings = Settings(cache_dir=tmp_path / "cache", token=TOKEN, quota_bytes=800 << 10).validate()
+    client = await aiohttp_client(create_app(settings))
+    first, second = (model_ref(u) for u in uris)
+    await client.post("/v1/models", json={"uri": first.uri}, headers=AUTH)
+    await until_state(client, first.id, {"ready"})
+    await client.post("/v1/models", json={"uri": second.uri}, headers=AUTH)
+    await until_state(client, second.id, {"ready"})
+    assert (await client.get(f"/v1/models/{first.id}")).status == 404
+    listing = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in listing["models"]] == [second.id]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = await (await client.get("/metrics")).text()
+        if sample(text, "model_locality_agent_evictions_total") == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert sample(text, "model_locality_agent_evictions_total") == 1
