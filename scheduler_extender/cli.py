@@ -86,6 +86,8 @@ def connect(settings: Settings) -> Kube | None:
         kube = Kube.connect(settings.kubeconfig)
     except KubeError as exc:
         raise ConfigError(str(exc)) from exc
+    except Exception as exc:  # e.g. a YAML error from a garbled kubeconfig that the loader lets through
+        raise ConfigError(f"cannot use kubeconfig {settings.kubeconfig}: {exc}") from exc
     if kube is None:
         log.warning(
             "standalone: no kubeconfig and not in a cluster; answering full-Nodes requests only "
