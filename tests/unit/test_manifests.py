@@ -344,11 +344,11 @@ BROKEN_DISTRIBUTIONS = {
     "negative ready count": _md({"uri": URI}, {"ready": -1}),
     "condition reason with spaces": _md(
         {"uri": URI},
-        {"conditions": [{**FULL_STATUS["conditions"][0], "reason": "not ready"}]},  # type: ignore[dict-item]
+        {"conditions": [{**FULL_STATUS["conditions"][0], "reason": "not ready"}]},
     ),
     "bad condition status": _md(
         {"uri": URI}, {"conditions": [{**FULL_STATUS["conditions"][0], "status": "yes"}]}
-    ),  # type: ignore[dict-item]
+    ),
 }
 
 
@@ -584,6 +584,27 @@ def test_token_secret_is_a_placeholder_wired_into_agent_and_extender(base: list[
     for kind, name in [("DaemonSet", "model-locality-agent"), ("Deployment", "model-locality-extender")]:
         vols = {v["name"]: v for v in pod_spec(find(base, kind, name))["volumes"]}
         assert any(v.get("secret", {}).get("secretName") == "model-locality-token" for v in vols.values())
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="behavior: replace needs real kustomize")
+def test_readme_token_overlay_replaces_the_placeholder(tmp_path: Path) -> None:
+    """The overlay that manifests/README.md tells operators to write really swaps the token."""
+    (tmp_path / "token.txt").write_text("0123456789abcdef0123456789abcdef")
+    (tmp_path / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(MANIFESTS, tmp_path)}]\n"
+        "secretGenerator:\n"
+        "  - name: model-locality-token\n"
+        "    namespace: model-locality\n"
+        "    behavior: replace\n"
+        "    files: [token=token.txt]\n"
+        "    options: {disableNameSuffixHash: true}\n"
+    )
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "behavior: replace" in readme and "files: [token=token.txt]" in readme
+    objs = render(tmp_path)
+    (secret,) = [o for o in objs if o["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "model-locality-token"
+    assert base64.b64decode(secret["data"]["token"]) == b"0123456789abcdef0123456789abcdef"
 
 
 def test_secret_and_configmap_references_resolve(base: list[Obj]) -> None:
@@ -846,7 +867,7 @@ def _parse(build: Callable[[], Any], argv: list[str]) -> Any:
 def _builder(module: str) -> Callable[[], Any]:
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"{module} does not exist yet")
-    return importlib.import_module(module).build_parser  # type: ignore[no-any-return]
+    return importlib.import_module(module).build_parser
 
 
 def test_agent_serve_flags_are_accepted(base: list[Obj]) -> None:
