@@ -35,6 +35,7 @@ class Deps:
 
     resolve: Callable[[], Awaitable[Path]]
     load: Callable[[Path], Embedder]  # blocking; runs on the inference thread
+    prepare: Callable[[], object] | None = None  # blocking warm-up of imports, overlapped with the wait
     on_fatal: Callable[[str], None] = _ignore
 
 
@@ -121,7 +122,13 @@ async def _start_up(app: web.Application, run: startup.RunInThread) -> None:
     settings, deps, state, metrics = app[SETTINGS], app[DEPS], app[STATE], app[METRICS]
     try:
         state.loaded = await startup.start(
-            deps.resolve, deps.load, run, metrics, max_batch=settings.max_batch, verify=settings.verify
+            deps.resolve,
+            deps.load,
+            run,
+            metrics,
+            max_batch=settings.max_batch,
+            verify=settings.verify,
+            prepare=deps.prepare,
         )
     except asyncio.CancelledError:
         raise

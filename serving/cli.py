@@ -59,12 +59,15 @@ def default_deps(settings: Settings) -> Deps:
             return settings.model_dir
         return await wait_for_agent(settings)
 
+    def prepare() -> object:
+        return importlib.import_module("serving.model")  # torch: seconds, overlapped with the wait
+
     def load(model_dir: Path) -> Embedder:
-        from serving import model  # torch is imported here, on the inference thread, once
+        from serving import model
 
         return model.load(model_dir, device=settings.device, threads=settings.threads)
 
-    return Deps(resolve=resolve, load=load)
+    return Deps(resolve=resolve, load=load, prepare=prepare)
 
 
 async def wait_for_agent(settings: Settings) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,12 +60,20 @@ async def start(
     *,
     max_batch: int,
     verify: bool,
+    prepare: Callable[[], object] | None = None,
 ) -> Loaded:
-    """Run the phases in order, exporting each duration; raise ``StartupError`` on any failure."""
+    """Run the phases in order, exporting each duration; raise ``StartupError`` on any failure.
+
+    ``prepare`` (importing torch: seconds) runs on the inference thread while the cache is
+    awaited and verified on another, so the slow import overlaps the wait instead of adding to it.
+    """
+    prepared = asyncio.ensure_future(run(prepare)) if prepare is not None else None
+    if prepared is not None:
+        prepared.add_done_callback(_retrieve)
     model_dir = await _phase(metrics, "wait_for_cache", resolve())
-    await _phase(metrics, "verify", run(_verify, model_dir, verify))
+    await _phase(metrics, "verify", asyncio.to_thread(_verify, model_dir, verify))
     try:
-        embedder = await _phase(metrics, "load", run(load, model_dir))
+        embedder = await _phase(metrics, "load", _load(prepared, load, run, model_dir))
     except StartupError:
         raise
     except Exception as exc:  # ModelLoadError lives in serving.model, which imports torch
@@ -72,6 +81,21 @@ async def start(
     reference = await _phase(metrics, "warmup", _warm_up(embedder, run, max_batch))
     log.info("model in %s ready on %s (%d dimensions)", model_dir, embedder.device, embedder.dimension)
     return Loaded(embedder, reference, model_dir)
+
+
+async def _load(
+    prepared: asyncio.Future[Any] | None, load: Callable[[Path], Embedder], run: RunInThread, model_dir: Path
+) -> Embedder:
+    if prepared is not None:
+        await prepared
+    embedder: Embedder = await run(load, model_dir)
+    return embedder
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failed ``prepare`` as seen when start-up stopped before awaiting it."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _phase(metrics: Metrics, name: str, work: Awaitable[T]) -> T:
@@ -96,17 +120,18 @@ def _verify(model_dir: Path, against_cache: bool) -> None:
 
 
 async def _warm_up(embedder: Embedder, run: RunInThread, max_batch: int) -> tuple[float, ...]:
-    """Embed the probe and sanity sentences, then one full batch; return the probe's vector."""
+    """Embed the probe and sanity sentences (then a full batch on a GPU); return the probe's vector."""
     vectors, _ = await run(embedder.embed, [PROBE_TEXT, *SANITY])
     problem = output_problem(vectors)
     if problem:
         raise StartupError(f"warm-up output is unusable: {problem}")
     if cosine(vectors[1], vectors[2]) <= cosine(vectors[1], vectors[3]):
         raise StartupError("warm-up sanity check failed: a paraphrase scored below an unrelated sentence")
-    full, _ = await run(embedder.embed, [WARM_TEXT] * max_batch)
-    problem = output_problem(full)
-    if problem:
-        raise StartupError(f"warm-up output is unusable: {problem}")
+    if embedder.device != "cpu":  # allocate for the largest batch now, not on a client's request
+        full, _ = await run(embedder.embed, [WARM_TEXT] * max_batch)
+        problem = output_problem(full)
+        if problem:
+            raise StartupError(f"warm-up output is unusable: {problem}")
     return tuple(vectors[0])
 
 
