@@ -12,68 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from agent.cache import Cache, CacheError, NoSpace, Pinned, Progress, UnknownModel
+from agent.cache import Cache, CacheError, Pinned, Progress, UnknownModel
 from agent.config import Settings
-from agent.httpkit import ApiError, BadRequest, ConflictError, NotFoundError
-from agent.identity import ModelRef
+from agent.httpkit import ConflictError, NotFoundError
+from agent.identity import ModelRef, model_ref
+from agent.jobs import (
+    MAX_ERROR_CHARS,
+    RETRY_BASE_SECONDS,
+    Job,
+    Unavailable,
+    check_model_id,
+    is_verification_failure,
+    retry_delay,
+)
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
+from agent.pinning import Pins, Wanted
 from agent.store import record_view
 
 log = logging.getLogger(__name__)
-
-_MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
-PIN_PREFIXES = ("pod:", "distribution:")  # pins the watchers own; others (e.g. manual) are left alone
-MAX_ERROR_CHARS = 1000
-RETRY_BASE_SECONDS = 10.0
-RETRY_MAX_SECONDS = 300.0
-
-
-class Unavailable(ApiError):
-    status = 503
-
-
-@dataclass
-class _Job:
-    """A model that is not (or no longer) simply committed: queued, fetching, failed or evicting."""
-
-    ref: ModelRef
-    state: str = "queued"
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    error: str | None = None
-    task: asyncio.Task[None] | None = None
-    attempts: int = 0
-    failed_at: float = 0.0
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.ref.id,
-            "uri": self.ref.uri,
-            "label": self.ref.label_key,
-            "state": self.state,
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "path": None,
-            "error": self.error,
-        }
-
-
-def check_model_id(model_id: str) -> str:
-    if not _MODEL_ID.match(model_id):
-        raise BadRequest("model id must be 16 lower-case hex digits")
-    return model_id
-
-
-def retry_delay(attempts: int) -> float:
-    """Back-off before a pinned model that failed is fetched again: ``min(300, 10 * 2**(n-1))`` s."""
-    return float(min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)))
 
 
 class ModelManager:
@@ -91,18 +52,13 @@ class ModelManager:
         self.metrics = metrics
         self.cache = cache_factory(settings, on_change=self._cache_changed)
         self._clock = clock
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._sem = asyncio.Semaphore(settings.max_parallel_models)
         self._listeners: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_ready: set[str] = set()
         self._deleting: set[str] = set()
-        self._wanted: dict[str, tuple[ModelRef, frozenset[str]]] = {}
-        # Until the watchers have listed pods and distributions once, pins on disk are kept as
-        # they are: unpinning early could let eviction remove a model a running pod reads.
-        self._wanted_known = False
-        self._wanted_changed = asyncio.Event()
-        self._pins_applied: dict[str, frozenset[str]] = {}
+        self.pins = Pins(self.cache)
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -167,7 +123,7 @@ class ModelManager:
         job, record = self._jobs.get(model_id), self.cache.get(model_id)
         if job is None and record is None:
             raise NotFoundError(f"unknown model {model_id}")
-        pins = set(self._wanted.get(model_id, (None, frozenset()))[1]) | set(record.pins if record else ())
+        pins = set(self.pins.reasons(model_id)) | set(record.pins if record else ())
         if pins:
             raise ConflictError(f"model is pinned by {', '.join(sorted(pins)[:5])}")
         if job is not None and job.state == "evicting":
@@ -175,7 +131,7 @@ class ModelManager:
         # The removal runs in its own task so a client that disconnects cannot interrupt it.
         return await asyncio.shield(asyncio.ensure_future(self._delete(model_id, job)))
 
-    async def _delete(self, model_id: str, job: _Job | None) -> dict[str, Any]:
+    async def _delete(self, model_id: str, job: Job | None) -> dict[str, Any]:
         if job is not None and job.task is not None and not job.task.done():
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
@@ -187,7 +143,7 @@ class ModelManager:
                 await asyncio.to_thread(self.cache.remove, model_id, force=True)  # staged bytes
             self._changed()
             return {"id": model_id, "label": ref.label_key if ref else None, "state": "evicting"}
-        evicting = _Job(ref=_ref_of_record(record), state="evicting", bytes_total=record.total_bytes)
+        evicting = Job(ref=model_ref(record.uri), state="evicting", bytes_total=record.total_bytes)
         self._jobs[model_id] = evicting
         self._deleting.add(model_id)
         self._changed()
@@ -203,14 +159,14 @@ class ModelManager:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def _start(self, ref: ModelRef, previous: _Job | None) -> _Job:
-        job = _Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1)
+    def _start(self, ref: ModelRef, previous: Job | None) -> Job:
+        job = Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1)
         self._jobs[ref.id] = job
         job.task = asyncio.create_task(self._fetch(job), name=f"fetch-{ref.id}")
         self._changed()
         return job
 
-    async def _fetch(self, job: _Job) -> None:
+    async def _fetch(self, job: Job) -> None:
         ref, started, outcome = job.ref, self._clock(), "failed"
         try:
             async with self._sem:
@@ -223,14 +179,14 @@ class ModelManager:
                 del self._jobs[ref.id]
             log.info("model %s ready (%s, %d bytes)", ref.id, ref.uri, record.total_bytes)
             self._changed()
-            await self._apply_pins(ref.id)
+            await self.pins.apply(ref.id)
             await self._gc()
         except asyncio.CancelledError:
             outcome = "cancelled"
             self._fail(job, "fetch cancelled (agent stopping or model deleted)")
             raise
         except (CacheError, OSError) as exc:
-            if _is_verification_failure(exc):
+            if is_verification_failure(exc):
                 self.metrics.verification_failures.inc()
             self._fail(job, str(exc) or type(exc).__name__)
             log.warning("fetch of %s failed: %s", ref.uri, exc, exc_info=not isinstance(exc, CacheError))
@@ -240,11 +196,11 @@ class ModelManager:
         finally:
             self.metrics.fetch_duration.labels(outcome=outcome).observe(self._clock() - started)
 
-    def _fail(self, job: _Job, error: str) -> None:
+    def _fail(self, job: Job, error: str) -> None:
         job.state, job.error, job.failed_at = "failed", error[:MAX_ERROR_CHARS], self._clock()
         self._changed()
 
-    def _progress(self, job: _Job, progress: Progress) -> None:
+    def _progress(self, job: Job, progress: Progress) -> None:
         delta = progress.bytes_done - job.bytes_done
         if delta > 0:
             self.metrics.fetched_bytes.labels(scheme=job.ref.scheme).inc(delta)
@@ -257,29 +213,24 @@ class ModelManager:
         except (CacheError, OSError) as exc:
             log.warning("cache gc failed: %s", exc)
 
-    # -- pins from the watchers --------------------------------------------------------------
+    # -- models wanted by the watchers -------------------------------------------------------
 
-    def set_wanted(self, wanted: dict[str, tuple[ModelRef, frozenset[str]]]) -> None:
+    def set_wanted(self, wanted: Wanted) -> None:
         """The watchers' answer: models this node must hold, with their pin reasons."""
-        self._wanted = dict(wanted)
-        self._wanted_known = True
-        self._wanted_changed.set()
+        self.pins.set(wanted)
 
     async def run(self) -> None:
-        """Apply pins and start fetches for wanted models; retry failed ones with back-off."""
-        while True:
+        """Start fetches for wanted models, retry failed ones with back-off, keep pins in step."""
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted_changed.wait(), timeout=RETRY_BASE_SECONDS / 2)
-            self._wanted_changed.clear()
-            if self._closing:
-                return
-            if not self._wanted_known:
+                await asyncio.wait_for(self.pins.changed.wait(), timeout=RETRY_BASE_SECONDS / 2)
+            self.pins.changed.clear()
+            if self._closing or not self.pins.known:
                 continue
-            wanted = self._wanted
-            for model_id, (ref, _) in wanted.items():
+            for model_id, (ref, reasons) in self.pins.wanted.items():
                 job = self._jobs.get(model_id)
                 if job is None and self.cache.get(model_id) is None:
-                    log.info("fetching %s for %s", ref.uri, ", ".join(sorted(wanted[model_id][1])))
+                    log.info("fetching %s for %s", ref.uri, ", ".join(sorted(reasons)))
                     self._start(ref, None)
                 elif (
                     job is not None
@@ -287,33 +238,7 @@ class ModelManager:
                     and self._clock() - job.failed_at >= retry_delay(job.attempts)
                 ):
                     self._start(ref, job)
-            ids = set(wanted) | set(self._pins_applied) | {r.id for r in self.cache.records() if r.pins}
-            for model_id in sorted(ids):
-                await self._apply_pins(model_id)
-
-    async def _apply_pins(self, model_id: str) -> None:
-        """Make the cache's watcher-owned pins of ``model_id`` equal the wanted reasons."""
-        if not self._wanted_known:
-            return
-        want = self._wanted.get(model_id, (None, frozenset()))[1]
-        record = self.cache.get(model_id)
-        have = self._pins_applied.get(model_id, frozenset())
-        if record is not None:
-            have = frozenset(p for p in record.pins if p.startswith(PIN_PREFIXES))
-        try:
-            for reason in sorted(want - have):
-                await asyncio.to_thread(self.cache.pin, model_id, reason)
-            for reason in sorted(have - want):
-                await asyncio.to_thread(self.cache.unpin, model_id, reason)
-        except UnknownModel:
-            pass  # not committed yet; pinned again after the commit
-        except (CacheError, OSError) as exc:
-            log.warning("cannot update pins of %s: %s", model_id, exc)
-            return
-        if want:
-            self._pins_applied[model_id] = want
-        else:
-            self._pins_applied.pop(model_id, None)
+            await self.pins.apply_all()
 
     # -- state for labels and metrics --------------------------------------------------------
 
@@ -355,15 +280,3 @@ class ModelManager:
             self.metrics.set_usage(*self.cache.usage())
         for listener in self._listeners:
             listener()
-
-
-def _ref_of_record(record: Any) -> ModelRef:
-    from agent.identity import model_ref
-
-    return model_ref(record.uri)
-
-
-def _is_verification_failure(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    markers = ("mismatch", "digest", "verif", "incomplete")
-    return not isinstance(exc, NoSpace) and any(m in text for m in markers)

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 from agent.identity import MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
 from agent.informer import Informer
 from agent.kube import Kube
+from agent.pinning import Wanted
 
 log = logging.getLogger(__name__)
 
 ACTIVE_PHASES = frozenset({"Pending", "Running"})
-Wanted = dict[str, tuple[ModelRef, frozenset[str]]]
 
 
 def pod_models(pod: Mapping[str, Any]) -> tuple[list[ModelRef], list[str]]:
