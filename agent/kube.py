@@ -104,7 +104,7 @@ class Kube:
         if kubeconfig:
             try:
                 k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-            except (k8s_config.ConfigException, OSError, ValueError) as err:
+            except Exception as err:  # missing file, bad YAML, no context: all one user error
                 raise KubeError(f"cannot use kubeconfig {kubeconfig}: {err}") from err
         else:
             try:
@@ -227,7 +227,12 @@ class Kube:
             except _TRANSPORT_ERRORS as err:
                 raise _from_library(err) from err
 
-        response = await asyncio.to_thread(open_stream)
+        opening = asyncio.ensure_future(asyncio.to_thread(open_stream))
+        try:
+            response = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_opened)  # the thread still runs: close what it opens
+            raise
         pump = _Pump(response, asyncio.get_running_loop())
         with self._lock:
             self._watches.add(response)
@@ -260,6 +265,13 @@ class Kube:
             self._api.rest_client.pool_manager.clear()
 
         await asyncio.to_thread(close_client)
+
+
+def _close_opened(opening: asyncio.Future[Any]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        with contextlib.suppress(Exception):
+            opening.result().close()
+            opening.result().release_conn()
 
 
 class _Pump:

@@ -203,6 +203,23 @@ async def test_cancelled_watch_stops_its_thread(fake_kube: FakeKube, kube: Kube)
     await eventually(lambda: fake_kube.open_watches() == 0)
 
 
+async def test_cancel_while_the_watch_request_hangs(fake_kube: FakeKube, kube: Kube) -> None:
+    _, rv = await kube.list("nodes")
+    fake_kube.hang_next(1, seconds=2, watch=True)  # short: the worker thread waits it out at teardown
+
+    async def consume() -> None:
+        async with contextlib.aclosing(kube.watch("nodes", resource_version=rv, timeout_seconds=60)) as s:
+            async for _ in s:
+                pass
+
+    task = asyncio.create_task(consume())
+    await eventually(lambda: any(r.is_watch for r in fake_kube.requests))
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert task.cancelled()
+
+
 # --- the informer -------------------------------------------------------------------------
 
 
