@@ -84,6 +84,7 @@ class Informer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` stamps ``last_sync`` only; resync and back-off run on the real monotonic clock."""
         self._kube, self.kind = kube, kind
         self._label_selector, self._field_selector = label_selector, field_selector
         self._on_event, self._on_error = on_event, on_error
@@ -134,10 +135,10 @@ class Informer:
         """Watch until the resync is due, resuming from the last resourceVersion after a clean
         end. The failure count (the back-off) resets only after a watch that lasted, so a
         list that works beside a watch that keeps failing still backs off."""
-        deadline = self._clock() + self._resync
+        deadline = time.monotonic() + self._resync
         quick_ends = 0
-        while (left := deadline - self._clock()) > 0:
-            started = self._clock()
+        while (left := deadline - time.monotonic()) > 0:
+            started = time.monotonic()
             stream = self._kube.watch(
                 self.kind,
                 resource_version=self.resource_version,
@@ -150,7 +151,7 @@ class Informer:
                     async for event in stream:
                         await self._apply(event.type, event.object)
             finally:
-                lasted = self._clock() - started >= _MIN_HEALTHY_WATCH_SECONDS
+                lasted = time.monotonic() - started >= _MIN_HEALTHY_WATCH_SECONDS
                 if lasted:
                     self._failures = 0
             if lasted:

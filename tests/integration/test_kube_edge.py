@@ -321,3 +321,17 @@ async def test_informer_handler_errors_do_not_stop_it(fake_kube: FakeKube, kube:
         fake_kube.add_node("n2")
         await eventually(lambda: calls == ["n1", "n2"])
     assert set(informer.items) == {"n1", "n2"}
+
+
+async def test_informer_lists_again_at_each_resync(fake_kube: FakeKube, kube: Kube) -> None:
+    fake_kube.add_node("n1")
+    events, on_event = recorder()
+    informer = fast_informer(kube, "nodes", on_event=on_event, resync_seconds=0.3)
+
+    def lists() -> int:
+        return len([r for r in fake_kube.requests if r.path == "/api/v1/nodes" and not r.is_watch])
+
+    async with running(informer):
+        await eventually(lambda: lists() >= 3)
+    assert events == [("ADDED", "n1")]  # a re-list of an unchanged world emits nothing
+    assert informer.errors == 0
