@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import importlib
 import importlib.util
 import json
@@ -35,6 +36,7 @@ SERVING_PORT = 8000
 CACHE_DIR = "/var/lib/model-locality"
 TOKEN_FILE = "/etc/model-locality/token/token"
 WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job"}
+COMPONENTS = ("servicemonitor", "node-restriction")
 CUSTOM_GROUPS = ("model-locality.io/", "keda.sh/", "monitoring.coreos.com/")
 
 
@@ -57,23 +59,29 @@ def autoscaling() -> list[Obj]:
 
 
 @pytest.fixture(scope="module")
-def monitored(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
-    """The base plus the optional ServiceMonitor component, as an operator's overlay would use them."""
+def with_components(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base plus both optional components, as an operator's overlay would use them."""
     overlay = tmp_path_factory.mktemp("overlay")
     base_rel = os.path.relpath(MANIFESTS, overlay)
-    comp_rel = os.path.relpath(MANIFESTS / "components" / "servicemonitor", overlay)
+    comps = [os.path.relpath(MANIFESTS / "components" / c, overlay) for c in COMPONENTS]
     (overlay / "kustomization.yaml").write_text(
         f"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources: [{base_rel}]\ncomponents: [{comp_rel}]\n"
+        f"resources: [{base_rel}]\ncomponents: [{', '.join(comps)}]\n"
     )
     return render(overlay)
 
 
 @pytest.fixture(scope="module")
 def everything(
-    base: list[Obj], examples: list[Obj], autoscaling: list[Obj], monitored: list[Obj]
+    base: list[Obj], examples: list[Obj], autoscaling: list[Obj], with_components: list[Obj]
 ) -> list[Obj]:
-    extra = [o for o in monitored if o["kind"] == "ServiceMonitor"]
+    seen = {(o["kind"], o["metadata"]["name"]) for o in base}
+    extra = [o for o in with_components if (o["kind"], o["metadata"]["name"]) not in seen]
+    assert {o["kind"] for o in extra} == {
+        "ServiceMonitor",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     return base + examples + autoscaling + extra
 
 
@@ -1138,3 +1146,140 @@ def test_status_written_by_the_extender_fits_the_crd(
     obj["status"] = desired_status(obj, index, "2026-01-01T00:00:00Z")
     assert obj["status"]["observedGeneration"] == 4
     md_validator.validate(obj)
+
+
+# ---------------------------------------------------------------- node-restriction admission policy
+
+AGENT_USER = "system:serviceaccount:model-locality:model-locality-agent"
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+
+
+def _node_obj(name: str, labels: dict[str, str], annotations: dict[str, str], taints: list[Obj]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"podCIDR": "10.0.1.0/24", "taints": taints},
+    }
+
+
+OLD_NODE = _node_obj(
+    "gpu-a",
+    {"kubernetes.io/hostname": "gpu-a", "model-locality.io/old-model.89abcdef": "ready"},
+    {"node.alpha.kubernetes.io/ttl": "0", "model-locality.io/models": "{}"},
+    [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+)
+
+
+def _changed(section: str, key: str, value: Any) -> Obj:
+    """OLD_NODE with one label/annotation set (``None``: removed) or one spec field replaced."""
+    node = copy.deepcopy(OLD_NODE)
+    target = node["spec"] if section == "spec" else node["metadata"][section]
+    if value is None:
+        del target[key]
+    else:
+        target[key] = value
+    return node
+
+
+OUR_LABEL = "model-locality.io/all-minilm-l6-v2.01234567"
+ADD_OUR_LABEL = _changed("labels", OUR_LABEL, "ready")
+ADMISSION_CASES = {
+    # name: (user, node-name claim in the token, new object, allowed)
+    "own node, add model label": (AGENT_USER, ["gpu-a"], ADD_OUR_LABEL, True),
+    "own node, drop model label": (
+        AGENT_USER,
+        ["gpu-a"],
+        _changed("labels", "model-locality.io/old-model.89abcdef", None),
+        True,
+    ),
+    "own node, models annotation": (
+        AGENT_USER,
+        ["gpu-a"],
+        _changed("annotations", "model-locality.io/models", '{"x": 1}'),
+        True,
+    ),
+    "other node": (AGENT_USER, ["gpu-b"], ADD_OUR_LABEL, False),
+    "token without node name (before 1.30)": (AGENT_USER, None, ADD_OUR_LABEL, False),
+    "foreign label added": (AGENT_USER, ["gpu-a"], _changed("labels", "role", "x"), False),
+    "foreign label removed": (
+        AGENT_USER,
+        ["gpu-a"],
+        _changed("labels", "kubernetes.io/hostname", None),
+        False,
+    ),
+    "foreign annotation changed": (
+        AGENT_USER,
+        ["gpu-a"],
+        _changed("annotations", "node.alpha.kubernetes.io/ttl", "30"),
+        False,
+    ),
+    "taint removed": (AGENT_USER, ["gpu-a"], _changed("spec", "taints", []), False),
+    "another user is not matched": (
+        "system:serviceaccount:kube-system:node-controller",
+        None,
+        _changed("spec", "taints", []),
+        True,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def node_policy(with_components: list[Obj]) -> Obj:
+    return find(with_components, "ValidatingAdmissionPolicy", "model-locality-agent-node-scope")
+
+
+@functools.cache
+def _cel_program(expr: str) -> Any:
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expr))
+
+
+def _admit(policy: Obj, user: str, node_names: list[str] | None, new: Obj, old: Obj) -> list[str]:
+    """Evaluate the policy as the API server would (matchConditions, variables, validations);
+    return the messages of the failed validations."""
+    celpy = pytest.importorskip("celpy")
+
+    def run(expr: str, activation: dict[str, Any]) -> Any:
+        result = _cel_program(expr).evaluate(activation)
+        if isinstance(result, Exception):  # celpy returns some evaluation errors as values
+            pytest.fail(f"CEL error in {expr!r}: {result}")
+        return result
+
+    user_info: Obj = {"username": user}
+    if node_names is not None:
+        user_info["extra"] = {NODE_NAME_EXTRA: node_names}
+    activation = {
+        "object": celpy.json_to_cel(new),
+        "oldObject": celpy.json_to_cel(old),
+        "request": celpy.json_to_cel({"operation": "UPDATE", "userInfo": user_info}),
+    }
+    if not all(bool(run(c["expression"], activation)) for c in policy["spec"]["matchConditions"]):
+        return []
+    variables = celpy.celtypes.MapType({})
+    for var in policy["spec"]["variables"]:
+        value = run(var["expression"], {**activation, "variables": variables})
+        variables[celpy.celtypes.StringType(var["name"])] = value
+    activation["variables"] = variables
+    return [v["message"] for v in policy["spec"]["validations"] if not bool(run(v["expression"], activation))]
+
+
+@pytest.mark.parametrize("case", list(ADMISSION_CASES.values()), ids=list(ADMISSION_CASES))
+def test_node_restriction_policy(node_policy: Obj, case: tuple[str, list[str] | None, Obj, bool]) -> None:
+    user, node_names, new, allowed = case
+    assert new != OLD_NODE or not allowed
+    failures = _admit(node_policy, user, node_names, new, OLD_NODE)
+    assert (failures == []) is allowed, failures
+
+
+def test_node_restriction_binding_denies(with_components: list[Obj], node_policy: Obj) -> None:
+    binding = find(with_components, "ValidatingAdmissionPolicyBinding", "model-locality-agent-node-scope")
+    assert binding["spec"]["policyName"] == node_policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert node_policy["spec"]["failurePolicy"] == "Fail"
+    agent_sa = find(with_components, "ServiceAccount", "model-locality-agent")["metadata"]
+    expected = f"system:serviceaccount:{agent_sa['namespace']}:{agent_sa['name']}"
+    assert expected == AGENT_USER
+    assert AGENT_USER in node_policy["spec"]["matchConditions"][0]["expression"]
