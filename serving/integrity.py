@@ -120,7 +120,10 @@ def verify_in_cache(model_dir: Path) -> bool:
     verify = cache_verifier()
     if verify is None:
         return False
-    problems = verify(model_dir)
+    try:
+        problems = verify(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # e.g. a damaged record
+        raise IntegrityError(f"cannot verify {model_dir} against the node cache record: {exc}") from exc
     if problems is None:
         return False
     if problems:

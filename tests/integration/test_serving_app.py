@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.app import STATE, Deps, create_app
+from serving.app import STATE, Deps, create_app, drain
 from serving.config import Settings
 from serving.startup import Embedder, StartupError
 
@@ -315,3 +315,29 @@ async def test_wait_for_cache_failure_is_reported(aiohttp_client: MakeClient, mi
     await until(failed)
     assert fatal == ["agent says: fetch failed (403 from S3)"]
     assert (await client.get("/readyz")).status == 503
+
+
+async def test_drain_refuses_new_work_and_lets_admitted_requests_finish(
+    aiohttp_client: MakeClient, minilm: Path, embedder: Embedder
+) -> None:
+    gated = Gated(embedder)
+    client = await ready_client(aiohttp_client, settings(minilm), deps(minilm, gated))
+    assert client.app is not None
+    gated.open.clear()
+    gated.entered.clear()
+    admitted = asyncio.create_task(embed(client, ["admitted before the signal"]))
+    try:
+        await until(lambda: is_set(gated.entered))
+        draining = asyncio.create_task(drain(client.app, grace_seconds=30))
+        await until(lambda: _status(client, "/readyz", 503))
+        resp = await client.post("/v1/embeddings", json={"input": "after the signal"})
+        assert resp.status == 503 and "shutting down" in (await resp.json())["error"]
+        assert not draining.done()  # still waiting for the admitted request
+    finally:
+        gated.open.set()
+    assert len(await admitted) == 1
+    await asyncio.wait_for(draining, 10)
+
+
+async def _status(client: Client, path: str, want: int) -> bool:
+    return (await client.get(path)).status == want
