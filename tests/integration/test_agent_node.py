@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from agent.cache import Cache
+from agent.config import Settings
 from agent.identity import MODELS_ANNOTATION, model_ref
 from agent.labels import CACHE_ANNOTATION
 from tests.fixtures.fakekube.server import FakeKube
@@ -203,7 +205,13 @@ def test_startup_reconcile_fixes_stale_labels_despite_api_500s(
     node["metadata"]["labels"] = {**FOREIGN, stale: "ready"}
     node["metadata"]["annotations"] = {"other/x": "1"}
     fake_kube.update("node", node)
-    fake_kube.fail_next(2, method="PATCH", path=f"/nodes/{NODE}", status=500)
+    # Pins left on disk: one by a pod that is gone, one by hand; a live pod now uses the model.
+    cache = Cache(Settings(cache_dir=first.cache_dir))
+    cache.scan()
+    cache.pin(ref.id, "pod:ml/gone")
+    cache.pin(ref.id, "manual:keep")
+    fake_kube.add_pod("ml", "live", NODE, {MODELS_ANNOTATION: small_uri}, phase="Running")
+    fake_kube.fail_next(1, method="PATCH", path=f"/nodes/{NODE}", status=500)
     fake_kube.fail_next(1, method="GET", path=f"/nodes/{NODE}", status=503)
 
     second = start_agent()  # returns once /readyz is 200: the labels must be right already
@@ -214,8 +222,13 @@ def test_startup_reconcile_fixes_stale_labels_despite_api_500s(
     assert annotations["other/x"] == "1"
     assert models_annotation(fake_kube)[ref.id]["state"] == "ready"
     metrics = urllib.request.urlopen(second.url + "/metrics", timeout=5).read().decode()
-    assert 'model_locality_agent_kube_api_errors_total{op="node_patch"} 2.0' in metrics
+    assert 'model_locality_agent_kube_api_errors_total{op="node_patch"} 1.0' in metrics
     assert 'model_locality_agent_kube_api_errors_total{op="node_get"} 1.0' in metrics
+    until(
+        lambda: second.call("GET", f"/v1/models/{ref.id}")[1]["pins"] == ["manual:keep", "pod:ml/live"],
+        "stale pod pin dropped, live pod pinned",
+        second,
+    )
 
 
 def test_pod_bound_to_node_triggers_fetch_and_pins(
