@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from agent.client import AgentError, wait_ready
 from agent.httpkit import QuietProbeAccessLogger
 from serving.app import Deps, create_app, drain
 from serving.config import ConfigError, Settings, add_arguments, settings_from_args
@@ -74,16 +75,12 @@ async def wait_for_agent(settings: Settings) -> Path:
     """Ask the node agent to fetch ``model_uri`` and wait until it is committed; return its path."""
     assert settings.model_uri is not None
     try:
-        client = importlib.import_module("agent.client")
-    except ImportError as exc:
-        raise StartupError("--model-uri needs agent.client, which this build lacks; use --model-dir") from exc
-    try:
-        path = await client.wait_ready(
+        path = await wait_ready(
             settings.agent_url, settings.model_uri, token=settings.token, timeout=settings.wait_timeout
         )
-    except client.AgentError as exc:
+    except AgentError as exc:
         raise StartupError(f"waiting for {settings.model_uri} via {settings.agent_url}: {exc}") from exc
-    return Path(path)
+    return path
 
 
 async def serve(settings: Settings, deps: Deps) -> int:

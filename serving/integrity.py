@@ -6,13 +6,13 @@ that names it instead of a loader traceback (or, worse, a model that loads garba
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from agent.store import verify_model_dir
 
 MAX_HEADER = 100 * 2**20  # the safetensors reference implementation refuses larger headers
 DTYPE_BYTES = {
@@ -102,26 +102,13 @@ def check_dir(model_dir: Path) -> int:
     return total
 
 
-def cache_verifier() -> Callable[[Path], list[str] | None] | None:
-    """``agent.store.verify_model_dir`` when this build has it (it re-hashes against the record)."""
-    try:
-        store = importlib.import_module("agent.store")
-    except ImportError:
-        return None
-    verify: Callable[[Path], list[str] | None] | None = getattr(store, "verify_model_dir", None)
-    return verify
-
-
 def verify_in_cache(model_dir: Path) -> bool:
     """Re-hash ``model_dir`` against the node cache record; ``False`` when it is not in a cache.
 
     Flipped data bytes load silently, so the record's digests are the only witness for them.
     """
-    verify = cache_verifier()
-    if verify is None:
-        return False
     try:
-        problems = verify(model_dir)
+        problems = verify_model_dir(model_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:  # e.g. a damaged record
         raise IntegrityError(f"cannot verify {model_dir} against the node cache record: {exc}") from exc
     if problems is None:
