@@ -59,7 +59,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     app[CONTEXT] = VerbContext(
         cache=cache,
         max_body_bytes=settings.max_body_bytes,
-        standalone=deps.kube is None,
+        standalone=deps.kube is None and deps.node_cache is None,
         pod_problems=ProblemLog(on_problem=metrics.bad_annotations.labels("pod").inc),
         clock=deps.clock,
         observe_nodes=lambda verb, n: metrics.nodes_offered.labels(verb).observe(n),

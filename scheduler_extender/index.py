@@ -85,35 +85,58 @@ class NodeIndex:
             self.sizes.setdefault(mid, size)
 
     def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
-        """Scores for ``names`` in the order given (``scoring.locality_score`` per node)."""
+        """Scores for ``names`` in the order given (``scoring.locality_score`` per node).
+
+        Hot path: each node's set of ready requested models is a bitmask built from the holder
+        sets (intersected with the offered names when a model is on more nodes than offered),
+        and each distinct mask is scored once.
+        """
         if not pod.refs:
             return [0] * len(names)
         weights = model_weights(pod.refs, self.sizes)
-        holder_sets = [self._holders.get(r.label_key, set()) for r in pod.refs]
-        memo: dict[tuple[bool, ...], int] = {}
-        out = []
-        for name in names:
-            flags = tuple(name in h for h in holder_sets)
-            score = memo.get(flags)
-            if score is None:
-                score = memo[flags] = locality_score(weights, flags)
-            out.append(score)
-        return out
+        masks = self._masks(pod, names)
+        if not masks:
+            return [0] * len(names)
+        memo: dict[int, int] = {0: 0}
+        count = len(pod.refs)
+        for mask in set(masks.values()):
+            memo[mask] = locality_score(weights, [bool(mask >> i & 1) for i in range(count)])
+        if len(memo) == 2:  # one distinct non-zero score: a plain membership test is fastest
+            score = memo[next(iter(set(masks.values())))]
+            return [score if n in masks else 0 for n in names]
+        get = masks.get
+        return [memo[get(n, 0)] for n in names]
+
+    def _masks(self, pod: PodModels, names: Sequence[str]) -> dict[str, int]:
+        """``{offered name: bitmask of the pod's models ready there}``, names holding none left out."""
+        masks: dict[str, int] = {}
+        offered: set[str] | None = None
+        for bit, ref in enumerate(pod.refs):
+            holders = self._holders.get(ref.label_key)
+            if not holders:
+                continue
+            if len(holders) > len(names):
+                offered = offered if offered is not None else set(names)
+                holders = holders & offered
+            flag = 1 << bit
+            for name in holders:
+                masks[name] = masks.get(name, 0) | flag
+        return masks
 
     def filter(self, pod: PodModels, names: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """Split ``names`` into passing names (order kept) and ``{failed name: reason}``."""
         if not pod.required:
             return list(names), {}
-        holder_sets = [self._holders.get(r.label_key, set()) for r in pod.refs]
-        memo: dict[tuple[bool, ...], str | None] = {}
+        masks = self._masks(pod, names)
+        memo: dict[int, str | None] = {}
         passed: list[str] = []
         failed: dict[str, str] = {}
         for name in names:
-            flags = tuple(name in h for h in holder_sets)
-            if flags not in memo:
-                ready = {r.label_key for r, f in zip(pod.refs, flags, strict=True) if f}
-                memo[flags] = filter_reason(pod, ready)
-            reason = memo[flags]
+            mask = masks.get(name, 0)
+            if mask not in memo:
+                ready = {r.label_key for i, r in enumerate(pod.refs) if mask >> i & 1}
+                memo[mask] = filter_reason(pod, ready)
+            reason = memo[mask]
             if reason is None:
                 passed.append(name)
             else:

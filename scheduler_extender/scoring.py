@@ -121,6 +121,6 @@ def filter_reason(pod: PodModels, ready_labels: Collection[str]) -> str | None:
     missing = missing_models(pod, ready_labels)
     if not missing:
         return None
-    names = ", ".join(f"{r.uri} ({r.label_key})" for r in missing[:3])
+    names = ", ".join(r.uri for r in missing[:3])
     more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-    return f"model-locality: required model not ready on this node: {names}{more}"
+    return f"model-locality: required model not ready here: {names}{more}"

@@ -27,7 +27,7 @@ from agent.httpkit import PayloadTooLarge
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state
-from scheduler_extender.wire import ExtenderArgs, filter_reply, parse_args, prioritize_reply
+from scheduler_extender.wire import ExtenderArgs, encode_prioritize, filter_reply, parse_args
 
 log = logging.getLogger(__name__)
 
@@ -100,4 +100,4 @@ async def prioritize_handler(request: web.Request) -> web.Response:
     args = await ctx.read_args(request)
     ctx.observe_nodes("prioritize", len(args.names))
     scores = ctx.index_for(args).scores(args.pod, args.names)
-    return web.json_response(prioritize_reply(args.names, scores))
+    return web.Response(text=encode_prioritize(args.names, scores), content_type="application/json")

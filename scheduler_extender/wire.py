@@ -11,6 +11,7 @@ keys are matched case-insensitively, as Go's decoder does; anything else malform
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,18 @@ def _item_name(item: Mapping[str, Any]) -> str:
     if not isinstance(name, str) or not name:
         raise BadRequest("every node in ExtenderArgs.Nodes.items needs metadata.name")
     return name
+
+
+_PLAIN_ASCII = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without '"' and '\\': no JSON escaping
+
+
+def encode_prioritize(names: Sequence[str], scores: Sequence[int]) -> str:
+    """``json.dumps(prioritize_reply(names, scores))`` (compact), built directly when no name
+    needs escaping: on the hot path this is several times faster than encoding 500+ dicts."""
+    if _PLAIN_ASCII.fullmatch("".join(names)):
+        entries = [f'{{"Host":"{n}","Score":{int(s)}}}' for n, s in zip(names, scores, strict=True)]
+        return "[" + ",".join(entries) + "]"
+    return json.dumps(prioritize_reply(names, scores), separators=(",", ":"))
 
 
 def prioritize_reply(names: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:
