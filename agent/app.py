@@ -70,7 +70,8 @@ async def post_model(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"models": request.app[MANAGER].views()})
+    # A bare list, like `model-agent ls --json` (DESIGN.md section 3: "GET /v1/models -> list").
+    return web.json_response(request.app[MANAGER].views())
 
 
 async def get_model(request: web.Request) -> web.Response:

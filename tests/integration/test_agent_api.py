@@ -74,7 +74,7 @@ async def test_post_fetches_and_get_shows_path(client: Client, small_model: str)
     path = Path(view["path"])
     assert path.name == ref.id and (path / "config.json").is_file()
     listing = await (await client.get("/v1/models")).json()
-    assert [m["id"] for m in listing["models"]] == [ref.id]
+    assert [m["id"] for m in listing] == [ref.id]
     # Idempotent: a second POST of the same model (spelled differently) answers ready at once.
     spelled = small_model.replace("s3://models/", "S3://MODELS//") + "/"
     again = await client.post("/v1/models", json={"uri": spelled}, headers=AUTH)
@@ -269,7 +269,7 @@ async def test_eviction_is_counted_and_listed(
     await until_state(client, second.id, {"ready"})
     assert (await client.get(f"/v1/models/{first.id}")).status == 404
     listing = await (await client.get("/v1/models")).json()
-    assert [m["id"] for m in listing["models"]] == [second.id]
+    assert [m["id"] for m in listing] == [second.id]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         text = await (await client.get("/metrics")).text()

@@ -263,7 +263,7 @@ def test_distribution_targeting_node_triggers_fetch_after_dropped_watch(
     fake_kube.create("distribution", dist)
     until(lambda: node_meta(fake_kube)[0].get(ref.label_key) == "ready", "distribution fetch", agent)
     assert agent.call("DELETE", f"/v1/models/{ref.id}")[0] == 409
-    assert [m["id"] for m in agent.call("GET", "/v1/models")[1]["models"]] == [ref.id]
+    assert [m["id"] for m in agent.call("GET", "/v1/models")[1]] == [ref.id]
     fake_kube.delete("distribution", "pre-dist")
     until(lambda: agent.call("DELETE", f"/v1/models/{ref.id}")[0] == 202, "unpin after delete", agent)
 
