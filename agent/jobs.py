@@ -13,6 +13,7 @@ from agent.identity import ModelRef
 
 _MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_ERROR_CHARS = 1000
+MAX_FAILED_JOBS = 256
 RETRY_BASE_SECONDS = 10.0
 RETRY_MAX_SECONDS = 300.0
 

@@ -22,6 +22,7 @@ from agent.httpkit import ConflictError, NotFoundError
 from agent.identity import ModelRef, model_ref
 from agent.jobs import (
     MAX_ERROR_CHARS,
+    MAX_FAILED_JOBS,
     RETRY_BASE_SECONDS,
     Job,
     Unavailable,
@@ -198,6 +199,12 @@ class ModelManager:
 
     def _fail(self, job: Job, error: str) -> None:
         job.state, job.error, job.failed_at = "failed", error[:MAX_ERROR_CHARS], self._clock()
+        # Failed entries stay until a retry or DELETE; keep only the newest few hundred so that
+        # clients POSTing many bad URIs cannot grow memory without bound.
+        failed = sorted((j.failed_at, mid) for mid, j in self._jobs.items() if j.state == "failed")
+        for _, mid in failed[: max(0, len(failed) - MAX_FAILED_JOBS)]:
+            if not self.pins.reasons(mid):
+                del self._jobs[mid]
         self._changed()
 
     def _progress(self, job: Job, progress: Progress) -> None:
