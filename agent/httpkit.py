@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PLACEHOLDER_TOKEN_PREFIX = "CHANGE-ME"
 
 
 class ApiError(Exception):
@@ -107,6 +108,13 @@ def read_token_file(path: str | Path | None) -> str | None:
     token = Path(path).read_text(encoding="utf-8").strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
+    if token.startswith(PLACEHOLDER_TOKEN_PREFIX):
+        # Fail closed: the manifests' base ships a placeholder so that it renders; serving with it
+        # would let anyone who reaches the port start downloads and delete models.
+        raise ValueError(
+            f"token file {path} holds the placeholder token of the manifests; "
+            "replace it (manifests/README.md, section Token)"
+        )
     return token
 
 

@@ -1,0 +1,37 @@
+"""Bearer token files: read and trimmed; empty and placeholder tokens refused (fail closed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.httpkit import read_token_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_token_is_read_and_trimmed(tmp_path: Path) -> None:
+    (tmp_path / "t").write_text("  s3cr3t\n")
+    assert read_token_file(tmp_path / "t") == "s3cr3t"
+
+
+def test_no_file_configured_means_no_token() -> None:
+    assert read_token_file(None) is None
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"], ids=["empty", "blank"])
+def test_empty_token_refused(tmp_path: Path, content: str) -> None:
+    (tmp_path / "t").write_text(content)
+    with pytest.raises(ValueError, match="empty"):
+        read_token_file(tmp_path / "t")
+
+
+def test_the_manifests_placeholder_is_refused(tmp_path: Path) -> None:
+    kustomization = yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())
+    (secret,) = [g for g in kustomization["secretGenerator"] if g["name"] == "model-locality-token"]
+    placeholder = secret["literals"][0].split("=", 1)[1]
+    (tmp_path / "t").write_text(placeholder)
+    with pytest.raises(ValueError, match="placeholder"):
+        read_token_file(tmp_path / "t")
