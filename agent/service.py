@@ -183,8 +183,9 @@ class ModelManager:
             await self.pins.apply(ref.id)
             await self._gc()
         except asyncio.CancelledError:
-            outcome = "cancelled"
-            self._fail(job, "fetch cancelled (agent stopping or model deleted)")
+            if outcome != "ready":  # cancelled after the commit (in gc): the model stays ready
+                outcome = "cancelled"
+                self._fail(job, "fetch cancelled (agent stopping or model deleted)")
             raise
         except (CacheError, OSError) as exc:
             if is_verification_failure(exc):
@@ -193,7 +194,8 @@ class ModelManager:
             log.warning("fetch of %s failed: %s", ref.uri, exc, exc_info=not isinstance(exc, CacheError))
         except Exception as exc:
             log.exception("fetch of %s crashed", ref.uri)
-            self._fail(job, f"internal error: {exc}")
+            if outcome != "ready":
+                self._fail(job, f"internal error: {exc}")
         finally:
             self.metrics.fetch_duration.labels(outcome=outcome).observe(self._clock() - started)
 
