@@ -11,6 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from scheduler_extender.index import NodeIndex
@@ -92,7 +93,10 @@ class NodeCache:
             state = self._parse(obj)
             if state is None:
                 return
+            old = self.index.get(state.name)
             self.index.upsert(state)
+            if old is not None and replace(old, resource_version=state.resource_version) == state:
+                return  # a status heartbeat or a change to fields we do not read: nothing to redo
         self._changed()
 
     def replace(self, objs: Iterable[Mapping[str, Any]]) -> None:

@@ -29,7 +29,9 @@ STATE_BY_REASON = {
     "NotEnoughNodes": "unsatisfiable",
     "InvalidSpec": "invalid",
 }
-DEBOUNCE_SECONDS = 0.05  # a burst of Node events (a re-list) becomes one pass
+# A burst of Node events (a re-list, a rollout of agents) becomes one pass; a pass costs about
+# (distributions x nodes) work on the loop that also answers the scheduler, so not more often.
+DEBOUNCE_SECONDS = 0.25
 
 
 def needs_write(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
