@@ -57,7 +57,7 @@ class Reconciler:
     ) -> None:
         self._kube, self._cache, self._items = kube, cache, items
         self._interval, self._clock, self._wall = interval, clock, wall
-        self._metrics, self._ready = metrics, ready
+        self.metrics, self._ready = metrics, ready
         self._last_write: dict[str, float] = {}
         self.trigger = trigger
 
@@ -97,9 +97,9 @@ class Reconciler:
             await self._write(name, desired)
         self._forget_deleted()
         for state, count in by_state.items():
-            self._metrics.distributions.labels(state).set(count)
+            self.metrics.distributions.labels(state).set(count)
         for state in ("queued", "fetching", "ready", "failed", "evicting"):
-            self._metrics.distribution_targets.labels(state).set(targets_by_state.get(state, 0))
+            self.metrics.distribution_targets.labels(state).set(targets_by_state.get(state, 0))
         return retry
 
     async def _write(self, name: str, status: dict[str, Any]) -> None:
@@ -107,14 +107,14 @@ class Reconciler:
         try:
             await self._kube.patch_distribution_status(name, status)
         except NotFound:
-            self._metrics.status_writes.labels("gone").inc()
+            self.metrics.status_writes.labels("gone").inc()
             return
         except KubeError as exc:
-            self._metrics.status_writes.labels("error").inc()
+            self.metrics.status_writes.labels("error").inc()
             log.warning("status write of distribution %s failed: %s; will retry", name, exc)
             self.trigger.set()
             return
-        self._metrics.status_writes.labels("ok").inc()
+        self.metrics.status_writes.labels("ok").inc()
         log.info(
             "distribution %s: %s/%s ready on %s",
             name,
