@@ -47,15 +47,17 @@ def extender(args: list[str], env: dict[str, str]) -> Iterator[tuple[int, subpro
         wait_listening(port, timeout=60)
         yield port, proc
     finally:
+        code = None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(20)
+                code = proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
         assert proc.stdout is not None
         proc.stdout.close()
+        assert code == 0, "SIGTERM must end the server cleanly"
 
 
 def call(port: int, method: str, path: str, body: object = None, token: str | None = None) -> tuple[int, Any]:
