@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -64,16 +65,16 @@ async def start(
 ) -> Loaded:
     """Run the phases in order, exporting each duration; raise ``StartupError`` on any failure.
 
-    ``prepare`` (importing torch: seconds) runs on the inference thread while the cache is
-    awaited and verified on another, so the slow import overlaps the wait instead of adding to it.
+    ``prepare`` (importing torch: seconds) runs on a daemon thread while the cache is awaited and
+    verified, so the slow import overlaps the wait instead of adding to it; the loader's own import
+    then waits on Python's import lock, and a failed start exits without waiting for it.
     """
-    prepared = asyncio.ensure_future(run(prepare)) if prepare is not None else None
-    if prepared is not None:
-        prepared.add_done_callback(_retrieve)
+    if prepare is not None:
+        threading.Thread(target=_quietly, args=(prepare,), name="serving-prepare", daemon=True).start()
     model_dir = await _phase(metrics, "wait_for_cache", resolve())
     await _phase(metrics, "verify", asyncio.to_thread(_verify, model_dir, verify))
     try:
-        embedder = await _phase(metrics, "load", _load(prepared, load, run, model_dir))
+        embedder: Embedder = await _phase(metrics, "load", run(load, model_dir))
     except StartupError:
         raise
     except Exception as exc:  # ModelLoadError lives in serving.model, which imports torch
@@ -83,19 +84,11 @@ async def start(
     return Loaded(embedder, reference, model_dir)
 
 
-async def _load(
-    prepared: asyncio.Future[Any] | None, load: Callable[[Path], Embedder], run: RunInThread, model_dir: Path
-) -> Embedder:
-    if prepared is not None:
-        await prepared
-    embedder: Embedder = await run(load, model_dir)
-    return embedder
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a failed ``prepare`` as seen when start-up stopped before awaiting it."""
-    if not future.cancelled():
-        future.exception()
+def _quietly(prepare: Callable[[], object]) -> None:
+    try:
+        prepare()
+    except Exception as exc:  # the loader repeats the import and reports the error properly
+        log.debug("prepare failed: %s", exc)
 
 
 async def _phase(metrics: Metrics, name: str, work: Awaitable[T]) -> T:
