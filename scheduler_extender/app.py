@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -23,6 +23,9 @@ from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.verbs import CONTEXT, VerbContext, filter_handler, prioritize_handler
 
+if TYPE_CHECKING:
+    from agent.kube import Kube
+
 
 def _random_suffix() -> str:
     return secrets.token_hex(4)
@@ -32,7 +35,7 @@ def _random_suffix() -> str:
 class Deps:
     """Outside things the app uses; tests pass their own."""
 
-    kube: Any = None  # agent.kube.Kube, or None: standalone (no cluster)
+    kube: Kube | None = None  # None: standalone (no cluster)
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     new_suffix: Callable[[], str] = _random_suffix

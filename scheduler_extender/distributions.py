@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from agent.httpkit import ApiError, BadRequest, ConflictError, NotFoundError, bearer_auth_middleware
-from agent.kube import Conflict, KubeError, NotFound
+from agent.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import InvalidSpec, Spec, as_object, node_view, parse_spec
 from scheduler_extender.targets import choose_targets
@@ -39,12 +39,12 @@ class Unavailable(ApiError):
 class DistContext:
     """What the distribution handlers need."""
 
-    kube: Any  # agent.kube.Kube | None
+    kube: Kube | None
     cache: NodeCache
     new_suffix: Callable[[], str]
     poke: Callable[[], None]  # wake the reconciler (a new or deleted distribution)
 
-    def require_kube(self) -> Any:
+    def require_kube(self) -> Kube:
         if self.kube is None:
             raise Unavailable("no Kubernetes API: the extender runs standalone (give --kubeconfig)")
         return self.kube
