@@ -3,6 +3,11 @@
 A pod asks for models with the annotations (DESIGN.md section 4, contract)
 ``model-locality.io/models`` (comma-separated URIs) and ``model-locality.io/locality``
 (``preferred``, the default, or ``required``).
+
+No ImageLocality-style spread damping: with 0..10 integer scores a damping factor would erase
+the difference between partly warm nodes, and piling replicas onto the few warm nodes is
+bounded by their GPUs and countered by the scheduler's own spreading plugins; a
+ModelDistribution with ``replicas: N`` is the tool to warm more nodes ahead of a scale-up.
 """
 
 from __future__ import annotations
