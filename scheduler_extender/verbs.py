@@ -27,7 +27,7 @@ from agent.httpkit import PayloadTooLarge
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state
-from scheduler_extender.wire import ExtenderArgs, encode_prioritize, filter_reply, parse_args
+from scheduler_extender.wire import ExtenderArgs, encode_filter, encode_prioritize, parse_args
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ async def filter_handler(request: web.Request) -> web.Response:
     args = await ctx.read_args(request)
     ctx.observe_nodes("filter", len(args.names))
     passed, failed = ctx.index_for(args).filter(args.pod, args.names)
-    return web.json_response(filter_reply(args, passed, failed))
+    return web.Response(text=encode_filter(args, passed, failed), content_type="application/json")
 
 
 async def prioritize_handler(request: web.Request) -> web.Response:

@@ -11,7 +11,13 @@ from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import ModelEntry, NodeState
 from scheduler_extender.scoring import filter_reason, pod_models, score_node
-from scheduler_extender.wire import encode_prioritize, prioritize_reply
+from scheduler_extender.wire import (
+    ExtenderArgs,
+    encode_filter,
+    encode_prioritize,
+    filter_reply,
+    prioritize_reply,
+)
 
 MODELS = [model_ref(f"s3://models/org/m{i}") for i in range(4)]
 NODE_NAMES = [f"n{i}" for i in range(8)]
@@ -23,6 +29,22 @@ def test_encode_prioritize_is_json_of_the_reply(names: list[str], data: st.DataO
     scores = data.draw(st.lists(st.integers(0, 10), min_size=len(names), max_size=len(names)))
     encoded = encode_prioritize(names, scores)
     assert json.loads(encoded) == prioritize_reply(names, scores)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(st.text(max_size=12), max_size=20, unique=True),
+    reasons=st.lists(st.text(max_size=30), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_encode_filter_is_json_of_the_reply(
+    names: list[str], reasons: list[str], data: st.DataObject
+) -> None:
+    dropped = data.draw(st.sets(st.sampled_from(names))) if names else set()
+    failed = {n: data.draw(st.sampled_from(reasons)) for n in names if n in dropped}
+    passed = [n for n in names if n not in dropped]
+    args = ExtenderArgs(pod_models(None), "ns/p", names, None)
+    assert json.loads(encode_filter(args, passed, failed)) == filter_reply(args, passed, failed)
 
 
 cluster = st.lists(
