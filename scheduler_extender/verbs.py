@@ -56,7 +56,11 @@ class VerbContext:
             if self.standalone:
                 self._warn_standalone()
             return self.cache.index
-        index = NodeIndex(node_state(item) for item in args.items)
+        states = [node_state(item) for item in args.items]
+        for state in states:
+            if state.problem:  # logged once per node version, like the cache does
+                self.cache.problems.report("node", state.name, state.resource_version, state.problem)
+        index = NodeIndex(states)
         index.add_missing_sizes(self.cache.index.sizes)
         return index
 

@@ -206,6 +206,17 @@ async def test_garbage_pod_annotation_scores_zero(cached: TestClient[Any, Any]) 
     assert 'model_locality_extender_bad_annotations_total{object="pod"} 1.0' in metrics
 
 
+async def test_garbage_node_annotation_in_full_mode_scores_zero(cached: TestClient[Any, Any]) -> None:
+    body = full_nodes_body("prioritize", A.uri)
+    for item in body["Nodes"]["items"]:
+        item["metadata"]["annotations"][MODELS_ANNOTATION] = "{garbage"
+        item["metadata"]["labels"] = {}
+    status, reply = await post(cached, "/prioritize", body)
+    assert status == 200 and {e["Score"] for e in reply} == {0}
+    metrics = await (await cached.get("/metrics")).text()
+    assert 'model_locality_extender_bad_annotations_total{object="node"} 5.0' in metrics
+
+
 async def test_required_with_garbage_uri_fails_every_node(cached: TestClient[Any, Any]) -> None:
     body = with_pod_models(captured("filter", True), "ftp://x/y", A.uri, locality="required")
     status, reply = await post(cached, "/filter", body)
