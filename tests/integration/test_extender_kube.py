@@ -198,15 +198,25 @@ async def test_distribution_round_trip_and_restart(fake_kube: FakeKube, extender
     listed = await get_json(client, "/v1/distributions")
     assert [d["name"] for d in listed["items"]] == [name]
 
-    # A second extender (a restart, or the other replica) sees the same distribution and targets.
-    other = await extender()
-    again = await get_json(other, f"/v1/distributions/{name}")
+    # Restart: the first extender stops (its watches end), a new one sees the same distribution,
+    # the same targets, and writes nothing new since nothing changed.
+    await client.close()
+    writes_before = len(fake_kube.writes())
+    restarted = await extender()
+    again = await get_json(restarted, f"/v1/distributions/{name}")
     assert again["targets"] == targets and again["ready"] == 1
 
-    assert (await other.delete(f"/v1/distributions/{name}")).status == 401
-    assert (await other.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 204
-    assert (await get_json(client, f"/v1/distributions/{name}", 404))["error"]
-    assert (await client.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 404
+    async def reconciled() -> bool:  # its reconciler has passed over the distribution
+        text = await (await restarted.get("/metrics")).text()
+        return 'model_locality_extender_distributions{state="progressing"} 1.0' in text
+
+    await eventually(reconciled)
+    assert len(fake_kube.writes()) == writes_before  # same answer: no status rewrite
+
+    assert (await restarted.delete(f"/v1/distributions/{name}")).status == 401
+    assert (await restarted.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 204
+    assert (await get_json(restarted, f"/v1/distributions/{name}", 404))["error"]
+    assert (await restarted.delete(f"/v1/distributions/{name}", headers=AUTH)).status == 404
 
 
 def _with(node: dict[str, Any], labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
