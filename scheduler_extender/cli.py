@@ -71,11 +71,21 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        access_log_class=QuietProbeAccessLogger,
+        access_log_class=AccessLogger,
         shutdown_timeout=settings.grace_seconds,
         print=None,
     )
     return 0
+
+
+class AccessLogger(QuietProbeAccessLogger):
+    """Probes are not logged, nor successful scheduler verbs: kube-scheduler sends one or two per
+    pod (hundreds a second in a burst); the request metrics count them instead."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if response.status < 400 and request.path.endswith(("/filter", "/prioritize")):
+            return
+        super().log(request, response, time)
 
 
 def connect(settings: Settings) -> Kube | None:

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def extender(args: list[str], env: dict[str, str]) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+def extender(
+    args: list[str], env: dict[str, str], output: list[str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -56,6 +58,8 @@ def extender(args: list[str], env: dict[str, str]) -> Iterator[tuple[int, subpro
                 proc.kill()
                 proc.wait(5)
         assert proc.stdout is not None
+        if output is not None:
+            output.append(proc.stdout.read().decode(errors="replace"))
         proc.stdout.close()
         assert code == 0, "SIGTERM must end the server cleanly"
 
@@ -86,11 +90,15 @@ def test_standalone_serves_full_nodes_requests() -> None:
         "Nodes": {"metadata": {}, "items": [{"metadata": {"name": "a", "labels": {A.label_key: "ready"}}}]},
         "NodeNames": None,
     }
-    with extender(["--url-prefix", "/scheduler"], base_env()) as (port, _):
+    output: list[str] = []
+    with extender(["--url-prefix", "/scheduler"], base_env(), output) as (port, _):
         assert call(port, "GET", "/readyz")[0] == 200
         assert call(port, "POST", "/scheduler/prioritize", body) == (200, [{"Host": "a", "Score": 10}])
         status, reply = call(port, "POST", "/v1/distributions", {"uri": A.uri})
         assert status == 503 and "standalone" in reply["error"]
+    log = output[0]
+    assert "standalone" in log and "POST /v1/distributions 503" in log
+    assert "/scheduler/prioritize" not in log and "/readyz" not in log  # quiet hot path and probes
 
 
 def test_against_fake_api_with_token(fake_kube: FakeKube, tmp_path: Path) -> None:
