@@ -88,6 +88,7 @@ class Cache:
         on_change: Callable[[str], None] | None = None,
         now: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
+        sources: Callable[[ModelRef], Source] = open_source,
     ) -> None:
         self.settings = settings
         self.root = Path(settings.cache_dir)
@@ -95,6 +96,7 @@ class Cache:
         self._on_change = on_change or (lambda model_id: None)
         self._now = now
         self._retry = retry
+        self._sources = sources  # the benchmark injects a listing that nginx cannot give
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._reserved: dict[str, int] = {}
@@ -260,7 +262,7 @@ class Cache:
             os.close(fd)
 
     async def _fetch_locked(self, ref: ModelRef, progress: Callable[[Progress], None]) -> ModelRecord:
-        source = open_source(ref)
+        source = self._sources(ref)
         staging = Staging(self.layout, ref.id)
         try:
             try:
@@ -275,7 +277,7 @@ class Cache:
                 done = await self._run_fetcher(
                     ref=ref, source=source, staging=staging, files=files, done=done, progress=progress
                 )
-                return await asyncio.to_thread(self._commit, ref, files, done, staging)
+                return await self._commit_whole(ref, files, done, staging)
             except NoSpace:
                 staging.remove()
                 raise
@@ -322,6 +324,19 @@ class Cache:
                 await ticker
         progress(Progress(min(counter.value, total), total))
         return done
+
+    async def _commit_whole(
+        self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging
+    ) -> ModelRecord:
+        """Commit in a thread; a cancel arriving meanwhile waits for the (short) commit, then applies."""
+        commit = asyncio.ensure_future(asyncio.to_thread(self._commit, ref, files, done, staging))
+        try:
+            return await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            with suppress(Exception):
+                await commit
+                self._on_change(ref.id)  # committed after all: the caller's relabel must not be lost
+            raise
 
     def _commit(
         self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging

@@ -171,7 +171,7 @@ class Fetcher:
         for f in files:
             path = self.staging.path(f.path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             self._fds[f.path] = fd
             if os.fstat(fd).st_size > f.size:
                 os.ftruncate(fd, f.size)

@@ -130,3 +130,44 @@ def test_kill_9_then_fetch_again_resumes(tmp_path: Path) -> None:
     assert starts and not starts & finished, (starts, finished)
     assert filecmp.cmp(Path(done.stdout.strip()) / "w.safetensors", src, shallow=False)
     assert sorted(os.listdir(root / "staging")) in ([], [f"{ref.id}.lock"])
+
+
+def test_fetch_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 2 * MiB, seed=5)
+    with run_origin(src.parent) as origin:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size
+        try:
+            argv = [
+                sys.executable,
+                "-m",
+                "agent",
+                "fetch",
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--chunk-size",
+                "1Mi",
+            ]
+            proc = subprocess.run(
+                [*argv, f"{origin.url}/w.safetensors"], stdout=subprocess.PIPE, stderr=follower, timeout=60
+            )
+            os.close(follower)
+            chunks = []
+            while True:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # EIO: the terminal's other end is closed and drained
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            os.close(leader)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "100%" in shown and "2.00M" in shown and "B/s" in shown
