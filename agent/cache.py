@@ -26,7 +26,7 @@ from agent.config import Settings
 from agent.eviction import Candidate, plan_eviction
 from agent.fetcher import Fetcher, RetryPolicy
 from agent.identity import ModelRef
-from agent.recovery import recover
+from agent.recovery import recover, remove_staging
 from agent.sources import RemoteFile, Source, SourceError, open_source
 from agent.sources.base import model_etag
 from agent.staging import ChunkKey, Staging
@@ -149,6 +149,10 @@ class Cache:
         return record
 
     def remove(self, model_id: str, *, force: bool = False) -> None:
+        """Delete a committed model, or the staged bytes of one not committed (no fetch may run)."""
+        self._ensure()
+        if model_id not in self._records and remove_staging(self.layout, model_id):
+            return
         record = self._require(model_id)
         if record.pins and not force:
             raise Pinned(f"model {model_id} is pinned ({', '.join(sorted(record.pins))}); use force")

@@ -71,22 +71,29 @@ def _settle(layout: Layout, record: ModelRecord) -> bool:
     return False
 
 
-def _remove_unlocked(layout: Layout, path: Path) -> None:
-    """Remove a staging dir unless a live fetch (another process) holds its lock."""
+def remove_staging(layout: Layout, model_id: str) -> bool:
+    """Delete the staging of ``model_id`` unless a live fetch holds it; True when something went."""
+    path = layout.stage(model_id)
+    return path.is_dir() and _remove_unlocked(layout, path)
+
+
+def _remove_unlocked(layout: Layout, path: Path) -> bool:
+    """Remove a staging dir unless a live fetch (any process) holds its lock."""
     lock = layout.staging / f"{path.name}.lock"
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
-        return
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return
+        return False
     try:
         _remove(path)
     finally:
         os.close(fd)
+    return True
 
 
 def _remove_via_trash(layout: Layout, path: Path) -> None:

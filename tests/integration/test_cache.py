@@ -342,3 +342,21 @@ async def test_origin_without_range_support(tmp_path: Path) -> None:
         assert all(r == "" for r in plain.gets())  # never asked for a range it cannot give
     assert got.files[0].chunk_digests == want.files[0].chunk_digests
     assert filecmp.cmp(cache.model_path(got.id) / "w.safetensors", src, shallow=False)
+
+
+async def test_remove_drops_the_staging_of_an_interrupted_fetch(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 4 * MiB, seed=2)
+    with run_origin(src.parent, faults=Faults(throttle_bps=4 * MiB)) as origin:
+        cache = make_cache(tmp_path / "cache")
+        ref = model_ref(f"{origin.url}/w.safetensors")
+        started = asyncio.Event()
+        task = asyncio.create_task(cache.fetch(ref, lambda p: p.bytes_done and started.set()))
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (cache.root / "staging" / ref.id).is_dir()
+    cache.remove(ref.id, force=True)
+    assert debris(cache.root) == []
+    with pytest.raises(UnknownModel):
+        cache.remove(ref.id)
