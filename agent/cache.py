@@ -269,10 +269,7 @@ class Cache:
         source = self._sources(ref)
         staging = Staging(self.layout, ref.id)
         try:
-            try:
-                files = await source.list_files()
-            except SourceError as exc:
-                raise FetchFailed(exc.message) from exc
+            files = await self._list(source)
             total = sum(f.size for f in files)
             try:
                 done = staging.open(ref.uri, self.settings.chunk_bytes, files)
@@ -294,6 +291,19 @@ class Cache:
             self._reserved.pop(ref.id, None)
             staging.close()
             await source.close()
+
+    async def _list(self, source: Source) -> list[RemoteFile]:
+        """The source's listing; transient errors (5xx, resets) are retried like chunks are."""
+        retry = self._retry or RetryPolicy()
+        for attempt in range(retry.attempts):
+            try:
+                return await source.list_files()
+            except SourceError as exc:
+                if exc.permanent or attempt + 1 >= retry.attempts:
+                    raise FetchFailed(exc.message) from exc
+                log.info("retrying the listing of %s: %s", source.uri, exc.message)
+                await asyncio.sleep(retry.delay(attempt))
+        raise AssertionError("unreachable")
 
     async def _run_fetcher(
         self,

@@ -95,11 +95,12 @@ async def test_multi_shard_model_over_http_and_s3(
 
 async def test_transient_500s_and_resets_survived(tmp_path: Path) -> None:
     src = write_safetensors(tmp_path / "src" / "w.safetensors", 5 * MiB, seed=3)
-    with run_origin(src.parent, faults=Faults(fail_first=3, reset_first=2)) as origin:
+    with run_origin(src.parent, faults=Faults(fail_first=3, reset_first=2, fail_head=2)) as origin:
         cache = make_cache(tmp_path / "cache")
         record = await cache.fetch(model_ref(f"{origin.url}/w.safetensors"))
     assert filecmp.cmp(cache.model_path(record.id) / "w.safetensors", src, shallow=False)
     assert len(origin.gets()) >= 5 + 3 + 2
+    assert [m for m, _, _ in origin.log].count("HEAD") == 3  # the listing was retried too
 
 
 async def test_transient_503s_from_s3_survived(
