@@ -79,7 +79,10 @@ class Progress:
 
 
 class Cache:
-    """One cache root. Methods are called from one event loop; ``fetch`` may run concurrently."""
+    """One cache root. ``fetch`` runs on the event loop (several at once are fine); the blocking
+    methods may also be called from worker threads (``asyncio.to_thread``): reads take snapshots
+    (``list(dict.values())`` is atomic under the GIL). ``on_change`` then runs on that thread.
+    """
 
     def __init__(
         self,
@@ -112,7 +115,7 @@ class Cache:
 
     def records(self) -> list[ModelRecord]:
         self._ensure()
-        return sorted(self._records.values(), key=lambda r: r.id)
+        return sorted(list(self._records.values()), key=lambda r: r.id)
 
     def get(self, model_id: str) -> ModelRecord | None:
         self._ensure()
@@ -124,7 +127,7 @@ class Cache:
     def usage(self) -> tuple[int, int]:
         """``(used, quota)``: committed bytes plus fetches in flight; quota defaults to the disk size."""
         self._ensure()
-        used = sum(r.total_bytes for r in self._records.values()) + sum(self._reserved.values())
+        used = sum(r.total_bytes for r in list(self._records.values())) + sum(list(self._reserved.values()))
         if self.settings.quota_bytes is not None:
             return used, self.settings.quota_bytes
         st = os.statvfs(self.root)
@@ -215,7 +218,9 @@ class Cache:
             path.unlink(missing_ok=True)
 
     def _candidates(self) -> list[Candidate]:
-        return [Candidate(r.id, r.total_bytes, r.last_used, bool(r.pins)) for r in self._records.values()]
+        return [
+            Candidate(r.id, r.total_bytes, r.last_used, bool(r.pins)) for r in list(self._records.values())
+        ]
 
     def _evict(self, model_id: str) -> None:
         log.info("evicting model %s", model_id)

@@ -6,6 +6,7 @@ import asyncio
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -361,3 +362,22 @@ async def test_remove_drops_the_staging_of_an_interrupted_fetch(tmp_path: Path) 
     assert debris(cache.root) == []
     with pytest.raises(UnknownModel):
         cache.remove(ref.id)
+
+
+async def test_crash_between_record_and_rename_is_rolled_forward(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 2 * MiB, seed=8)
+    with run_origin(src.parent) as origin:
+        cache = make_cache(tmp_path / "cache")
+        record = await cache.fetch(model_ref(f"{origin.url}/w.safetensors"))
+        gone = await cache.fetch(model_ref(f"{origin.url}/w.safetensors?v=2"))
+    root = cache.root
+    # The state a kill -9 leaves between "record written" and "staging renamed into models/".
+    (root / "staging" / record.id).mkdir()
+    os.rename(root / "models" / record.id, root / "staging" / record.id / "files")
+    # And a record whose model directory vanished (a removal cut short).
+    shutil.rmtree(root / "models" / gone.id)
+    again = make_cache(root)
+    assert [r.id for r in again.scan()] == [record.id]
+    assert again.verify(record.id) == []
+    assert not (root / "records" / f"{gone.id}.json").exists()
+    assert debris(root) == []
