@@ -10,38 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.commit import Incomplete, allocated_bytes, commit_staging, pending_pins, set_pending_pins
 from agent.config import Settings
 from agent.eviction import Candidate, plan_eviction
-from agent.fetcher import Fetcher, RetryPolicy
+from agent.fetcher import ByteCounter, Fetcher, RetryPolicy
 from agent.identity import ModelRef
 from agent.recovery import recover, remove_staging
 from agent.sources import RemoteFile, Source, SourceError, open_source
-from agent.sources.base import model_etag
-from agent.staging import ChunkKey, Staging
+from agent.staging import ChunkKey, Staging, staging_lock
 from agent.store import (
-    FileRecord,
     Layout,
     ModelRecord,
-    chunk_count,
-    file_digest,
     fsync_dir,
-    fsync_tree,
     load_record,
     save_record,
     verify_files,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +135,7 @@ class Cache:
         self._ensure()
         if (record := self._records.get(ref.id)) is not None:
             return record
-        async with self._locks.setdefault(ref.id, asyncio.Lock()), self._flock(ref.id):
+        async with self._locks.setdefault(ref.id, asyncio.Lock()), staging_lock(self.layout, ref.id):
             record = load_record(self.layout, ref.id)  # another process may have committed it
             if record is not None and self.model_path(ref.id).is_dir():
                 self._records[ref.id] = record
@@ -209,13 +202,8 @@ class Cache:
             pins = record.pins | {reason} if add else record.pins - {reason}
             self._save(replace(record, pins=pins))
             return
-        pending = set(_pending_pins(self.layout, model_id))
-        pending = pending | {reason} if add else pending - {reason}
-        path = self.layout.pending_pins(model_id)
-        if pending:
-            write_json_atomic(path, sorted(pending))
-        else:
-            path.unlink(missing_ok=True)
+        pending = set(pending_pins(self.layout, model_id))
+        set_pending_pins(self.layout, model_id, pending | {reason} if add else pending - {reason})
 
     def _candidates(self) -> list[Candidate]:
         return [
@@ -254,22 +242,6 @@ class Cache:
         for model_id in plan.evict:
             self._evict(model_id)
 
-    @asynccontextmanager
-    async def _flock(self, model_id: str) -> AsyncIterator[None]:
-        """Hold ``staging/<id>.lock`` (released by the kernel if this process dies)."""
-        self.layout.staging.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.layout.staging / f"{model_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(0.2)
-            yield
-        finally:
-            os.close(fd)
-
     async def _fetch_locked(self, ref: ModelRef, progress: Callable[[Progress], None]) -> ModelRecord:
         source = self._sources(ref)
         staging = Staging(self.layout, ref.id)
@@ -278,7 +250,7 @@ class Cache:
             total = sum(f.size for f in files)
             try:
                 done = staging.open(ref.uri, self.settings.chunk_bytes, files)
-                self._make_room(ref, total, _allocated(staging.files_dir))
+                self._make_room(ref, total, allocated_bytes(staging.files_dir))
                 self._reserved[ref.id] = total
                 done = await self._run_fetcher(
                     ref=ref, source=source, staging=staging, files=files, done=done, progress=progress
@@ -321,7 +293,7 @@ class Cache:
         progress: Callable[[Progress], None],
     ) -> dict[ChunkKey, str]:
         total = sum(f.size for f in files)
-        counter = _Counter()
+        counter = ByteCounter()
         fetcher = Fetcher(
             source,
             staging,
@@ -360,73 +332,21 @@ class Cache:
     def _commit(
         self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging
     ) -> ModelRecord:
-        """Check sizes and digests, make everything durable, write the record, rename into place."""
-        chunk = self.settings.chunk_bytes
-        records = []
-        for f in files:
-            size = os.stat(staging.path(f.path)).st_size
-            digests = tuple(done.get((f.path, i), "") for i in range(chunk_count(f.size, chunk)))
-            if size != f.size or not all(digests):
-                staging.remove()
-                raise FetchFailed(f"{ref.uri}: {f.path} is incomplete ({size} of {f.size} bytes)")
-            records.append(FileRecord(f.path, f.size, file_digest(digests), chunk, digests, f.etag))
-        fsync_tree(staging.files_dir)
-        now = self._now()
-        pins = frozenset(_pending_pins(self.layout, ref.id))
-        record = ModelRecord(
-            id=ref.id,
-            uri=ref.uri,
-            label=ref.label_key,
-            files=tuple(records),
-            total_bytes=sum(f.size for f in files),
-            etag=model_etag(files),
-            fetched_at=now,
-            last_used=now,
-            pins=pins,
-        )
-        save_record(self.layout, record)
-        target = self.model_path(ref.id)
-        if target.exists():  # debris of an unrecorded dir: never merge into it
-            os.rename(target, self.layout.trash / f"{ref.id}.{uuid.uuid4().hex[:8]}")
-        os.rename(staging.files_dir, target)
-        fsync_dir(self.layout.models)
-        self.layout.pending_pins(ref.id).unlink(missing_ok=True)
-        staging.remove()
+        try:
+            record = commit_staging(
+                self.layout, ref, files, done, staging, chunk_bytes=self.settings.chunk_bytes, now=self._now()
+            )
+        except Incomplete as exc:
+            staging.remove()
+            raise FetchFailed(str(exc)) from exc
         self._records[ref.id] = record
         return record
 
 
-class _Counter:
-    """Bytes received, added to from fetch threads."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._lock = threading.Lock()
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.value += n
-
-
-async def _tick(counter: _Counter, total: int, progress: Callable[[Progress], None]) -> None:
+async def _tick(counter: ByteCounter, total: int, progress: Callable[[Progress], None]) -> None:
     last = -1
     while True:
         if counter.value != last:
             last = counter.value
             progress(Progress(min(last, total), total))
         await asyncio.sleep(_PROGRESS_SECONDS)
-
-
-def _allocated(root: Path) -> int:
-    """Bytes already allocated to staged files (they count as free room for this same model)."""
-    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file()) if root.exists() else 0
-
-
-def _pending_pins(layout: Layout, model_id: str) -> list[str]:
-    import json
-
-    try:
-        data = json.loads(layout.pending_pins(model_id).read_text())
-    except (OSError, ValueError):
-        return []
-    return [str(p) for p in data] if isinstance(data, list) else []

@@ -37,6 +37,18 @@ class RetryPolicy:
         return float(min(self.cap, self.base * 2**attempt) * random.uniform(0.5, 1.0))
 
 
+class ByteCounter:
+    """Bytes received so far, added to from the fetch threads."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
 def chunk_plan(files: Sequence[RemoteFile], chunk_bytes: int) -> list[tuple[RemoteFile, int]]:
     """Every ``(file, chunk index)`` in file order; a file without Range support is one piece (-1)."""
     plan: list[tuple[RemoteFile, int]] = []

@@ -10,10 +10,13 @@ trusting them.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,24 @@ class Staging:
                     shutil.rmtree(path, ignore_errors=True)
             elif rel not in wanted:
                 path.unlink()
+
+
+@asynccontextmanager
+async def staging_lock(layout: Layout, model_id: str) -> AsyncIterator[None]:
+    """Hold ``staging/<id>.lock``: one fetch per model across processes (the kernel drops the
+    ``flock`` when its process dies, so a kill -9 never leaves a stale lock)."""
+    layout.staging.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.staging / f"{model_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _manifest(uri: str, chunk_bytes: int, files: Sequence[RemoteFile]) -> dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Commit a finished staging directory into ``models/<id>``, and the pins given before a commit.
+
+Commit order (each step durable before the next, so ``recovery`` can finish or undo it):
+check every file's size and chunk digests, fdatasync every file and fsync every directory,
+write the record (tmp + fsync + rename), rename ``staging/<id>/files`` to ``models/<id>``,
+fsync ``models/``, then drop the pending pins and the staging leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.identity import ModelRef
+from agent.sources.base import RemoteFile, model_etag
+from agent.staging import ChunkKey, Staging
+from agent.store import (
+    FileRecord,
+    Layout,
+    ModelRecord,
+    chunk_count,
+    file_digest,
+    fsync_dir,
+    fsync_tree,
+    save_record,
+    write_json_atomic,
+)
+
+
+class Incomplete(Exception):
+    """A staged file lacks bytes or chunk digests: nothing was committed."""
+
+
+def commit_staging(
+    layout: Layout,
+    ref: ModelRef,
+    files: Sequence[RemoteFile],
+    done: dict[ChunkKey, str],
+    staging: Staging,
+    *,
+    chunk_bytes: int,
+    now: float,
+) -> ModelRecord:
+    """Make ``staging`` the committed model ``ref.id`` and return its record."""
+    records = []
+    for f in files:
+        size = os.stat(staging.path(f.path)).st_size
+        digests = tuple(done.get((f.path, i), "") for i in range(chunk_count(f.size, chunk_bytes)))
+        if size != f.size or not all(digests):
+            raise Incomplete(f"{ref.uri}: {f.path} is incomplete ({size} of {f.size} bytes)")
+        records.append(FileRecord(f.path, f.size, file_digest(digests), chunk_bytes, digests, f.etag))
+    fsync_tree(staging.files_dir)
+    record = ModelRecord(
+        id=ref.id,
+        uri=ref.uri,
+        label=ref.label_key,
+        files=tuple(records),
+        total_bytes=sum(f.size for f in files),
+        etag=model_etag(list(files)),
+        fetched_at=now,
+        last_used=now,
+        pins=frozenset(pending_pins(layout, ref.id)),
+    )
+    save_record(layout, record)
+    target = layout.model(ref.id)
+    if target.exists():  # debris of an unrecorded dir: never merge into it
+        os.rename(target, layout.trash / f"{ref.id}.{uuid.uuid4().hex[:8]}")
+    os.rename(staging.files_dir, target)
+    fsync_dir(layout.models)
+    layout.pending_pins(ref.id).unlink(missing_ok=True)
+    staging.remove()
+    return record
+
+
+def pending_pins(layout: Layout, model_id: str) -> list[str]:
+    """Pins given to a model before it was committed (``records/<id>.pins.json``)."""
+    try:
+        data = json.loads(layout.pending_pins(model_id).read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(p) for p in data] if isinstance(data, list) else []
+
+
+def set_pending_pins(layout: Layout, model_id: str, pins: set[str]) -> None:
+    path = layout.pending_pins(model_id)
+    if pins:
+        write_json_atomic(path, sorted(pins))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def allocated_bytes(root: Path) -> int:
+    """Bytes already allocated to staged files (they count as free room for this same model)."""
+    if not root.exists():
+        return 0
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
