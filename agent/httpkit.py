@@ -118,6 +118,31 @@ def read_token_file(path: str | Path | None) -> str | None:
     return token
 
 
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The whole body, or 413 as soon as it is known to exceed ``max_bytes``.
+
+    Reads until EOF: one ``content.read(n)`` may return only the first network chunk.
+    """
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        if total > max_bytes:
+            raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode JSON or raise ``BadRequest``; deep nesting (``RecursionError``) is bad input too."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+
+
 async def read_json_object(
     request: web.Request,
     *,
@@ -126,15 +151,7 @@ async def read_json_object(
     max_bytes: int = 1 << 20,
 ) -> dict[str, Any]:
     """Parse a JSON object body; 400 on bad JSON, a non-object, unknown or missing fields."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    body = decode_json(await read_body(request, max_bytes))
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     allowed = set(required) | set(optional)

@@ -9,7 +9,6 @@ may carry signed query strings. ``replicas`` defaults to ``"all"``, as in the CR
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -18,12 +17,19 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.httpkit import ApiError, BadRequest, ConflictError, NotFoundError, bearer_auth_middleware
+from agent.httpkit import (
+    ApiError,
+    BadRequest,
+    ConflictError,
+    NotFoundError,
+    bearer_auth_middleware,
+    decode_json,
+    read_body,
+)
 from agent.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import InvalidSpec, Spec, as_object, node_view, parse_spec
 from scheduler_extender.targets import choose_targets
-from scheduler_extender.verbs import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +131,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def read_object(request: web.Request) -> dict[str, Any]:
     """A JSON object body of at most ``MAX_BODY`` bytes; 400/413 otherwise (never a 500)."""
-    raw = await read_capped(request, MAX_BODY)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+    body = decode_json(await read_body(request, MAX_BODY))
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body

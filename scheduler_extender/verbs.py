@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from agent.httpkit import PayloadTooLarge
+from agent.httpkit import read_body
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state
@@ -45,7 +45,7 @@ class VerbContext:
     _warned_at: float | None = None
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
-        raw = await read_capped(request, self.max_body_bytes)
+        raw = await read_body(request, self.max_body_bytes)
         args = parse_args(raw)
         if args.pod.problem:
             self.pod_problems.report("pod", args.pod_key, "", args.pod.problem)
@@ -75,20 +75,6 @@ class VerbContext:
 
 
 CONTEXT = web.AppKey("verb_context", VerbContext)
-
-
-async def read_capped(request: web.Request, limit: int) -> bytes:
-    """The whole body, or 413 as soon as it is known to exceed ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_any():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def filter_handler(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.httpkit import BadRequest
+from agent.httpkit import BadRequest, decode_json
 from scheduler_extender.scoring import PodModels, pod_models
 
 
@@ -36,10 +36,7 @@ class ExtenderArgs:
 
 def parse_args(raw: bytes) -> ExtenderArgs:
     """Decode an ``ExtenderArgs`` body; raise ``BadRequest`` with a clear message when malformed."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+    body = decode_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object (ExtenderArgs)")
     keys = {k.lower(): k for k in body if isinstance(k, str)}
