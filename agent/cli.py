@@ -7,12 +7,11 @@ callable ``(args, environ) -> int``. Errors meant for the user are raised as ``C
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from agent.config import ConfigError
+from agent.config import ConfigError, setup_logging
 
 
 class CliError(Exception):
@@ -40,11 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         code: int = args.func(args, os.environ if environ is None else environ)
     except (CliError, ConfigError) as exc:

@@ -6,8 +6,10 @@ Nothing else in the agent reads ``os.environ``; the CLI passes ``os.environ`` in
 from __future__ import annotations
 
 import argparse
+import logging
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,24 +104,44 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
 
 
-def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
-    from agent.httpkit import read_token_file
+def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> Callable[[str, str], str | None]:
+    """``pick(flag, ENV)``: the flag's value if given, else the (non-empty) environment variable."""
 
     def pick(flag: str, env: str) -> str | None:
         value = getattr(args, flag, None)
         return str(value) if value is not None else environ.get(env) or None
 
-    defaults = Settings()
-    quota = pick("quota", "MODEL_LOCALITY_QUOTA")
-    chunk = pick("chunk_size", "MODEL_LOCALITY_CHUNK_SIZE")
-    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
+    return pick
+
+
+def load_token(token_file: str | None) -> str | None:
+    """The bearer token from ``token_file`` (None when not configured), or ``ConfigError``."""
+    from agent.httpkit import read_token_file
+
     try:
-        token = read_token_file(token_file)
+        return read_token_file(token_file)
     except OSError as exc:
         raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def setup_logging(verbose: bool) -> None:
+    """One log format for every command: time, level, logger, message on stderr."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
+    pick = flag_or_env(args, environ)
+    defaults = Settings()
+    quota = pick("quota", "MODEL_LOCALITY_QUOTA")
+    chunk = pick("chunk_size", "MODEL_LOCALITY_CHUNK_SIZE")
+    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
     try:
         settings = Settings(
             cache_dir=Path(pick("cache_dir", "MODEL_LOCALITY_CACHE_DIR") or DEFAULT_CACHE_DIR),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,29 @@ class ConflictError(ApiError):
 
 class PayloadTooLarge(ApiError):
     status = 413
+
+
+def timing_middleware(record: Callable[[web.Request, int, float], None]) -> Any:
+    """Call ``record(request, status, seconds)`` once per request, whatever the outcome.
+
+    Place it outside the error middleware so that it sees the status the client got.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            record(request, status, time.perf_counter() - start)
+
+    return middleware
 
 
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -6,14 +6,13 @@ Every name is ``model_locality_agent_*`` with the unit suffix Prometheus recomme
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.httpkit import Handler
+from agent.httpkit import timing_middleware
 from agent.labels import STATES
 
 PREFIX = "model_locality_agent"
@@ -88,23 +87,13 @@ class AgentMetrics:
     def middleware(self) -> Middleware:
         """Count every request by its route template (not the raw path: ids would explode labels)."""
 
-        @web.middleware
-        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
-            start = time.perf_counter()
-            code = 500
-            try:
-                response = await handler(request)
-                code = response.status
-                return response
-            except web.HTTPException as exc:
-                code = exc.status
-                raise
-            finally:
-                route = _route_of(request)
-                self.http_requests.labels(route=route, code=str(code)).inc()
-                self.http_duration.labels(route=route).observe(time.perf_counter() - start)
+        def record(request: web.Request, status: int, seconds: float) -> None:
+            route = _route_of(request)
+            self.http_requests.labels(route=route, code=str(status)).inc()
+            self.http_duration.labels(route=route).observe(seconds)
 
-        return count
+        middleware: Middleware = timing_middleware(record)
+        return middleware
 
 
 def _route_of(request: web.Request) -> str:

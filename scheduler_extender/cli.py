@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.config import ConfigError
+from agent.config import ConfigError, setup_logging
 from agent.httpkit import QuietProbeAccessLogger
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
 
@@ -38,11 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         code: int = args.func(args, os.environ if environ is None else environ)
     except ConfigError as exc:

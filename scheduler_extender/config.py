@@ -10,8 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.config import ConfigError, parse_size
-from agent.httpkit import read_token_file
+from agent.config import ConfigError, load_token, parse_size
 
 DEFAULT_PORT = 8471
 DEFAULT_MAX_BODY = 64 * 2**20  # 500 full Node objects with images and managedFields fit easily
@@ -97,13 +96,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         return (environ.get(env) or None) if env else None
 
     defaults = Settings()
-    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
-    try:
-        token = read_token_file(token_file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
     body = pick("max_body_bytes", "MODEL_LOCALITY_MAX_BODY_BYTES")
     try:
         settings = Settings(

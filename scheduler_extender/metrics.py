@@ -5,14 +5,13 @@ Names follow DESIGN.md (``model_locality_*`` with unit suffixes).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.httpkit import Handler
+from agent.httpkit import timing_middleware
 
 # The scheduler waits on filter (serially) with a 2-5 s timeout; the interesting range is sub-ms to 1 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -95,21 +94,10 @@ class Metrics:
         """Count and time every request by route name (``verb``) and final status code."""
         requests, latency = self.requests, self.latency
 
-        @web.middleware
-        async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            start = time.perf_counter()
-            status = 500
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                route = request.match_info.route
-                verb = route.name or ("unmatched" if route.resource is None else "other")
-                requests.labels(verb, str(status)).inc()
-                latency.labels(verb).observe(time.perf_counter() - start)
+        def record(request: web.Request, status: int, seconds: float) -> None:
+            route = request.match_info.route
+            verb = route.name or ("unmatched" if route.resource is None else "other")
+            requests.labels(verb, str(status)).inc()
+            latency.labels(verb).observe(seconds)
 
-        return metrics_middleware
+        return timing_middleware(record)

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from agent.client import AgentError, wait_ready
+from agent.config import setup_logging
 from agent.httpkit import QuietProbeAccessLogger
 from serving.app import Deps, create_app, drain
 from serving.config import ConfigError, Settings, add_arguments, settings_from_args
@@ -36,11 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         settings = settings_from_args(args, os.environ if environ is None else environ)
     except ConfigError as exc:

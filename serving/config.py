@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import ConfigError
-from agent.httpkit import read_token_file
+from agent.config import ConfigError, flag_or_env, load_token
 
 DEFAULT_PORT = 8000
 DEFAULT_AGENT_URL = "http://127.0.0.1:8470"
@@ -105,10 +104,7 @@ def _default_name(model_dir: str | None, model_uri: str | None) -> str:
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
 
-    def pick(flag: str, env: str) -> str | None:
-        value = getattr(args, flag, None)
-        return str(value) if value is not None else environ.get(env) or None
-
+    pick = flag_or_env(args, environ)
     d = Settings()
     model_dir = pick("model_dir", "MODEL_SERVE_MODEL_DIR")
     model_uri = pick("model_uri", "MODEL_SERVE_MODEL_URI")
@@ -116,13 +112,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         raise ConfigError("MODEL_SERVE_MODEL_DIR and MODEL_SERVE_MODEL_URI are both set; keep one")
     if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
         model_dir, model_uri = args.model_dir, args.model_uri
-    token_file = pick("token_file", "MODEL_LOCALITY_TOKEN_FILE")
-    try:
-        token = read_token_file(token_file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
     try:
         threads = pick("threads", "MODEL_SERVE_THREADS")
         wait_ms = pick("max_wait_ms", "MODEL_SERVE_MAX_WAIT_MS")
