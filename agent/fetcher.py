@@ -32,6 +32,7 @@ class RetryPolicy:
     attempts: int = 6
     base: float = 0.5
     cap: float = 10.0
+    read_timeout: float = 30.0  # seconds without a byte before a GET counts as failed (transient)
 
     def delay(self, attempt: int) -> float:
         return float(min(self.cap, self.base * 2**attempt) * random.uniform(0.5, 1.0))
@@ -129,7 +130,7 @@ class Fetcher:
         self, pool: ThreadPoolExecutor, todo: deque[tuple[RemoteFile, int]], done: dict[ChunkKey, str]
     ) -> None:
         loop = asyncio.get_running_loop()
-        reader = RangeReader(self._stop)
+        reader = RangeReader(self._stop, timeout=self.retry.read_timeout)
         self._readers.append(reader)
         while todo:
             file, index = todo.popleft()

@@ -44,8 +44,9 @@ class _Conn(http.client.HTTPConnection):
     def connect(self) -> None:
         super().connect()
         assert self.sock is not None
-        seconds = int(self.timeout) if isinstance(self.timeout, (int, float)) else 30
-        timeval = struct.pack("ll", max(1, seconds), 0)
+        seconds = float(self.timeout) if isinstance(self.timeout, (int, float)) else 30.0
+        whole = int(seconds)
+        timeval = struct.pack("ll", whole, max(1000, int((seconds - whole) * 1e6)))
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)

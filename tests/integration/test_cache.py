@@ -104,6 +104,19 @@ async def test_transient_500s_and_resets_survived(tmp_path: Path) -> None:
     assert [m for m, _, _ in origin.log].count("HEAD") == 3  # the listing was retried too
 
 
+async def test_stalled_origin_times_out_and_is_retried(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 2 * MiB, seed=4)
+    with run_origin(src.parent, faults=Faults(stall_first=1, stall_seconds=3.0)) as origin:
+        settings = Settings(cache_dir=tmp_path / "cache", chunk_bytes=MiB, concurrency=1).validate()
+        retry = RetryPolicy(attempts=3, base=0.01, cap=0.05, read_timeout=0.3)
+        record = await Cache(settings, retry=retry).fetch(model_ref(f"{origin.url}/w.safetensors"))
+        assert origin.faults.stall_first == 0
+        assert len(origin.gets()) == 3  # chunk 0 stalled, resumed from where it stopped; chunk 1
+        resumed = origin.gets()[1]
+    assert resumed != f"bytes=0-{MiB - 1}" and resumed.endswith(f"-{MiB - 1}")
+    assert filecmp.cmp(tmp_path / "cache" / "models" / record.id / "w.safetensors", src, shallow=False)
+
+
 async def test_transient_503s_from_s3_survived(
     s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
