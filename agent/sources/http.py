@@ -36,11 +36,11 @@ class HttpSource:
         return None
 
     async def _probe(self, session: aiohttp.ClientSession) -> RemoteFile:
-        """HEAD for size/ETag/Accept-Ranges; origins that refuse HEAD get a ``Range: bytes=0-0`` GET."""
+        """HEAD for size/ETag/Accept-Ranges; if HEAD is refused, a ``Range: bytes=0-0`` GET asks instead."""
         headers = {"Accept-Encoding": "identity"}
         async with session.head(self._url, allow_redirects=True, headers=headers) as resp:
             status, final, got = resp.status, str(resp.url), resp.headers
-        if status in (405, 501):
+        if status in (403, 405, 501):  # 403: a presigned URL signed for GET only
             headers["Range"] = "bytes=0-0"
             async with session.get(self._url, allow_redirects=True, headers=headers) as resp:
                 status, final, got = resp.status, str(resp.url), resp.headers

@@ -107,3 +107,12 @@ async def test_http_origin_without_range_support(tmp_path: Path) -> None:
         source = open_source(model_ref(f"{origin.url}/m.bin"))
         (file,) = await source.list_files()
     assert file.ranges is False and file.size == MiB + 3
+
+
+async def test_http_origin_refusing_head_is_asked_with_a_one_byte_get(tmp_path: Path) -> None:
+    write_safetensors(tmp_path / "m.bin", MiB + 9)
+    with run_origin(tmp_path, faults=Faults(refuse_head=True)) as origin:
+        source = open_source(model_ref(f"{origin.url}/m.bin"))
+        (file,) = await source.list_files()
+        assert [(m, r) for m, _, r in origin.log] == [("HEAD", ""), ("GET", "bytes=0-0")]
+    assert file.ranges is True and file.size == MiB + 9 and file.etag
