@@ -23,6 +23,8 @@ class HttpSource:
         try:
             async with aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False) as session:
                 file = await self._probe(session)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise SourceError(f"{self.uri}: TLS certificate not trusted: {exc}", permanent=True) from exc
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.uri}: {exc.__class__.__name__}: {exc}", permanent=False) from exc
         except TimeoutError as exc:

@@ -138,9 +138,10 @@ class RangeReader:
                 return conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(url)
-                if attempt or self._stop.is_set():
+                untrusted = isinstance(exc, ssl.SSLCertVerificationError)  # retrying will not help
+                if attempt or untrusted or self._stop.is_set():
                     raise SourceError(
-                        f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=False
+                        f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=untrusted
                     ) from exc
         raise AssertionError("unreachable")
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,3 +120,63 @@ async def test_http_origin_refusing_head_is_asked_with_a_one_byte_get(tmp_path: 
         (file,) = await source.list_files()
         assert [(m, r) for m, _, r in origin.log] == [("HEAD", ""), ("GET", "bytes=0-0")]
     assert file.ranges is True and file.size == MiB + 9 and file.etag
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made with the openssl CLI (skip when it is missing)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl CLI to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_origin(tmp_path: Path) -> None:
+    """TLS end to end, through the CLI so that the process starts with the operator's CA bundle."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    write_safetensors(tmp_path / "src" / "m.safetensors", 2 * MiB + 11, seed=6)
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "fetch",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--chunk-size",
+        "1Mi",
+    ]
+    with run_origin(tmp_path / "src", tls=tls) as origin:
+        uri = f"{origin.url}/m.safetensors"
+        assert uri.startswith("https://")
+        untrusted = subprocess.run([*argv, uri], capture_output=True, text=True, timeout=60)
+        assert untrusted.returncode != 0 and "certificate" in untrusted.stderr
+        assert origin.gets() == []  # refused at once, not retried
+        env = {**os.environ, "SSL_CERT_FILE": str(cert)}
+        done = subprocess.run([*argv, uri], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert len(origin.gets()) == 3
+    got = Path(done.stdout.strip()) / "m.safetensors"
+    assert got.read_bytes() == (tmp_path / "src" / "m.safetensors").read_bytes()
