@@ -394,3 +394,14 @@ async def test_crash_between_record_and_rename_is_rolled_forward(tmp_path: Path)
     assert again.verify(record.id) == []
     assert not (root / "records" / f"{gone.id}.json").exists()
     assert debris(root) == []
+
+
+async def test_concurrent_fetches_of_one_model_download_once(tmp_path: Path) -> None:
+    src = write_safetensors(tmp_path / "src" / "w.safetensors", 3 * MiB, seed=12)
+    with run_origin(src.parent, faults=Faults(throttle_bps=16 * MiB)) as origin:
+        ref = model_ref(f"{origin.url}/w.safetensors")
+        one, two = make_cache(tmp_path / "cache"), make_cache(tmp_path / "cache")  # e.g. agent + CLI
+        records = await asyncio.gather(one.fetch(ref), one.fetch(ref), two.fetch(ref))
+        assert len(origin.gets()) == 3  # three 1 MiB chunks, fetched by whoever held the lock
+    assert records[0] == records[1] == records[2]
+    assert filecmp.cmp(one.model_path(ref.id) / "w.safetensors", src, shallow=False)
