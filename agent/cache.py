@@ -53,6 +53,10 @@ class FetchFailed(CacheError):
     """Permanent: 403/404, a bad or hostile key, a size mismatch, an origin that says no."""
 
 
+class VerificationFailed(FetchFailed):
+    """The bytes on disk do not match the source's size or the chunk digests recorded in-stream."""
+
+
 class NoSpace(CacheError):
     """The quota or the disk is full and pinned models make room impossible."""
 
@@ -338,7 +342,7 @@ class Cache:
             )
         except Incomplete as exc:
             staging.remove()
-            raise FetchFailed(str(exc)) from exc
+            raise VerificationFailed(str(exc)) from exc
         self._records[ref.id] = record
         return record
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.cache import NoSpace
+from agent.cache import VerificationFailed
 from agent.httpkit import ApiError, BadRequest
 from agent.identity import ModelRef
 
@@ -61,6 +61,4 @@ def retry_delay(attempts: int) -> float:
 
 def is_verification_failure(exc: BaseException) -> bool:
     """A fetch error that means the bytes did not match (size or digest), not a transport failure."""
-    text = str(exc).lower()
-    markers = ("mismatch", "digest", "verif", "incomplete")
-    return not isinstance(exc, NoSpace) and any(m in text for m in markers)
+    return isinstance(exc, VerificationFailed)
