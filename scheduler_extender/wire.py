@@ -11,13 +11,12 @@ keys are matched case-insensitively, as Go's decoder does; anything else malform
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.httpkit import BadRequest, decode_json
-from scheduler_extender.scoring import PodModels, pod_models
+from scheduler_extender.scoring import MAX_SCORE, PodModels, pod_models
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +84,34 @@ def _item_name(item: Mapping[str, Any]) -> str:
     return name
 
 
-_PLAIN_ASCII = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII without '"' and '\\': no JSON escaping
+_UNSAFE_IN_JSON = bytes(range(0x20)) + b'"\\\x7f'
+_OPEN = '{"Host":"'
+# What follows a host name for each score: the rest of its entry and the start of the next one.
+_AFTER_HOST = tuple(f'","Score":{score}}},{_OPEN}' for score in range(MAX_SCORE + 1))
+
+
+def needs_no_escaping(names: Sequence[str]) -> bool:
+    """True when every name is printable ASCII without ``"`` or ``\\`` (always, for node names,
+    which are DNS-1123 subdomains): such names can be placed in JSON strings as they are."""
+    joined = "".join(names)
+    if not joined.isascii():
+        return False
+    raw = joined.encode("ascii")
+    return len(raw.translate(None, _UNSAFE_IN_JSON)) == len(raw)  # C speed, unlike a regex
 
 
 def encode_prioritize(names: Sequence[str], scores: Sequence[int]) -> str:
     """``json.dumps(prioritize_reply(names, scores))`` (compact), built directly when no name
-    needs escaping: on the hot path this is several times faster than encoding 500+ dicts."""
-    if _PLAIN_ASCII.fullmatch("".join(names)):
-        entries = [f'{{"Host":"{n}","Score":{int(s)}}}' for n, s in zip(names, scores, strict=True)]
-        return "[" + ",".join(entries) + "]"
-    return json.dumps(prioritize_reply(names, scores), separators=(",", ":"))
+    needs escaping: names and precomputed score fragments are interleaved and joined once, which
+    is about ten times faster than encoding 5,000 dicts (the hot path at large clusters)."""
+    if not names:
+        return "[]"
+    if not needs_no_escaping(names) or min(scores) < 0 or max(scores) > MAX_SCORE:
+        return json.dumps(prioritize_reply(names, scores), separators=(",", ":"))
+    flat: list[str] = [""] * (2 * len(names))
+    flat[0::2] = names
+    flat[1::2] = [_AFTER_HOST[s] for s in scores]
+    return "[" + _OPEN + "".join(flat)[: -len("," + _OPEN)] + "]"
 
 
 def prioritize_reply(names: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:
@@ -126,7 +143,7 @@ def filter_reply(args: ExtenderArgs, passed: Sequence[str], failed: Mapping[str,
 def encode_filter(args: ExtenderArgs, passed: Sequence[str], failed: Mapping[str, str]) -> str:
     """``json.dumps(filter_reply(...))`` (compact), built directly in names-only mode when no
     name needs escaping: a required pod fails most of 5,000 nodes, each with a reason."""
-    if args.items is None and _PLAIN_ASCII.fullmatch("".join(args.names)):
+    if args.items is None and needs_no_escaping(args.names):
         reasons = {r: json.dumps(r) for r in set(failed.values())}
         failed_json = ",".join([f'"{n}":{reasons[r]}' for n, r in failed.items()])
         names_json = ",".join([f'"{n}"' for n in passed])
