@@ -199,28 +199,20 @@ def median_of(repeats: int, prepare: Callable[[], None], measure: Callable[[], f
     return statistics.median(values)
 
 
+def floor_rows(label: str, cached: Path, repeats: int, rows: list[tuple[str, ...]]) -> None:
+    """The physical floor: reading the same bytes with the page cache warm, then cold."""
+    for state, prepare in (("warm", lambda: warm(cached)), ("cold", lambda: evict(cached))):
+        seconds = median_of(repeats, prepare, lambda: raw_read(cached))
+        rows.append((label, f"floor: raw read, {state}", f"{seconds:.3f}", ""))
+
+
 def bench_minilm(s3: S3Server, work: Path, repeats: int, device: str, rows: list[tuple[str, ...]]) -> None:
     src = minilm_dir()
     cached = commit_to_cache(src, work / "cache", MINILM_URI)
     size = sum(p.stat().st_size for p in files_of(cached)) / 1e6
     s3.upload_dir(src, "models", "sentence-transformers/all-MiniLM-L6-v2")
     label = f"MiniLM ({size:.0f} MB)"
-    rows.append(
-        (
-            label,
-            "floor: raw read, warm",
-            f"{median_of(repeats, lambda: warm(cached), lambda: raw_read(cached)):.3f}",
-            "",
-        )
-    )
-    rows.append(
-        (
-            label,
-            "floor: raw read, cold",
-            f"{median_of(repeats, lambda: evict(cached), lambda: raw_read(cached)):.3f}",
-            "",
-        )
-    )
+    floor_rows(label, cached, repeats, rows)
     for state, prepare in (("warm", lambda: warm(cached)), ("cold", lambda: evict(cached))):
         runs = []
         for _ in range(repeats):
@@ -255,22 +247,7 @@ def bench_synthetic(
     uri = "s3://models/synthetic/big"
     cached = commit_to_cache(src, work / "cache", uri)
     label = f"synthetic ({shards} x {shard_bytes / 2**20:.0f} MiB)"
-    rows.append(
-        (
-            label,
-            "floor: raw read, warm",
-            f"{median_of(repeats, lambda: warm(cached), lambda: raw_read(cached)):.3f}",
-            "",
-        )
-    )
-    rows.append(
-        (
-            label,
-            "floor: raw read, cold",
-            f"{median_of(repeats, lambda: evict(cached), lambda: raw_read(cached)):.3f}",
-            "",
-        )
-    )
+    floor_rows(label, cached, repeats, rows)
     rows.append(
         (
             label,
