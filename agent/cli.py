@@ -37,15 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    parser = build_parser()
+    return run_verb("model-agent", build_parser(), argv, environ)
+
+
+def run_verb(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str] | None,
+) -> int:
+    """Parse, set up logging, run the verb; user errors become one stderr line and an exit code."""
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
         code: int = args.func(args, os.environ if environ is None else environ)
     except (CliError, ConfigError) as exc:
-        print(f"model-agent {args.verb}: {exc}", file=sys.stderr)
+        print(f"{prog} {args.verb}: {exc}", file=sys.stderr)
         return getattr(exc, "code", 2)
     except KeyboardInterrupt:
-        print(f"model-agent {args.verb}: interrupted", file=sys.stderr)
+        print(f"{prog} {args.verb}: interrupted", file=sys.stderr)
         return 130
     return code

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.config import ConfigError, setup_logging
+from agent.cli import run_verb
+from agent.config import ConfigError
 from agent.httpkit import QuietProbeAccessLogger
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
 
@@ -36,17 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        code: int = args.func(args, os.environ if environ is None else environ)
-    except ConfigError as exc:
-        print(f"model-extender {args.verb}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_verb("model-extender", build_parser(), argv, environ)
 
 
 def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -90,10 +79,8 @@ def connect(settings: Settings) -> Kube | None:
 
     try:
         kube = Kube.connect(settings.kubeconfig)
-    except KubeError as exc:
+    except KubeError as exc:  # a missing or garbled kubeconfig
         raise ConfigError(str(exc)) from exc
-    except Exception as exc:  # e.g. a YAML error from a garbled kubeconfig that the loader lets through
-        raise ConfigError(f"cannot use kubeconfig {settings.kubeconfig}: {exc}") from exc
     if kube is None:
         log.warning(
             "standalone: no kubeconfig and not in a cluster; answering full-Nodes requests only "
