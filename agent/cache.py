@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agent.commit import Incomplete, allocated_bytes, commit_staging, pending_pins, set_pending_pins
 from agent.config import Settings
-from agent.eviction import Candidate, plan_eviction
+from agent.eviction import Candidate, Plan, plan_eviction
 from agent.fetcher import ByteCounter, Fetcher, RetryPolicy
 from agent.identity import ModelRef
 from agent.recovery import recover, remove_staging
@@ -171,14 +171,7 @@ class Cache:
 
     def gc(self) -> list[str]:
         """Evict least-recently-used unpinned models while the cache is above its high watermark."""
-        used, quota = self.usage()
-        plan = plan_eviction(
-            self._candidates(),
-            used=used,
-            quota=quota,
-            high=self.settings.high_watermark,
-            low=self.settings.low_watermark,
-        )
+        plan = self._plan()
         for model_id in plan.evict:
             self._evict(model_id)
         return list(plan.evict)
@@ -229,18 +222,22 @@ class Cache:
         self._records.pop(model_id, None)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def _make_room(self, ref: ModelRef, incoming: int, staged: int) -> None:
+    def _plan(self, incoming: int = 0, free: int | None = None) -> Plan:
+        """The eviction plan for the cache as it is, plus ``incoming`` bytes about to arrive."""
         used, quota = self.usage()
-        st = os.statvfs(self.root)
-        plan = plan_eviction(
+        return plan_eviction(
             self._candidates(),
             used=used,
             quota=quota,
             high=self.settings.high_watermark,
             low=self.settings.low_watermark,
             incoming=incoming,
-            free=st.f_bavail * st.f_frsize + staged,
+            free=free,
         )
+
+    def _make_room(self, ref: ModelRef, incoming: int, staged: int) -> None:
+        st = os.statvfs(self.root)
+        plan = self._plan(incoming, free=st.f_bavail * st.f_frsize + staged)
         if not plan.fits:
             raise NoSpace(f"no room for {ref.uri}: {plan.reason}")
         for model_id in plan.evict:
