@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from agent.identity import MODELS_ANNOTATION, model_ref
 from agent.kube import Kube
@@ -41,15 +38,6 @@ class StateSource:
 
 def state(ref: Any, st: str) -> ModelState:
     return ModelState(id=ref.id, uri=ref.uri, label_key=ref.label_key, state=st, bytes=10)
-
-
-@pytest.fixture()
-async def kube(fake_kube: FakeKube) -> AsyncIterator[Kube]:
-    conn = Kube.connect(str(fake_kube.kubeconfig_path), request_timeout=2.0)
-    assert conn is not None
-    yield conn
-    await conn.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("kube-watch")]
 
 
 @contextlib.asynccontextmanager

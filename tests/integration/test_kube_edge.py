@@ -16,15 +16,6 @@ from agent.kube import Conflict, Gone, Kube, KubeError, NotFound, WatchEvent
 from tests.fixtures.fakekube import FakeKube
 
 
-@pytest.fixture()
-async def kube(fake_kube: FakeKube) -> AsyncIterator[Kube]:
-    conn = Kube.connect(str(fake_kube.kubeconfig_path), request_timeout=2.0)
-    assert conn is not None
-    yield conn
-    await conn.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("kube-watch")]
-
-
 async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not check():
