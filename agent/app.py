@@ -18,16 +18,11 @@ from aiohttp import web
 
 from agent.cache import Cache
 from agent.config import Settings
-from agent.httpkit import (
-    BadRequest,
-    bearer_auth_middleware,
-    error_middleware,
-    metrics_handler,
-    read_json_object,
-)
-from agent.identity import InvalidURI, model_ref
+from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
-from agent.service import ModelManager
+from locality import errors
+from locality.httpkit import bearer_auth_middleware, error_middleware, metrics_handler, read_json_object
+from locality.identity import InvalidURI, model_ref
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +34,7 @@ METRICS = web.AppKey("metrics", AgentMetrics)
 class Deps:
     """Outside systems the app uses; tests pass a fake-API ``kube`` and may swap the cache."""
 
-    kube: Any = None  # agent.kube.Kube, or None: standalone
+    kube: Any = None  # locality.kube.Kube, or None: standalone
     cache_factory: Callable[..., Cache] = Cache
     resync_seconds: float = 300.0
 
@@ -61,11 +56,11 @@ STATE = web.AppKey("state", AgentState)
 async def post_model(request: web.Request) -> web.Response:
     body = await read_json_object(request, required=("uri",), max_bytes=16 << 10)
     if not isinstance(body["uri"], str):
-        raise BadRequest("uri must be a string")
+        raise errors.Invalid("uri must be a string")
     try:
         ref = model_ref(body["uri"])
     except InvalidURI as exc:
-        raise BadRequest(str(exc)) from exc
+        raise errors.Invalid(str(exc)) from exc
     return web.json_response(await request.app[MANAGER].request(ref), status=202)
 
 

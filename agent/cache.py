@@ -22,20 +22,15 @@ from pathlib import Path
 
 from agent.commit import Incomplete, allocated_bytes, commit_staging, pending_pins, set_pending_pins
 from agent.config import Settings
+from agent.durable import fsync_dir, save_record
 from agent.eviction import Candidate, Plan, plan_eviction
 from agent.fetcher import ByteCounter, Fetcher, RetryPolicy
-from agent.identity import ModelRef
 from agent.recovery import recover, remove_staging
 from agent.sources import RemoteFile, Source, SourceError, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
-from agent.store import (
-    Layout,
-    ModelRecord,
-    fsync_dir,
-    load_record,
-    save_record,
-    verify_files,
-)
+from locality.digests import verify_files
+from locality.identity import ModelRef
+from locality.records import Layout, ModelRecord, load_record
 
 log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2

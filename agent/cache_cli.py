@@ -10,10 +10,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.cache import Cache, CacheError, Progress
-from agent.cli import CliError
 from agent.config import add_cache_args, settings_from_args
-from agent.identity import InvalidURI, model_ref
-from agent.store import record_view
+from agent.views import record_view
+from locality.cli import CliError
+from locality.identity import InvalidURI, model_ref
 
 
 def register(sub: Any) -> None:

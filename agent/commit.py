@@ -14,20 +14,12 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.identity import ModelRef
+from agent.durable import fsync_dir, fsync_tree, save_record, write_json_atomic
 from agent.sources.base import RemoteFile, model_etag
 from agent.staging import ChunkKey, Staging
-from agent.store import (
-    FileRecord,
-    Layout,
-    ModelRecord,
-    chunk_count,
-    file_digest,
-    fsync_dir,
-    fsync_tree,
-    save_record,
-    write_json_atomic,
-)
+from locality.digests import chunk_count, file_digest
+from locality.identity import ModelRef
+from locality.records import FileRecord, Layout, ModelRecord
 
 
 class Incomplete(Exception):

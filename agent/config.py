@@ -6,35 +6,14 @@ Nothing else in the agent reads ``os.environ``; the CLI passes ``os.environ`` in
 from __future__ import annotations
 
 import argparse
-import logging
-import re
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from locality.settings import ConfigError, flag_or_env, load_token, parse_size
+
 DEFAULT_CACHE_DIR = "/var/lib/model-locality"
 DEFAULT_PORT = 8470
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?|[kmgtp]i?)?[Bb]?\s*$")
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
-_IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the CLI prints it and exits non-zero."""
-
-
-def parse_size(text: str) -> int:
-    """Parse ``123``, ``500G``, ``1.5Ti``, ``64MiB`` into bytes (SI and IEC suffixes)."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ConfigError(f"not a size: {text!r} (examples: 500Gi, 2T, 1048576)")
-    number, unit = match.groups()
-    unit = (unit or "").lower()
-    factor = _IUNITS.get(unit) or _UNITS.get(unit)
-    if factor is None:
-        raise ConfigError(f"unknown size unit in {text!r}")
-    return int(float(number) * factor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,37 +81,6 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     """Flags of verbs that talk to a running agent (``wait``)."""
     parser.add_argument("--agent-url", help="agent REST base URL (env MODEL_LOCALITY_AGENT_URL)")
     parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
-
-
-def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> Callable[[str, str], str | None]:
-    """``pick(flag, ENV)``: the flag's value if given, else the (non-empty) environment variable."""
-
-    def pick(flag: str, env: str) -> str | None:
-        value = getattr(args, flag, None)
-        return str(value) if value is not None else environ.get(env) or None
-
-    return pick
-
-
-def load_token(token_file: str | None) -> str | None:
-    """The bearer token from ``token_file`` (None when not configured), or ``ConfigError``."""
-    from agent.httpkit import read_token_file
-
-    try:
-        return read_token_file(token_file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {token_file}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-def setup_logging(verbose: bool) -> None:
-    """One log format for every command: time, level, logger, message on stderr."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

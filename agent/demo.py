@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.cli import CliError
+from locality.cli import CliError
 
 BUCKET = "models"
 PREFIX = "sentence-transformers/all-MiniLM-L6-v2"

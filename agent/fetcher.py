@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from agent.sources.base import RemoteFile, Source, SourceError
 from agent.sources.transfer import ChunkJob, RangeReader, Stopped
 from agent.staging import ChunkKey, Staging
-from agent.store import chunk_count, hash_chunk
+from locality.digests import chunk_count, hash_chunk
 
 log = logging.getLogger(__name__)
 

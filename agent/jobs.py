@@ -8,18 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.cache import VerificationFailed
-from agent.httpkit import ApiError, BadRequest
-from agent.identity import ModelRef
+from locality import errors
+from locality.identity import ModelRef
 
 _MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_ERROR_CHARS = 1000
 MAX_FAILED_JOBS = 256
 RETRY_BASE_SECONDS = 10.0
 RETRY_MAX_SECONDS = 300.0
-
-
-class Unavailable(ApiError):
-    status = 503
 
 
 @dataclass
@@ -50,7 +46,7 @@ class Job:
 
 def check_model_id(model_id: str) -> str:
     if not _MODEL_ID.match(model_id):
-        raise BadRequest("model id must be 16 lower-case hex digits")
+        raise errors.Invalid("model id must be 16 lower-case hex digits")
     return model_id
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.identity import DOMAIN, MODELS_ANNOTATION, READY
+from locality.identity import DOMAIN, MODELS_ANNOTATION, READY
 
 CACHE_ANNOTATION = f"{DOMAIN}/cache"
 STATES = ("queued", "fetching", "ready", "failed", "evicting")

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.httpkit import timing_middleware
 from agent.labels import STATES
+from locality.httpkit import timing_middleware
 
 PREFIX = "model_locality_agent"
 # Model fetches run from seconds (small models, warm S3) to an hour (a 400 GB model on one NIC).

@@ -14,10 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.kube import Conflict, Kube, KubeError
 from agent.labels import NodeMetadata, NodePatch, desired_metadata, metadata_of, node_patch
+from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
-from agent.service import ModelManager
+from locality.kube import Conflict, Kube, KubeError
 
 log = logging.getLogger(__name__)
 

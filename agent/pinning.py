@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from agent.cache import Cache, CacheError, UnknownModel
-from agent.identity import ModelRef
+from locality.identity import ModelRef
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from agent.store import Layout, ModelRecord, fsync_dir, load_record
+from agent.durable import fsync_dir
+from locality.records import Layout, ModelRecord, load_record
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{16}$")

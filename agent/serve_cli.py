@@ -12,15 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.cli import CliError
 from agent.config import (
-    ConfigError,
     add_cache_args,
     add_client_args,
     add_server_args,
     settings_from_args,
 )
-from agent.httpkit import QuietProbeAccessLogger
+from locality.cli import CliError
+from locality.httpkit import QuietProbeAccessLogger
+from locality.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
 
 def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from agent.app import Deps, create_app
-    from agent.kube import Kube, KubeError
+    from locality.kube import Kube, KubeError
 
     settings = settings_from_args(args, environ)
     if settings.token is None and not args.insecure_no_auth:
@@ -92,7 +92,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from agent.client import AgentError, wait_ready
+    from locality.agentclient import AgentError, wait_ready
 
     settings = settings_from_args(args, environ)
     if args.timeout <= 0:

@@ -20,8 +20,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from agent.durable import write_json_atomic
 from agent.sources.base import RemoteFile
-from agent.store import Layout, write_json_atomic
+from locality.records import Layout
 
 ChunkKey = tuple[str, int]
 

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from agent.identity import MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
-from agent.informer import Informer
-from agent.kube import Kube
 from agent.pinning import Wanted
+from locality.identity import MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
+from locality.informer import Informer
+from locality.kube import Kube
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import store  # noqa: E402
-from agent.identity import model_ref  # noqa: E402
+from locality.digests import verify_model_dir  # noqa: E402
+from tests.fixtures.cached import commit_copy  # noqa: E402
 from tests.fixtures.models import minilm_dir, synthetic_model  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 from tests.fixtures.s3server import S3Server, run_s3_server  # noqa: E402
@@ -57,31 +57,7 @@ def files_of(model_dir: Path) -> list[Path]:
 
 def commit_to_cache(src: Path, root: Path, uri: str) -> Path:
     """Copy ``src`` into a node cache at ``root`` with the record the agent writes (for verify)."""
-    layout = store.Layout(root).create()
-    ref = model_ref(uri)
-    model_dir = layout.model(ref.id)
-    shutil.copytree(src, model_dir)
-    buf = memoryview(bytearray(8 << 20))
-    records = []
-    for path in files_of(model_dir):
-        size = path.stat().st_size
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            n = store.chunk_count(size, CHUNK)
-            chunks = tuple(
-                store.hash_chunk(fd, i * CHUNK, min(CHUNK, size - i * CHUNK), buf) for i in range(n)
-            )
-        finally:
-            os.close(fd)
-        rel = path.relative_to(model_dir).as_posix()
-        records.append(store.FileRecord(rel, size, store.file_digest(chunks), CHUNK, chunks, None))
-    total = sum(r.size for r in records)
-    now = time.time()
-    record = store.ModelRecord(
-        ref.id, ref.uri, ref.label_key, tuple(records), total, None, now, now, frozenset()
-    )
-    store.save_record(layout, record)
-    return model_dir
+    return commit_copy(src, root, uri, CHUNK)
 
 
 def evict(model_dir: Path) -> None:
@@ -112,7 +88,7 @@ def raw_read(model_dir: Path) -> float:
 
 def verify_time(model_dir: Path) -> float:
     start = time.perf_counter()
-    problems = store.verify_model_dir(model_dir)
+    problems = verify_model_dir(model_dir)
     if problems:
         raise SystemExit(f"verify failed: {problems}")
     return time.perf_counter() - start

@@ -349,9 +349,9 @@ def child_ours(dest: Path, concurrency: int, chunk: str, keys: list[str]) -> int
     sys.path.insert(0, str(ROOT))
     from agent.cache import Cache, Progress
     from agent.config import Settings, parse_size
-    from agent.identity import ModelRef, model_ref
     from agent.sources.base import HttpTarget, RemoteFile
     from agent.sources.s3 import S3Source
+    from locality.identity import ModelRef, model_ref
 
     class Listed:
         """The S3 source with the object list given (nginx cannot answer ListObjectsV2)."""

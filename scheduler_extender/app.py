@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.httpkit import error_middleware, metrics_handler
-from scheduler_extender import background, distributions
+from locality.httpkit import error_middleware, metrics_handler
+from scheduler_extender import distributions
 from scheduler_extender.config import Settings
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.verbs import CONTEXT, VerbContext, filter_handler, prioritize_handler
+from scheduler_extender.watches import WATCHES, Watches, run_watches
 
 if TYPE_CHECKING:
-    from agent.kube import Kube
+    from locality.kube import Kube
 
 
 def _random_suffix() -> str:
@@ -72,11 +73,11 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
         if deps.node_cache is None:
             cache.mark_synced()  # nothing will ever arrive: ready at once
     else:
-        watches = background.Watches.build(
+        watches = Watches.build(
             deps.kube, cache=cache, settings=settings, metrics=metrics, clock=deps.clock, wall=deps.wall
         )
-        app[background.WATCHES] = watches
-        app.cleanup_ctx.append(background.run_watches)
+        app[WATCHES] = watches
+        app.cleanup_ctx.append(run_watches)
         poke = watches.reconciler.trigger.set
     prefix = settings.url_prefix
     app.router.add_post(f"{prefix}/filter", filter_handler, name="filter")

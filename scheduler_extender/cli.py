@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.cli import run_verb
-from agent.config import ConfigError
-from agent.httpkit import QuietProbeAccessLogger
+from locality.cli import run_verb
+from locality.httpkit import QuietProbeAccessLogger
+from locality.settings import ConfigError
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
 
 if TYPE_CHECKING:
-    from agent.kube import Kube
+    from locality.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AccessLogger(QuietProbeAccessLogger):
 
 def connect(settings: Settings) -> Kube | None:
     """The Kubernetes API, or None (standalone) when there is neither a kubeconfig nor in-cluster config."""
-    from agent.kube import Kube, KubeError
+    from locality.kube import Kube, KubeError
 
     try:
         kube = Kube.connect(settings.kubeconfig)

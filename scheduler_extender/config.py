@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.config import ConfigError, load_token, parse_size
+from locality.settings import ConfigError, load_token, parse_size
 
 DEFAULT_PORT = 8471
 DEFAULT_MAX_BODY = 64 * 2**20  # 500 full Node objects with images and managedFields fit easily

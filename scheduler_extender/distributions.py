@@ -2,7 +2,7 @@
 
 ``POST {"uri", "nodeSelector"?, "replicas"?: N | "all"}`` -> 201 with a generated name
 (``<slug>-<8 hex>``); ``GET`` list / one with per-node state; ``DELETE`` -> 204. The objects
-live in the Kubernetes API (``agent.kube``), so ``kubectl apply`` of the same object works and a
+live in the Kubernetes API (``locality.kube``), so ``kubectl apply`` of the same object works and a
 restarted extender loses nothing. Every call, reads included, needs the bearer token: model URIs
 may carry signed query strings. ``replicas`` defaults to ``"all"``, as in the CRD.
 """
@@ -17,16 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.httpkit import (
-    ApiError,
-    BadRequest,
-    ConflictError,
-    NotFoundError,
-    bearer_auth_middleware,
-    decode_json,
-    read_body,
-)
-from agent.kube import Conflict, Kube, KubeError, NotFound
+from locality import errors
+from locality.httpkit import bearer_auth_middleware, decode_json, read_body
+from locality.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import InvalidSpec, Spec, as_object, node_view, parse_spec
 from scheduler_extender.targets import choose_targets
@@ -35,10 +28,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-
-
-class Unavailable(ApiError):
-    status = 503
 
 
 @dataclass
@@ -52,7 +41,7 @@ class DistContext:
 
     def require_kube(self) -> Kube:
         if self.kube is None:
-            raise Unavailable("no Kubernetes API: the extender runs standalone (give --kubeconfig)")
+            raise errors.Unavailable("no Kubernetes API: the extender runs standalone (give --kubeconfig)")
         return self.kube
 
 
@@ -77,7 +66,7 @@ async def create(request: web.Request) -> web.Response:
     try:
         spec = parse_spec(await read_object(request))
     except InvalidSpec as exc:
-        raise BadRequest(str(exc)) from None
+        raise errors.Invalid(str(exc)) from None
     kube = ctx.require_kube()
     for _ in range(3):  # a generated name can collide (1 in 4 billion); try another
         name = f"{spec.ref.slug}-{ctx.new_suffix()}"
@@ -89,7 +78,7 @@ async def create(request: web.Request) -> web.Response:
         except KubeError as exc:
             raise _api_error(exc) from None
     else:
-        raise ConflictError("could not find a free distribution name; try again")
+        raise errors.Conflict("could not find a free distribution name; try again")
     ctx.poke()
     return web.json_response(view(obj, ctx.cache, spec), status=201)
 
@@ -110,7 +99,7 @@ async def get_one(request: web.Request) -> web.Response:
     try:
         obj = await ctx.require_kube().get("modeldistributions", name)
     except NotFound:
-        raise NotFoundError(f"no distribution named {name!r}") from None
+        raise errors.NotFound(f"no distribution named {name!r}") from None
     except KubeError as exc:
         raise _api_error(exc) from None
     return web.json_response(view(obj, ctx.cache))
@@ -122,7 +111,7 @@ async def delete(request: web.Request) -> web.Response:
     try:
         await ctx.require_kube().delete_distribution(name)
     except NotFound:
-        raise NotFoundError(f"no distribution named {name!r}") from None
+        raise errors.NotFound(f"no distribution named {name!r}") from None
     except KubeError as exc:
         raise _api_error(exc) from None
     ctx.poke()
@@ -133,20 +122,20 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     """A JSON object body of at most ``MAX_BODY`` bytes; 400/413 otherwise (never a 500)."""
     body = decode_json(await read_body(request, MAX_BODY))
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+        raise errors.Invalid("body must be a JSON object")
     return body
 
 
 def _name(request: web.Request) -> str:
     name = request.match_info["name"]
     if not _NAME.match(name):
-        raise BadRequest(f"{name[:100]!r} is not a valid distribution name")
+        raise errors.Invalid(f"{name[:100]!r} is not a valid distribution name")
     return name
 
 
-def _api_error(exc: KubeError) -> ApiError:
+def _api_error(exc: KubeError) -> errors.LocalityError:
     log.warning("Kubernetes API call failed: %s", exc)
-    return Unavailable(f"Kubernetes API call failed: {exc}")
+    return errors.Unavailable(f"Kubernetes API call failed: {exc}")
 
 
 def view(obj: dict[str, Any], cache: NodeCache, spec: Spec | None = None) -> dict[str, Any]:

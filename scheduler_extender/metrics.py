@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.httpkit import timing_middleware
+from locality.httpkit import timing_middleware
 
 # The scheduler waits on filter (serially) with a 2-5 s timeout; the interesting range is sub-ms to 1 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

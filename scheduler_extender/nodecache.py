@@ -1,6 +1,6 @@
 """The watch-backed node cache: Node events in, a current ``NodeIndex`` out.
 
-Fed by ``agent.informer.Informer`` (list, then watch, re-list on a dropped watch and every
+Fed by ``locality.informer.Informer`` (list, then watch, re-list on a dropped watch and every
 resync). Each event re-parses one Node into a ``NodeState`` and updates the index, so requests
 never parse anything about nodes. Garbage annotations are logged once per node resourceVersion.
 """

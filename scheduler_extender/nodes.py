@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.identity import LABEL_PREFIX, MODELS_ANNOTATION, READY
+from locality.identity import LABEL_PREFIX, MODELS_ANNOTATION, READY
 
 CACHE_ANNOTATION = "model-locality.io/cache"
 GPU_RESOURCE = "nvidia.com/gpu"

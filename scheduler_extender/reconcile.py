@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.kube import KubeError, NotFound
+from locality.kube import KubeError, NotFound
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import as_object, desired_status, node_view

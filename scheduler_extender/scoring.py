@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.identity import InvalidURI, ModelRef, model_ref
+from locality.identity import InvalidURI, ModelRef, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.targets import ALL, Want, choose_targets, eligible
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from agent.httpkit import read_body
+from locality.httpkit import read_body
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state

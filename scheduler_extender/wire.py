@@ -5,7 +5,7 @@ Exact shapes (extender-wire.md section 1): PascalCase keys; prioritize answers a
 ``{"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}`` where, with
 ``nodeCacheCapable: true``, ``NodeNames`` is never null (null would drop every node). Top-level
 keys are matched case-insensitively, as Go's decoder does; anything else malformed is a
-``BadRequest`` (HTTP 400), never a 5xx.
+``errors.Invalid`` (HTTP 400), never a 5xx.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.httpkit import BadRequest, decode_json
+from locality import errors
+from locality.httpkit import decode_json
 from scheduler_extender.scoring import MAX_SCORE, PodModels, pod_models
 
 
@@ -34,24 +35,24 @@ class ExtenderArgs:
 
 
 def parse_args(raw: bytes) -> ExtenderArgs:
-    """Decode an ``ExtenderArgs`` body; raise ``BadRequest`` with a clear message when malformed."""
+    """Decode an ``ExtenderArgs`` body; raise ``errors.Invalid`` with a clear message when malformed."""
     body = decode_json(raw)
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object (ExtenderArgs)")
+        raise errors.Invalid("body must be a JSON object (ExtenderArgs)")
     keys = {k.lower(): k for k in body if isinstance(k, str)}
     pod = body.get(keys.get("pod", "Pod"))
     nodes = body.get(keys.get("nodes", "Nodes"))
     names = body.get(keys.get("nodenames", "NodeNames"))
     if not isinstance(pod, dict):
-        raise BadRequest("ExtenderArgs.Pod must be a Pod object")
+        raise errors.Invalid("ExtenderArgs.Pod must be a Pod object")
     meta = _optional_object(pod.get("metadata"), "Pod.metadata")
     annotations = _optional_object(meta.get("annotations"), "Pod.metadata.annotations")
     pod_key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
     if (nodes is None) == (names is None):
-        raise BadRequest("ExtenderArgs needs exactly one of Nodes and NodeNames")
+        raise errors.Invalid("ExtenderArgs needs exactly one of Nodes and NodeNames")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise BadRequest("ExtenderArgs.NodeNames must be a list of strings")
+            raise errors.Invalid("ExtenderArgs.NodeNames must be a list of strings")
         return ExtenderArgs(pod_models(annotations), pod_key, names, None)
     items = _node_items(nodes)
     return ExtenderArgs(pod_models(annotations), pod_key, [_item_name(i) for i in items], items)
@@ -61,18 +62,18 @@ def _optional_object(value: object, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest(f"{what} must be an object")
+        raise errors.Invalid(f"{what} must be an object")
     return value
 
 
 def _node_items(nodes: object) -> list[dict[str, Any]]:
     if not isinstance(nodes, dict):
-        raise BadRequest("ExtenderArgs.Nodes must be a NodeList object")
+        raise errors.Invalid("ExtenderArgs.Nodes must be a NodeList object")
     items = nodes.get("items")
     if items is None:
         return []
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise BadRequest("ExtenderArgs.Nodes.items must be a list of Node objects")
+        raise errors.Invalid("ExtenderArgs.Nodes.items must be a list of Node objects")
     return items
 
 
@@ -80,7 +81,7 @@ def _item_name(item: Mapping[str, Any]) -> str:
     meta = item.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     if not isinstance(name, str) or not name:
-        raise BadRequest("every node in ExtenderArgs.Nodes.items needs metadata.name")
+        raise errors.Invalid("every node in ExtenderArgs.Nodes.items needs metadata.name")
     return name
 
 

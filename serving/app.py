@@ -14,7 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.httpkit import ApiError, Handler, error_middleware, json_error, metrics_handler, read_json_object
+from locality import errors
+from locality.httpkit import Handler, error_middleware, json_error, metrics_handler, read_json_object
 from serving import startup
 from serving.batcher import Batcher, QueueFull
 from serving.config import Settings
@@ -157,7 +158,7 @@ async def _count_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def embeddings(request: web.Request) -> web.Response:
     settings, state, metrics = request.app[SETTINGS], request.app[STATE], request.app[METRICS]
     if state.loaded is None or state.batcher is None or state.draining:
-        raise ApiError("shutting down" if state.draining else "model is not ready yet", 503)
+        raise errors.Unavailable("shutting down" if state.draining else "model is not ready yet")
     body = await read_json_object(request, optional=FIELDS, max_bytes=settings.max_body_bytes)
     limits = Limits(
         settings.model_name, state.loaded.embedder.dimension, settings.max_inputs, settings.max_chars
@@ -173,10 +174,10 @@ async def embeddings(request: web.Request) -> web.Response:
     metrics.in_flight.set(state.in_flight)
     try:
         results = await asyncio.gather(*futures)
-    except ApiError:
+    except errors.LocalityError:
         raise
     except Exception as exc:
-        raise ApiError(f"inference failed: {type(exc).__name__}", 500) from exc
+        raise errors.Internal(f"inference failed: {type(exc).__name__}") from exc
     finally:
         state.in_flight -= 1
         metrics.in_flight.set(state.in_flight)

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agent.httpkit import ApiError
+from locality import errors
 from serving.metrics import Metrics
 from serving.policy import plan_batch, retry_after
 
@@ -86,7 +86,7 @@ class Batcher:
                 batch = await self._next_batch()
                 await self._run_batch(batch)
         finally:
-            _fail(self._queue, ApiError("server is shutting down", 503))
+            _fail(self._queue, errors.Unavailable("server is shutting down"))
             self._queue.clear()
             self._metrics.queue_depth.set(0)
 
@@ -114,7 +114,7 @@ class Batcher:
         try:
             vectors, tokens = await self._run([item.text for item in live])
         except asyncio.CancelledError:  # stopping: answer the batch's clients rather than hang them
-            _fail(live, ApiError("server is shutting down", 503))
+            _fail(live, errors.Unavailable("server is shutting down"))
             raise
         except Exception as exc:
             log.error("inference failed for a batch of %d: %s", len(live), exc)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.client import AgentError, wait_ready
-from agent.config import setup_logging
-from agent.httpkit import QuietProbeAccessLogger
+from locality.agentclient import AgentError, wait_ready
+from locality.httpkit import QuietProbeAccessLogger
+from locality.settings import setup_logging
 from serving.app import Deps, create_app, drain
 from serving.config import ConfigError, Settings, add_arguments, settings_from_args
 from serving.startup import Embedder, StartupError

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import ConfigError, flag_or_env, load_token
+from locality.settings import ConfigError, flag_or_env, load_token
 
 DEFAULT_PORT = 8000
 DEFAULT_AGENT_URL = "http://127.0.0.1:8470"

@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from agent.store import verify_model_dir
+from locality.digests import verify_model_dir
 
 MAX_HEADER = 100 * 2**20  # the safetensors reference implementation refuses larger headers
 DTYPE_BYTES = {

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.httpkit import BadRequest, NotFoundError
+from locality import errors
 
 FIELDS = ("input", "model", "encoding_format", "dimensions", "user")
 ENCODINGS = ("float", "base64")
@@ -39,34 +39,34 @@ def parse_request(body: Mapping[str, Any], limits: Limits) -> EmbeddingRequest:
     """
     model = body.get("model")
     if model is not None and model != limits.model_name:
-        raise NotFoundError(f"model {model!r} is not served here; this server serves {limits.model_name!r}")
+        raise errors.NotFound(f"model {model!r} is not served here; this server serves {limits.model_name!r}")
     encoding = body.get("encoding_format", "float")
     if encoding not in ENCODINGS:
-        raise BadRequest(f"encoding_format must be one of {', '.join(ENCODINGS)}")
+        raise errors.Invalid(f"encoding_format must be one of {', '.join(ENCODINGS)}")
     dims = body.get("dimensions")
     if dims is not None and dims != limits.dimension:
-        raise BadRequest(f"dimensions: this model answers {limits.dimension} dimensions only")
+        raise errors.Invalid(f"dimensions: this model answers {limits.dimension} dimensions only")
     if "user" in body and not isinstance(body["user"], str):
-        raise BadRequest("user must be a string")
+        raise errors.Invalid("user must be a string")
     return EmbeddingRequest(texts=_texts(body.get("input"), limits), encoding=encoding)
 
 
 def _texts(value: Any, limits: Limits) -> tuple[str, ...]:
     if value is None:
-        raise BadRequest("missing field: input (a string or a list of strings)")
+        raise errors.Invalid("missing field: input (a string or a list of strings)")
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
-        raise BadRequest("input must be a string or a non-empty list of strings")
+        raise errors.Invalid("input must be a string or a non-empty list of strings")
     if len(items) > limits.max_inputs:
-        raise BadRequest(f"input has {len(items)} items; at most {limits.max_inputs} per request")
+        raise errors.Invalid(f"input has {len(items)} items; at most {limits.max_inputs} per request")
     for i, item in enumerate(items):
         if not isinstance(item, str):
             kind = "token arrays are not supported" if isinstance(item, (int, list)) else "not a string"
-            raise BadRequest(f"input[{i}]: {kind}; send strings")
+            raise errors.Invalid(f"input[{i}]: {kind}; send strings")
         if not item.strip():
-            raise BadRequest(f"input[{i}] is empty")
+            raise errors.Invalid(f"input[{i}] is empty")
         if len(item) > limits.max_chars:
-            raise BadRequest(f"input[{i}] has {len(item)} characters; at most {limits.max_chars}")
+            raise errors.Invalid(f"input[{i}] has {len(item)} characters; at most {limits.max_chars}")
     return tuple(items)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.identity import ModelRef
 from agent.sources.base import HttpTarget, RemoteFile, Source, SourceError, checked_files
+from locality.identity import ModelRef
 
 
 def open_source(ref: ModelRef) -> Source:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.identity import UnsafePath, safe_relpath
+from locality.identity import UnsafePath, safe_relpath
 
 
 class SourceError(Exception):

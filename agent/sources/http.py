@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from agent.identity import ModelRef
 from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from locality.identity import ModelRef
 
 _TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=15)
 _PERMANENT = {400, 401, 403, 404, 405, 410, 451}

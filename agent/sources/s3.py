@@ -15,8 +15,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from agent.identity import ModelRef
 from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from locality.identity import ModelRef
 
 PRESIGN_SECONDS = 6 * 3600
 _PERMANENT_CODES = {

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from tests.e2e.procs import Processes
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.ports import free_port

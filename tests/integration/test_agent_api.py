@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import MANAGER, create_app
-from agent.client import AgentError, wait_ready
 from agent.config import Settings
-from agent.identity import model_ref
+from locality.agentclient import AgentError, wait_ready
+from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model
 from tests.fixtures.s3server import S3Server
 

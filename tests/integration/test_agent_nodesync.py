@@ -8,11 +8,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.identity import MODELS_ANNOTATION, model_ref
-from agent.kube import Kube
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.nodesync import NodeSync
+from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.kube import Kube
 from tests.fixtures.fakekube import FakeKube
 
 NODE = "node-a"

@@ -17,8 +17,9 @@ import pytest
 from agent.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, UnknownModel
 from agent.config import Settings
 from agent.fetcher import RetryPolicy
-from agent.identity import model_ref
-from agent.store import record_view, verify_model_dir
+from agent.views import record_view
+from locality.digests import verify_model_dir
+from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model, write_safetensors
 from tests.fixtures.origin import Faults, run_origin
 from tests.fixtures.s3server import S3Server

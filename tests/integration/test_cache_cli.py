@@ -16,8 +16,9 @@ import pytest
 from agent.cache import Cache
 from agent.cli import main
 from agent.config import Settings
-from agent.identity import model_ref
-from agent.store import Layout, load_record, record_view
+from agent.views import record_view
+from locality.identity import model_ref
+from locality.records import Layout, load_record
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import Faults, run_origin
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.identity import MODELS_ANNOTATION, model_ref
+from locality.identity import MODELS_ANNOTATION, model_ref
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.ports import free_port, wait_listening
 

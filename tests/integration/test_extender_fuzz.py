@@ -14,8 +14,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.httpkit import BadRequest
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality import errors
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from scheduler_extender.app import Deps, create_app
 from scheduler_extender.config import Settings
 from scheduler_extender.nodecache import NodeCache
@@ -162,7 +162,7 @@ def test_still_serving_after_fuzzing(server: Server) -> None:
 def test_parse_args_raises_only_bad_request(body: bytes) -> None:
     try:
         parse_args(body)
-    except BadRequest:
+    except errors.Invalid:
         pass
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
-from agent.kube import Kube
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.kube import Kube
 from scheduler_extender.app import Deps, create_app
 from scheduler_extender.config import Settings
 from tests.fixtures.fakekube.server import FakeKube

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.httpkit import bearer_auth_middleware, error_middleware, read_json_object
+from locality.httpkit import bearer_auth_middleware, error_middleware, read_json_object
 
 
 async def _echo(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""agent.kube and agent.informer against the fake API server (real kubernetes client over HTTP)."""
+"""locality.kube and locality.informer against the fake API server (real kubernetes client over HTTP)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.informer import Informer
-from agent.kube import Conflict, Gone, Kube, KubeError, NotFound, WatchEvent
+from locality.informer import Informer
+from locality.kube import Conflict, Gone, Kube, KubeError, NotFound, WatchEvent
 from tests.fixtures.fakekube import FakeKube
 
 

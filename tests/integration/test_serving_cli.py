@@ -17,8 +17,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from agent.identity import model_ref
+from locality.identity import model_ref
 from serving.cli import main
+from tests.fixtures.cached import commit_copy
 from tests.fixtures.ports import free_port
 
 URI = "s3://models/sentence-transformers/all-MiniLM-L6-v2"
@@ -44,31 +45,7 @@ def run_to_exit(model_dir: Path, tmp_path: Path) -> tuple[int, str]:
 
 def cache_model(minilm: Path, root: Path, chunk_bytes: int = 16 * 2**20) -> Path:
     """Commit a copy of MiniLM into a node cache at ``root`` with a record, as the agent does."""
-    store = pytest.importorskip("agent.store")  # the node cache's record format (digests per chunk)
-    layout = store.Layout(root).create()
-    ref = model_ref(URI)
-    model_dir = layout.model(ref.id)
-    shutil.copytree(minilm, model_dir)
-    buf = memoryview(bytearray(8 << 20))
-    files = []
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            chunks = tuple(
-                store.hash_chunk(fd, i * chunk_bytes, min(chunk_bytes, size - i * chunk_bytes), buf)
-                for i in range(store.chunk_count(size, chunk_bytes))
-            )
-        finally:
-            os.close(fd)
-        rel = path.relative_to(model_dir).as_posix()
-        files.append(store.FileRecord(rel, size, store.file_digest(chunks), chunk_bytes, chunks, None))
-    total = sum(f.size for f in files)
-    record = store.ModelRecord(
-        ref.id, ref.uri, ref.label_key, tuple(files), total, None, time.time(), time.time(), frozenset()
-    )
-    store.save_record(layout, record)
-    return model_dir
+    return commit_copy(minilm, root, URI, chunk_bytes)
 
 
 def last_line(stderr: str) -> str:
@@ -103,8 +80,6 @@ def test_garbled_header_fails_start_up_naming_it(minilm: Path, tmp_path: Path) -
 
 def test_flipped_data_bytes_in_a_cached_model_fail_verification(minilm: Path, tmp_path: Path) -> None:
     model_dir = cache_model(minilm, tmp_path / "cache")
-    store = pytest.importorskip("agent.store")
-    assert hasattr(store, "verify_model_dir"), "serving cannot check cached digests without it"
     weights = model_dir / "model.safetensors"
     with weights.open("r+b") as f:  # a few bytes deep inside a tensor: the header stays valid
         f.seek(50_000_000)

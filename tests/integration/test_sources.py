@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import model_ref
 from agent.sources import Source, SourceError, open_source
 from agent.sources.transfer import ChunkJob, RangeReader
+from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model, write_safetensors
 from tests.fixtures.origin import Faults, run_origin
 from tests.fixtures.s3server import S3Server

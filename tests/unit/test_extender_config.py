@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError
+from locality.settings import ConfigError
 from scheduler_extender.cli import build_parser, main
 from scheduler_extender.config import DEFAULT_PORT, normalize_prefix, settings_from_args
 

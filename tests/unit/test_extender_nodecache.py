@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.identity import MODELS_ANNOTATION, model_ref
+from locality.identity import MODELS_ANNOTATION, model_ref
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.scoring import pod_models
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from agent.identity import model_ref
-from agent.kube import KubeError, NotFound
+from locality.identity import model_ref
+from locality.kube import KubeError, NotFound
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.reconcile import Reconciler

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.identity import model_ref
+from locality.identity import model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import ModelEntry, NodeState
 from scheduler_extender.reconcile import needs_write

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import ModelEntry, NodeState
 from scheduler_extender.scoring import filter_reason, pod_models, score_node

@@ -7,7 +7,7 @@ import re
 import pytest
 import xxhash
 
-from agent.identity import (
+from locality.identity import (
     InvalidURI,
     UnsafePath,
     is_model_label,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.informer import backoff_delay, list_diff, object_key
+from locality.informer import backoff_delay, list_diff, object_key
 
 
 def obj(name: str, rv: str, namespace: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from agent.identity import MODELS_ANNOTATION, model_ref
 from agent.labels import (
     CACHE_ANNOTATION,
     ModelState,
@@ -18,6 +17,7 @@ from agent.labels import (
     metadata_of,
     node_patch,
 )
+from locality.identity import MODELS_ANNOTATION, model_ref
 
 A = model_ref("s3://models/org/llama-3-8b")
 B = model_ref("s3://models/org/mistral-7b")

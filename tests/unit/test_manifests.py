@@ -24,7 +24,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from tests.fixtures.kustomize import DuplicateKeyError, Obj, load_all, load_one, render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import ModelEntry, NodeState, node_state
 from scheduler_extender.scoring import (

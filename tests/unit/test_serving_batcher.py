@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.httpkit import ApiError
+from locality import errors
 from serving.batcher import Batcher, QueueFull
 from serving.metrics import Metrics
 
@@ -122,6 +122,6 @@ async def test_stopping_fails_queued_inputs_with_503() -> None:
         await model.started.wait()
         waiting = batcher.submit(["waiting"])[0]
     for future in (running_one, waiting):  # both clients get an answer; none is left hanging
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(errors.Unavailable) as info:
             await future
-        assert info.value.status == 503
+        assert "shutting down" in info.value.message

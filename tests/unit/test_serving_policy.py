@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.httpkit import BadRequest, NotFoundError
+from locality import errors
 from serving.policy import (
     Limits,
     cosine,
@@ -43,21 +43,23 @@ def test_parse_request_accepts(body: dict[str, Any], texts: tuple[str, ...], enc
 @pytest.mark.parametrize(
     ("body", "error", "fragment"),
     [
-        pytest.param({}, BadRequest, "missing field: input", id="missing input"),
-        pytest.param({"input": None}, BadRequest, "missing field: input", id="null input"),
-        pytest.param({"input": []}, BadRequest, "non-empty list", id="empty list"),
-        pytest.param({"input": 3}, BadRequest, "non-empty list", id="number"),
-        pytest.param({"input": {"a": "b"}}, BadRequest, "non-empty list", id="object"),
-        pytest.param({"input": [1, 2]}, BadRequest, "token arrays", id="token ids"),
-        pytest.param({"input": [[1, 2]]}, BadRequest, "token arrays", id="nested token ids"),
-        pytest.param({"input": ["a", None]}, BadRequest, "input[1]: not a string", id="null item"),
-        pytest.param({"input": ["a", " "]}, BadRequest, "input[1] is empty", id="blank item"),
-        pytest.param({"input": ["a"] * 4}, BadRequest, "at most 3", id="too many"),
-        pytest.param({"input": "01234567890"}, BadRequest, "11 characters", id="too long"),
-        pytest.param({"input": "x", "encoding_format": "int8"}, BadRequest, "encoding_format", id="encoding"),
-        pytest.param({"input": "x", "dimensions": 2}, BadRequest, "4 dimensions", id="dimensions"),
-        pytest.param({"input": "x", "user": 5}, BadRequest, "user", id="user not a string"),
-        pytest.param({"input": "x", "model": "gpt"}, NotFoundError, "serves 'mini'", id="other model"),
+        pytest.param({}, errors.Invalid, "missing field: input", id="missing input"),
+        pytest.param({"input": None}, errors.Invalid, "missing field: input", id="null input"),
+        pytest.param({"input": []}, errors.Invalid, "non-empty list", id="empty list"),
+        pytest.param({"input": 3}, errors.Invalid, "non-empty list", id="number"),
+        pytest.param({"input": {"a": "b"}}, errors.Invalid, "non-empty list", id="object"),
+        pytest.param({"input": [1, 2]}, errors.Invalid, "token arrays", id="token ids"),
+        pytest.param({"input": [[1, 2]]}, errors.Invalid, "token arrays", id="nested token ids"),
+        pytest.param({"input": ["a", None]}, errors.Invalid, "input[1]: not a string", id="null item"),
+        pytest.param({"input": ["a", " "]}, errors.Invalid, "input[1] is empty", id="blank item"),
+        pytest.param({"input": ["a"] * 4}, errors.Invalid, "at most 3", id="too many"),
+        pytest.param({"input": "01234567890"}, errors.Invalid, "11 characters", id="too long"),
+        pytest.param(
+            {"input": "x", "encoding_format": "int8"}, errors.Invalid, "encoding_format", id="encoding"
+        ),
+        pytest.param({"input": "x", "dimensions": 2}, errors.Invalid, "4 dimensions", id="dimensions"),
+        pytest.param({"input": "x", "user": 5}, errors.Invalid, "user", id="user not a string"),
+        pytest.param({"input": "x", "model": "gpt"}, errors.NotFound, "serves 'mini'", id="other model"),
     ],
 )
 def test_parse_request_refuses(body: dict[str, Any], error: type[Exception], fragment: str) -> None:

@@ -7,15 +7,9 @@ import xxhash
 
 from agent.fetcher import RetryPolicy, chunk_plan
 from agent.sources.base import RemoteFile
-from agent.store import (
-    FileRecord,
-    ModelRecord,
-    chunk_count,
-    file_digest,
-    record_from_json,
-    record_to_json,
-    record_view,
-)
+from agent.views import record_view
+from locality.digests import chunk_count, file_digest
+from locality.records import FileRecord, ModelRecord, record_from_json, record_to_json
 
 
 @pytest.mark.parametrize(

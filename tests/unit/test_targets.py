@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from agent.identity import model_ref
+from locality.identity import model_ref
 from scheduler_extender.nodes import ModelEntry, NodeState
 from scheduler_extender.targets import Want, choose_targets, eligible, rendezvous
 

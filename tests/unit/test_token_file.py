@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.httpkit import read_token_file
+from locality.settings import read_token_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

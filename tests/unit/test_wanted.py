@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.identity import MODELS_ANNOTATION, model_ref
 from agent.watchers import pod_models, wanted_models
+from locality.identity import MODELS_ANNOTATION, model_ref
 
 NODE = "node-a"
 A = model_ref("s3://models/org/llama")

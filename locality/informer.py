@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from agent.kube import Kind, Kube, KubeError
+from locality.kube import Kind, Kube, KubeError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.identity import InvalidURI, model_ref
+from locality.identity import InvalidURI, model_ref
 
 
 class AgentError(Exception):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from agent.informer import Informer
-from agent.kube import Kube
+from locality.informer import Informer
+from locality.kube import Kube
 from scheduler_extender.config import Settings
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache

@@ -11,50 +11,40 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from locality import errors
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-PLACEHOLDER_TOKEN_PREFIX = "CHANGE-ME"
 
 
-class ApiError(Exception):
-    """A domain error that maps to an HTTP status and a JSON ``{"error": message}`` body."""
+STATUS_OF: dict[type[errors.LocalityError], int] = {
+    errors.Invalid: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.TooLarge: 413,
+    errors.Unavailable: 503,
+    errors.InsufficientStorage: 507,
+    errors.Internal: 500,
+}
 
-    status = 400
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+def status_of(exc: errors.LocalityError) -> int:
+    """The HTTP status of a domain error: the first class in its MRO that has one (else 500)."""
+    for cls in type(exc).__mro__:
+        status = STATUS_OF.get(cls)
         if status is not None:
-            self.status = status
-
-
-class BadRequest(ApiError):
-    status = 400
-
-
-class Unauthorized(ApiError):
-    status = 401
-
-
-class NotFoundError(ApiError):
-    status = 404
-
-
-class ConflictError(ApiError):
-    status = 409
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
+            return status
+    return 500
 
 
 def timing_middleware(record: Callable[[web.Request, int, float], None]) -> Any:
@@ -89,8 +79,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn domain and HTTP errors into JSON; log and answer 500 JSON for anything unexpected."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return json_error(exc.status, exc.message)
+    except errors.LocalityError as exc:
+        return json_error(status_of(exc), exc.message, headers=_auth_header(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -99,6 +89,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error; see the server log")
+
+
+def _auth_header(exc: errors.LocalityError) -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"} if isinstance(exc, errors.Unauthenticated) else {}
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
@@ -125,46 +119,29 @@ def bearer_auth_middleware(token: str | None, protected_methods: Collection[str]
     return middleware
 
 
-def read_token_file(path: str | Path | None) -> str | None:
-    """Read a bearer token from a file (a mounted Secret); ``None`` when no file is configured."""
-    if not path:
-        return None
-    token = Path(path).read_text(encoding="utf-8").strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    if token.startswith(PLACEHOLDER_TOKEN_PREFIX):
-        # Fail closed: the manifests' base ships a placeholder so that it renders; serving with it
-        # would let anyone who reaches the port start downloads and delete models.
-        raise ValueError(
-            f"token file {path} holds the placeholder token of the manifests; "
-            "replace it (manifests/README.md, section Token)"
-        )
-    return token
-
-
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed ``max_bytes``.
 
     Reads until EOF: one ``content.read(n)`` may return only the first network chunk.
     """
     if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+        raise errors.TooLarge(f"request body over {max_bytes} bytes")
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.content.iter_any():
         total += len(chunk)
         if total > max_bytes:
-            raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+            raise errors.TooLarge(f"request body over {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def decode_json(raw: bytes) -> Any:
-    """Decode JSON or raise ``BadRequest``; deep nesting (``RecursionError``) is bad input too."""
+    """Decode JSON or raise ``Invalid``; deep nesting (``RecursionError``) is bad input too."""
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"body is not valid JSON: {str(exc)[:200]}") from None
+        raise errors.Invalid(f"body is not valid JSON: {str(exc)[:200]}") from None
 
 
 async def read_json_object(
@@ -177,14 +154,14 @@ async def read_json_object(
     """Parse a JSON object body; 400 on bad JSON, a non-object, unknown or missing fields."""
     body = decode_json(await read_body(request, max_bytes))
     if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
+        raise errors.Invalid("body must be a JSON object")
     allowed = set(required) | set(optional)
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+        raise errors.Invalid(f"unknown field(s): {', '.join(unknown)}")
     missing = sorted(set(required) - set(body))
     if missing:
-        raise BadRequest(f"missing field(s): {', '.join(missing)}")
+        raise errors.Invalid(f"missing field(s): {', '.join(missing)}")
     return body
 
 

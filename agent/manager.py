@@ -18,14 +18,11 @@ from typing import Any
 
 from agent.cache import Cache, CacheError, Pinned, Progress, UnknownModel
 from agent.config import Settings
-from agent.httpkit import ConflictError, NotFoundError
-from agent.identity import ModelRef, model_ref
 from agent.jobs import (
     MAX_ERROR_CHARS,
     MAX_FAILED_JOBS,
     RETRY_BASE_SECONDS,
     Job,
-    Unavailable,
     check_model_id,
     is_verification_failure,
     retry_delay,
@@ -33,7 +30,9 @@ from agent.jobs import (
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.pinning import Pins, Wanted
-from agent.store import record_view
+from agent.views import record_view
+from locality import errors
+from locality.identity import ModelRef, model_ref
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +91,10 @@ class ModelManager:
     async def request(self, ref: ModelRef) -> dict[str, Any]:
         """Make sure ``ref`` is (being) fetched; idempotent. Returns ``{"id", "label", "state"}``."""
         if self._closing:
-            raise Unavailable("agent is shutting down")
+            raise errors.Unavailable("agent is shutting down")
         job = self._jobs.get(ref.id)
         if job is not None and job.state == "evicting":
-            raise ConflictError("model is being removed; retry when the removal is done")
+            raise errors.Conflict("model is being removed; retry when the removal is done")
         if job is None and self.cache.get(ref.id) is not None:
             with contextlib.suppress(CacheError, OSError):
                 await asyncio.to_thread(self.cache.touch, ref.id)
@@ -110,7 +109,7 @@ class ModelManager:
             return job.view()
         record = self.cache.get(model_id)
         if record is None:
-            raise NotFoundError(f"unknown model {model_id}")
+            raise errors.NotFound(f"unknown model {model_id}")
         return record_view(record, self.cache.model_path(model_id))
 
     def views(self) -> list[dict[str, Any]]:
@@ -123,10 +122,10 @@ class ModelManager:
         check_model_id(model_id)
         job, record = self._jobs.get(model_id), self.cache.get(model_id)
         if job is None and record is None:
-            raise NotFoundError(f"unknown model {model_id}")
+            raise errors.NotFound(f"unknown model {model_id}")
         pins = set(self.pins.reasons(model_id)) | set(record.pins if record else ())
         if pins:
-            raise ConflictError(f"model is pinned by {', '.join(sorted(pins)[:5])}")
+            raise errors.Conflict(f"model is pinned by {', '.join(sorted(pins)[:5])}")
         if job is not None and job.state == "evicting":
             return job.view()
         # The removal runs in its own task so a client that disconnects cannot interrupt it.
@@ -151,7 +150,7 @@ class ModelManager:
         try:
             await asyncio.to_thread(self.cache.remove, model_id)
         except Pinned as exc:
-            raise ConflictError(f"model is pinned: {exc}") from exc
+            raise errors.Conflict(f"model is pinned: {exc}") from exc
         finally:
             self._jobs.pop(model_id, None)
             self._deleting.discard(model_id)

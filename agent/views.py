@@ -1,0 +1,26 @@
+"""The REST / ``ls --json`` view of a committed model (same object in both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from locality.identity import READY
+from locality.records import ModelRecord
+
+
+def record_view(record: ModelRecord, path: Path) -> dict[str, Any]:
+    """The REST / ``ls --json`` object of a committed model."""
+    return {
+        "id": record.id,
+        "uri": record.uri,
+        "label": record.label,
+        "state": READY,
+        "bytes_total": record.total_bytes,
+        "bytes_done": record.total_bytes,
+        "path": str(path),
+        "error": None,
+        "pins": sorted(record.pins),
+        "fetched_at": record.fetched_at,
+        "last_used": record.last_used,
+    }

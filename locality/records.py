@@ -1,0 +1,158 @@
+"""The node cache's on-disk contract, read by the agent and by serving: layout and model records.
+
+Layout under the cache root::
+
+    models/<id>/...        committed models, files exactly as at the source, nothing else
+    records/<id>.json      one metadata record per committed model (tmp + fsync + rename)
+    records/<id>.pins.json pins given before the model was committed (merged at commit)
+    staging/<id>/          a fetch in progress: files/ (renamed to models/<id>), manifest, journal
+    trash/                 models being deleted (renamed here first, so removal is atomic)
+
+Only the agent writes here (``agent.durable``); serving only reads a record to check its model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from locality.digests import DIGEST_SCHEME
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One committed file: path relative to the model dir, size, digests, source ETag."""
+
+    path: str
+    size: int
+    xxh3_128: str
+    chunk_bytes: int
+    chunk_digests: tuple[str, ...]
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The metadata record of one committed model."""
+
+    id: str
+    uri: str
+    label: str
+    files: tuple[FileRecord, ...]
+    total_bytes: int
+    etag: str | None
+    fetched_at: float
+    last_used: float
+    pins: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one cache root."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def trash(self) -> Path:
+        return self.root / "trash"
+
+    def model(self, model_id: str) -> Path:
+        return self.models / model_id
+
+    def record(self, model_id: str) -> Path:
+        return self.records / f"{model_id}.json"
+
+    def pending_pins(self, model_id: str) -> Path:
+        return self.records / f"{model_id}.pins.json"
+
+    def stage(self, model_id: str) -> Path:
+        return self.staging / model_id
+
+    def create(self) -> Layout:
+        for path in (self.models, self.records, self.staging, self.trash):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def record_to_json(record: ModelRecord) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "digest_scheme": DIGEST_SCHEME,
+        "id": record.id,
+        "uri": record.uri,
+        "label": record.label,
+        "total_bytes": record.total_bytes,
+        "etag": record.etag,
+        "fetched_at": record.fetched_at,
+        "last_used": record.last_used,
+        "pins": sorted(record.pins),
+        "files": [
+            {
+                "path": f.path,
+                "size": f.size,
+                "xxh3_128": f.xxh3_128,
+                "chunk_bytes": f.chunk_bytes,
+                "chunk_digests": list(f.chunk_digests),
+                "etag": f.etag,
+            }
+            for f in record.files
+        ],
+    }
+
+
+def record_from_json(data: dict[str, Any]) -> ModelRecord:
+    """Parse a record; raise ``ValueError`` (or ``KeyError``/``TypeError``) when it is not one."""
+    if data.get("digest_scheme") != DIGEST_SCHEME:
+        raise ValueError(f"unknown digest scheme {data.get('digest_scheme')!r}")
+    files = tuple(
+        FileRecord(
+            path=str(f["path"]),
+            size=int(f["size"]),
+            xxh3_128=str(f["xxh3_128"]),
+            chunk_bytes=int(f["chunk_bytes"]),
+            chunk_digests=tuple(str(d) for d in f["chunk_digests"]),
+            etag=f.get("etag"),
+        )
+        for f in data["files"]
+    )
+    return ModelRecord(
+        id=str(data["id"]),
+        uri=str(data["uri"]),
+        label=str(data["label"]),
+        files=files,
+        total_bytes=int(data["total_bytes"]),
+        etag=data.get("etag"),
+        fetched_at=float(data["fetched_at"]),
+        last_used=float(data["last_used"]),
+        pins=frozenset(str(p) for p in data.get("pins", [])),
+    )
+
+
+def load_record(layout: Layout, model_id: str) -> ModelRecord | None:
+    """The record of ``model_id``, or None when absent or unreadable (logged)."""
+    path = layout.record(model_id)
+    try:
+        record = record_from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable record %s: %s", path, exc)
+        return None
+    return record if record.id == model_id else None
