@@ -3,4 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test,serving
+# The real control plane (kube-apiserver, kube-scheduler, etcd) for tests/fixtures/realkube.py, when the
+# project's kit is beside the checkout. Then its tests must run: a skip of one fails the run.
+# (install.sh apt-gets Debian's etcd-server itself when etcd is missing.)
+if [ -d ../shared/k8s ]; then
+  kit="$(bash ../shared/k8s/install.sh)"  # a failed install stops here (set -e), unlike a bare eval "$(...)"
+  eval "$kit"
+  export MODEL_LOCALITY_REQUIRE_KUBE=1
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

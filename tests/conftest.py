@@ -11,7 +11,7 @@ import pytest
 from tests.fixtures.models import minilm_dir, synthetic_model
 from tests.fixtures.s3server import S3Server, run_s3_server
 
-pytest_plugins = ["tests.fixtures.fakekube.plugin"]
+pytest_plugins = ["tests.fixtures.fakekube.plugin", "tests.fixtures.realkube_plugin"]
 
 
 @pytest.fixture(scope="session")
