@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from agent.metrics import AgentMetrics
 from locality import errors
 from locality.httpkit import bearer_auth_middleware, error_middleware, metrics_handler, read_json_object
 from locality.identity import InvalidURI, model_ref
+from locality.tasks import supervised
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _lifecycle(settings: Settings, deps: Deps) -> Callable[[web.Application], As
         manager, state, metrics = app[MANAGER], app[STATE], app[METRICS]
         await manager.start()
         state.scanned = True
-        tasks = [_supervised("model-manager", manager.run)]
+        tasks = [supervised("model-manager", manager.run)]
         if state.standalone:
             log.info("standalone mode: no Kubernetes API or no node name; node labels are not written")
             _mark_ready(state, metrics)
@@ -138,7 +139,7 @@ def _lifecycle(settings: Settings, deps: Deps) -> Callable[[web.Application], As
                 deps.kube, settings.node_name, manager, metrics, resync_seconds=deps.resync_seconds
             )
             manager.subscribe(state.nodesync.poke)
-            tasks.append(_supervised("cluster", lambda: _cluster(settings, deps, manager, state, metrics)))
+            tasks.append(supervised("cluster", lambda: _cluster(settings, deps, manager, state, metrics)))
         try:
             yield
         finally:
@@ -186,22 +187,3 @@ async def _final_sync(sync: Any, seconds: float) -> None:
             await sync.reconcile()
     except Exception as exc:
         log.info("final node sync skipped: %s", exc or type(exc).__name__)
-
-
-def _supervised(
-    name: str, start: Callable[[], Awaitable[None]], *, restart_delay: float = 5.0
-) -> asyncio.Task[None]:
-    """Run a background coroutine; log a crash at once and start it again after a pause."""
-
-    async def run() -> None:
-        while True:
-            try:
-                await start()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background task %s crashed; restarting in %.0fs", name, restart_delay)
-            await asyncio.sleep(restart_delay)
-
-    return asyncio.create_task(run(), name=name)

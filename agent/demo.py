@@ -224,19 +224,11 @@ def _importable(module: str) -> bool:
 
 
 def _seed_bucket(model_src: Path, s3_env: Mapping[str, str]) -> int:
-    import boto3  # only the demo seeds a bucket; the product reads through agent.sources
+    from agent.sources.s3 import upload_tree  # boto3 is imported by the S3 source only
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-        region_name=s3_env["AWS_DEFAULT_REGION"],
-    )
-    client.create_bucket(Bucket=BUCKET)
     files = sorted(p for p in model_src.rglob("*") if p.is_file() and p.name != "README.md")
-    for path in files:
-        client.upload_file(str(path), BUCKET, f"{PREFIX}/{path.relative_to(model_src).as_posix()}")
+    pairs = [(str(path), path.relative_to(model_src).as_posix()) for path in files]
+    upload_tree(BUCKET, PREFIX, pairs, dict(s3_env))
     return len(files)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from agent.sources.base import RemoteFile, Source, SourceError
 from agent.sources.transfer import ChunkJob, RangeReader, Stopped
 from agent.staging import ChunkKey, Staging
+from locality.backoff import backoff_delay
 from locality.digests import chunk_count, hash_chunk
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Per-chunk retries of transient errors: ``delay(n) = min(cap, base * 2**n) * U(0.5, 1)``."""
+    """Per-chunk retries of transient errors: ``delay(n) = backoff_delay(n + 1, base, cap, U(0, 1))``."""
 
     attempts: int = 6
     base: float = 0.5
     cap: float = 10.0
     read_timeout: float = 30.0  # seconds without a byte before a GET counts as failed (transient)
+    connect_timeout: float = 10.0  # seconds to open a connection to the origin
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * 2**attempt) * random.uniform(0.5, 1.0))
+        return backoff_delay(attempt + 1, self.base, self.cap, random.random())
 
 
 class ByteCounter:
@@ -130,7 +132,9 @@ class Fetcher:
         self, pool: ThreadPoolExecutor, todo: deque[tuple[RemoteFile, int]], done: dict[ChunkKey, str]
     ) -> None:
         loop = asyncio.get_running_loop()
-        reader = RangeReader(self._stop, timeout=self.retry.read_timeout)
+        reader = RangeReader(
+            self._stop, timeout=self.retry.read_timeout, connect_timeout=self.retry.connect_timeout
+        )
         self._readers.append(reader)
         while todo:
             file, index = todo.popleft()
@@ -150,7 +154,14 @@ class Fetcher:
                         raise SourceError(
                             f"{exc.message} (gave up after {attempt} tries)", permanent=False
                         ) from exc
-                    log.info("retrying %s chunk %d: %s", file.path, index, exc.message)
+                    log.warning(
+                        "retrying %s chunk %d after try %d/%d: %s",
+                        file.path,
+                        index,
+                        max(attempt, 1),
+                        self.retry.attempts,
+                        exc.message,
+                    )
                     await asyncio.sleep(self.retry.delay(attempt))
             await self._finish(pool, file, index, job, done)
 

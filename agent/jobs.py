@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.cache import VerificationFailed
 from locality import errors
+from locality.backoff import backoff_delay
 from locality.identity import ModelRef
 
 _MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -52,7 +53,7 @@ def check_model_id(model_id: str) -> str:
 
 def retry_delay(attempts: int) -> float:
     """Back-off before a pinned model that failed is fetched again: ``min(300, 10 * 2**(n-1))`` s."""
-    return float(min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+    return backoff_delay(attempts, RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
 
 
 def is_verification_failure(exc: BaseException) -> bool:

@@ -12,20 +12,23 @@ part of either annotation, so they change only when a model changes state.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from locality.identity import DOMAIN, MODELS_ANNOTATION, READY
+from locality.contract import (
+    CACHE_ANNOTATION,
+    MODELS_ANNOTATION,
+    READY,
+    CacheUsage,
+    ModelEntry,
+    mapping,
+    str_map,
+)
+from locality.identity import is_model_label
 
-CACHE_ANNOTATION = f"{DOMAIN}/cache"
-STATES = ("queued", "fetching", "ready", "failed", "evicting")
 # The models annotation shares the 256 KiB metadata limit with every other writer on the Node.
 MAX_MODELS_ANNOTATION_BYTES = 64 * 1024
 MAX_FAILED_ENTRIES = 16
-# Only keys shaped like our model labels (``model-locality.io/<slug>.<8 hex>``) are ever removed,
-# so an operator's own ``model-locality.io/...`` label (e.g. a DaemonSet nodeSelector) survives.
-_MODEL_LABEL = re.compile(r"^model-locality\.io/[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\.[0-9a-f]{8}$")
 # Ready first (the extender scores on them), failed last (the first to be dropped when over budget).
 _STATE_ORDER = {"ready": 0, "fetching": 1, "evicting": 2, "queued": 3, "failed": 4}
 
@@ -61,11 +64,6 @@ class NodePatch:
         return not self.labels and not self.annotations
 
 
-def is_owned_label(key: str) -> bool:
-    """True for a label key shaped like one of our model labels (the only ones we ever remove)."""
-    return bool(_MODEL_LABEL.match(key))
-
-
 def desired_metadata(
     models: Iterable[ModelState],
     used_bytes: int,
@@ -89,7 +87,7 @@ def desired_metadata(
             if failed >= max_failed:
                 continue
             failed += 1
-        entry = {"uri": m.uri, "bytes": max(0, m.bytes), "state": m.state}
+        entry = ModelEntry(m.uri, m.bytes, m.state).as_json()
         cost = len(_compact({m.id: entry})) - 1  # minus the braces, plus a comma
         if size + cost > max_bytes:
             break
@@ -97,7 +95,7 @@ def desired_metadata(
         size += cost
     annotations = {
         MODELS_ANNOTATION: _compact(dict(sorted(summary.items()))),
-        CACHE_ANNOTATION: _compact({"used_bytes": max(0, used_bytes), "quota_bytes": max(0, quota_bytes)}),
+        CACHE_ANNOTATION: _compact(CacheUsage(used_bytes, quota_bytes).as_json()),
     }
     return NodeMetadata(labels=labels, annotations=annotations)
 
@@ -113,7 +111,7 @@ def node_patch(current: NodeMetadata, desired: NodeMetadata) -> NodePatch:
         key: value for key, value in desired.labels.items() if current.labels.get(key) != value
     }
     for key in current.labels:
-        if key not in desired.labels and is_owned_label(key):
+        if key not in desired.labels and is_model_label(key):
             labels[key] = None
     annotations: dict[str, str | None] = {
         key: value for key, value in desired.annotations.items() if current.annotations.get(key) != value
@@ -121,35 +119,10 @@ def node_patch(current: NodeMetadata, desired: NodeMetadata) -> NodePatch:
     return NodePatch(labels=dict(sorted(labels.items())), annotations=dict(sorted(annotations.items())))
 
 
-def apply_patch(current: NodeMetadata, patch: NodePatch) -> NodeMetadata:
-    """``current`` with ``patch`` merged in (what the API server will hold after a merge patch)."""
-    return NodeMetadata(
-        labels=_merge(current.labels, patch.labels),
-        annotations=_merge(current.annotations, patch.annotations),
-    )
-
-
 def metadata_of(node: Mapping[str, object]) -> NodeMetadata:
     """Labels and annotations of a Node object as the API returns it (missing maps are empty)."""
-    meta = node.get("metadata")
-    meta = meta if isinstance(meta, Mapping) else {}
-    return NodeMetadata(labels=_str_map(meta.get("labels")), annotations=_str_map(meta.get("annotations")))
-
-
-def _merge(base: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
-    merged = dict(base)
-    for key, value in changes.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _str_map(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
+    meta = mapping(node.get("metadata"))
+    return NodeMetadata(labels=str_map(meta.get("labels")), annotations=str_map(meta.get("annotations")))
 
 
 def _compact(value: object) -> str:

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from agent.labels import STATES
+from locality.contract import MODEL_STATES
 from locality.httpkit import timing_middleware
 
 PREFIX = "model_locality_agent"
@@ -68,13 +68,13 @@ class AgentMetrics:
         self.ready = Gauge(
             f"{PREFIX}_ready", "1 once the cache is scanned and labels reconciled.", registry=r
         )
-        for state in STATES:
+        for state in MODEL_STATES:
             self.models.labels(state=state).set(0)
         for outcome in ("ready", "failed", "cancelled"):
             self.fetch_duration.labels(outcome=outcome)
 
     def set_model_counts(self, states: Iterable[str]) -> None:
-        counts = dict.fromkeys(STATES, 0)
+        counts = dict.fromkeys(MODEL_STATES, 0)
         for state in states:
             counts[state] = counts.get(state, 0) + 1
         for state, count in counts.items():

@@ -17,14 +17,10 @@ from typing import Any
 from agent.labels import NodeMetadata, NodePatch, desired_metadata, metadata_of, node_patch
 from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
+from locality.backoff import backoff_delay
 from locality.kube import Conflict, Kube, KubeError
 
 log = logging.getLogger(__name__)
-
-
-def backoff(attempt: int, base: float = 0.5, max_delay: float = 30.0) -> float:
-    """``min(max_delay, base * 2**attempt)`` seconds."""
-    return float(min(max_delay, base * 2**attempt))
 
 
 class NodeSync:
@@ -64,7 +60,7 @@ class NodeSync:
                 await self._sync_once()
                 return
             except KubeError as exc:
-                delay = backoff(attempt, self.base_delay, self.max_delay)
+                delay = backoff_delay(attempt + 1, self.base_delay, self.max_delay)
                 log.warning("node %s sync failed (%s); retrying in %.1fs", self.node_name, exc, delay)
                 attempt += 1
                 self._current = None

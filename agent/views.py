@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from locality.identity import READY
+from locality.contract import READY
 from locality.records import ModelRecord
 
 
@@ -23,4 +23,6 @@ def record_view(record: ModelRecord, path: Path) -> dict[str, Any]:
         "pins": sorted(record.pins),
         "fetched_at": record.fetched_at,
         "last_used": record.last_used,
+        "revision": record.revision,
+        "origin_checksums": {f.path: f.origin_checksum for f in record.files},
     }

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from agent.pinning import Wanted
-from locality.identity import MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
+from locality.contract import mapping, pod_models
+from locality.identity import InvalidURI, ModelRef, model_ref
 from locality.informer import Informer
 from locality.kube import Kube
 
@@ -21,22 +22,14 @@ log = logging.getLogger(__name__)
 ACTIVE_PHASES = frozenset({"Pending", "Running"})
 
 
-def pod_models(pod: Mapping[str, Any]) -> tuple[list[ModelRef], list[str]]:
+def pod_model_refs(pod: Mapping[str, Any]) -> tuple[list[ModelRef], list[str]]:
     """The models a pod asks for in its annotation, and one error line per URI that is not valid."""
-    meta = _map(pod.get("metadata"))
-    text = _map(meta.get("annotations")).get(MODELS_ANNOTATION)
-    if not isinstance(text, str):
-        return [], []
-    refs: list[ModelRef] = []
-    errors: list[str] = []
-    for raw in text.split(","):
-        if not raw.strip():
-            continue
-        try:
-            refs.append(model_ref(raw))
-        except InvalidURI as exc:
-            errors.append(f"pod {_pod_key(meta)}: skipping model URI {raw.strip()[:200]!r}: {exc}")
-    return refs, errors
+    meta = mapping(pod.get("metadata"))
+    request = pod_models(mapping(meta.get("annotations")))
+    errors = [f"pod {_pod_key(meta)}: skipping {line}" for line in request.invalid]
+    if request.problem and not request.invalid:
+        errors.append(f"pod {_pod_key(meta)}: {request.problem}")
+    return list(request.refs), errors
 
 
 def wanted_models(
@@ -47,7 +40,7 @@ def wanted_models(
     A pod pins its models with ``pod:<ns>/<name>`` while it is bound to ``node_name`` and in
     phase Pending or Running (no phase yet counts as Pending). A ModelDistribution pins its
     ``spec.uri`` with ``distribution:<name>`` while ``status.targets`` lists ``node_name``.
-    Invalid URIs are skipped (``pod_models`` reports them).
+    Invalid URIs are skipped (``pod_model_refs`` reports them).
     """
     reasons: dict[str, set[str]] = {}
     refs: dict[str, ModelRef] = {}
@@ -57,33 +50,30 @@ def wanted_models(
         reasons.setdefault(ref.id, set()).add(reason)
 
     for pod in pods:
-        spec, status, meta = _map(pod.get("spec")), _map(pod.get("status")), _map(pod.get("metadata"))
+        spec, status = mapping(pod.get("spec")), mapping(pod.get("status"))
+        meta = mapping(pod.get("metadata"))
         if spec.get("nodeName") != node_name or (status.get("phase") or "Pending") not in ACTIVE_PHASES:
             continue
-        for ref in pod_models(pod)[0]:
+        for ref in pod_model_refs(pod)[0]:
             want(ref, f"pod:{_pod_key(meta)}")
     for dist in distributions:
         dref = distribution_ref(dist)
-        targets = _map(dist.get("status")).get("targets")
+        targets = mapping(dist.get("status")).get("targets")
         if dref is None or not isinstance(targets, list) or node_name not in targets:
             continue
-        want(dref, f"distribution:{_map(dist.get('metadata')).get('name', '')}")
+        want(dref, f"distribution:{mapping(dist.get('metadata')).get('name', '')}")
     return {mid: (refs[mid], frozenset(r)) for mid, r in sorted(reasons.items())}
 
 
 def distribution_ref(dist: Mapping[str, Any]) -> ModelRef | None:
     """The model of a ModelDistribution, or None when ``spec.uri`` is missing or invalid."""
-    uri = _map(dist.get("spec")).get("uri")
+    uri = mapping(dist.get("spec")).get("uri")
     if not isinstance(uri, str):
         return None
     try:
         return model_ref(uri)
     except InvalidURI:
         return None
-
-
-def _map(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _pod_key(meta: Mapping[str, Any]) -> str:
@@ -137,7 +127,7 @@ class Watchers:
 
     def _on_pod_event(self, kind: str, obj: dict[str, Any]) -> None:
         if kind in ("ADDED", "MODIFIED"):
-            for line in pod_models(obj)[1]:
+            for line in pod_model_refs(obj)[1]:
                 log.warning("%s", line)
         self._changed.set()
 

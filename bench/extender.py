@@ -41,7 +41,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref  # noqa: E402
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION  # noqa: E402
+from locality.identity import model_ref  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "kube_scheduler"

@@ -64,14 +64,16 @@ def verify_files(model_dir: Path, record: ModelRecord) -> list[str]:
             if size != f.size:
                 problems.append(f"{f.path}: size {size} != {f.size}")
                 continue
-            for i, want in enumerate(f.chunk_digests):
-                offset = i * f.chunk_bytes
-                got = hash_chunk(fd, offset, min(f.chunk_bytes, f.size - offset), buf)
-                if got != want:
-                    problems.append(
-                        f"{f.path}: xxh3_128 mismatch in bytes {offset}..{offset + f.chunk_bytes}"
-                    )
-                    break
+            bad = [
+                (offset, offset + length)
+                for i, want in enumerate(f.chunk_digests)
+                for offset, length in [(i * f.chunk_bytes, min(f.chunk_bytes, f.size - i * f.chunk_bytes))]
+                if hash_chunk(fd, offset, length, buf) != want
+            ]
+            problems.extend(
+                f"{f.path}: xxh3_128 mismatch in bytes {start}..{end} (end exclusive)"
+                for start, end in _merged(bad)
+            )
         finally:
             os.close(fd)
     if model_dir.is_dir():
@@ -82,15 +84,12 @@ def verify_files(model_dir: Path, record: ModelRecord) -> list[str]:
     return problems
 
 
-def verify_model_dir(model_dir: Path) -> list[str] | None:
-    """For the serving process: re-hash a committed ``<root>/models/<id>``; None if not in a cache."""
-    from locality.records import Layout, load_record
-
-    model_dir = Path(model_dir).resolve()
-    layout = Layout(model_dir.parent.parent)
-    if model_dir.parent.name != "models":
-        return None
-    record = load_record(layout, model_dir.name)
-    if record is None:
-        return None
-    return verify_files(model_dir, record)
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent chunk ranges joined: ``[(0, 8), (8, 16), (32, 40)] -> [(0, 16), (32, 40)]``."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out

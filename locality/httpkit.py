@@ -7,7 +7,6 @@ Both the agent and the extender build their apps from these pieces so that every
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -18,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from locality import errors
+from locality.jsonbody import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +134,6 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
             raise errors.TooLarge(f"request body over {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def decode_json(raw: bytes) -> Any:
-    """Decode JSON or raise ``Invalid``; deep nesting (``RecursionError``) is bad input too."""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise errors.Invalid(f"body is not valid JSON: {str(exc)[:200]}") from None
 
 
 async def read_json_object(

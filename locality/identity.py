@@ -15,16 +15,15 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import xxhash
 
 DOMAIN = "model-locality.io"
-MODELS_ANNOTATION = f"{DOMAIN}/models"
-LOCALITY_ANNOTATION = f"{DOMAIN}/locality"
 LABEL_PREFIX = f"{DOMAIN}/"
-READY = "ready"
 
 MAX_URI_LENGTH = 2048
 MAX_PATH_LENGTH = 1024  # S3 keys are at most 1024 bytes
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on every Linux filesystem we care about
 SLUG_MAX = 40
 
+# The shape of every label key ``model_ref`` derives; the one definition of "a label of ours".
+_MODEL_LABEL = re.compile(r"^model-locality\.io/[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\.[0-9a-f]{8}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
 _SCHEMES = ("s3", "http", "https")
@@ -82,8 +81,12 @@ def slugify(segment: str) -> str:
 
 
 def is_model_label(key: str) -> bool:
-    """True for a Node label key that this project owns (``model-locality.io/<slug>.<id8>``)."""
-    return key.startswith(LABEL_PREFIX) and key != MODELS_ANNOTATION
+    """True for a label key shaped like our model labels (``model-locality.io/<slug>.<8 hex>``).
+
+    Only such keys are ever removed from a Node, so an operator's own ``model-locality.io/...``
+    label (e.g. a DaemonSet nodeSelector) survives.
+    """
+    return bool(_MODEL_LABEL.match(key))
 
 
 def normalize_uri(uri: str) -> tuple[str, str, str, str]:
@@ -187,3 +190,32 @@ def safe_relpath(key: str) -> str:
     if posixpath.normpath(key) != key:
         raise UnsafePath(f"object path {key!r} is not in normal form")
     return key
+
+
+# Query parameters whose values are secrets: AWS/GCS/Azure signatures and credentials, tokens, keys.
+_SECRET_PARAM = re.compile(r"sig|token|secret|passw|credential|auth|key", re.IGNORECASE)
+REDACTED = "REDACTED"
+
+
+def redact_uri(uri: object) -> str:
+    """``uri`` with what could be a secret replaced by ``REDACTED``: user:password in the
+    authority, the values of signed query parameters (``X-Amz-Signature``, ``X-Amz-Credential``,
+    ``X-Amz-Security-Token``, ``Signature``, ``sig``, ``token``, ``*key*``, ...) and a fragment.
+    Total: never raises, whatever the input (it is used on URIs that failed to parse)."""
+    text = str(uri)
+    text, hashmark, fragment = text.partition("#")
+    head, question, query = text.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
+        head = f"{scheme}{sep}{authority}{slash}{path}"
+    if question:
+        query = "&".join(_redact_param(part) for part in query.split("&"))
+    return head + question + query + (f"#{REDACTED}" if hashmark and fragment else hashmark)
+
+
+def _redact_param(part: str) -> str:
+    name, eq, _value = part.partition("=")
+    return f"{name}={REDACTED}" if eq and _SECRET_PARAM.search(name) else part

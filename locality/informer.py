@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from locality.backoff import backoff_delay
 from locality.kube import Kind, Kube, KubeError
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,6 @@ EventHandler = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 # A watch shorter than this that ends without error still waits a back-off before the next one,
 # so a server that closes every watch at once cannot spin us; a longer one resets the back-off.
 _MIN_HEALTHY_WATCH_SECONDS = 1.0
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, r: float) -> float:
-    """Delay before retry number ``attempt`` (1, 2, ...), with "equal jitter":
-
-    cap = min(maximum, initial * 2 ** (attempt - 1)); delay = cap / 2 + r * cap / 2, r in [0, 1).
-    """
-    cap = min(maximum, initial * 2.0 ** max(attempt - 1, 0))
-    return cap / 2.0 + r * cap / 2.0
 
 
 def object_key(kind: Kind, obj: Mapping[str, Any]) -> str:

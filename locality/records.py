@@ -7,6 +7,9 @@ Layout under the cache root::
     records/<id>.pins.json pins given before the model was committed (merged at commit)
     staging/<id>/          a fetch in progress: files/ (renamed to models/<id>), manifest, journal
     trash/                 models being deleted (renamed here first, so removal is atomic)
+    records/<id>.wanted.json  a fetch accepted over REST, resumed after a restart until committed
+    quarantine/<id>/       a model whose record could not be parsed, kept (``<id>.json`` beside)
+    .lock, agent.sock      the owner lock (a daemon holds it) and the daemon's local API socket
 
 Only the agent writes here (``agent.durable``); serving only reads a record to check its model.
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locality.digests import DIGEST_SCHEME
+from locality.digests import DIGEST_SCHEME, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ class FileRecord:
     chunk_bytes: int
     chunk_digests: tuple[str, ...]
     etag: str | None
+    mtime_ns: int | None = None  # st_mtime_ns at commit: a cheap "changed since?" check
+    # The origin's checksum the bytes were checked against before commit (``sha256:<hex>``,
+    # ``crc64nvme:<hex>``, ...), or ``none`` when the origin gave none we can check.
+    origin_checksum: str = "none"
+    version: str | None = None  # the origin's object version (S3 VersionId, HTTP Last-Modified)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class ModelRecord:
     fetched_at: float
     last_used: float
     pins: frozenset[str]
+    revision: str | None = None  # what the origin says the content is (older records: None)
+    dir: str | None = None  # its directory under models/ when that is not the id (a newer revision)
+    superseded: bool = False  # an older revision, kept beside the current one while pinned
+
+    @property
+    def dir_name(self) -> str:
+        return self.dir or self.id
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,13 @@ class Layout:
     @property
     def trash(self) -> Path:
         return self.root / "trash"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    def wanted(self, model_id: str) -> Path:
+        return self.records / f"{model_id}.wanted.json"
 
     def model(self, model_id: str) -> Path:
         return self.models / model_id
@@ -103,6 +125,9 @@ def record_to_json(record: ModelRecord) -> dict[str, Any]:
         "fetched_at": record.fetched_at,
         "last_used": record.last_used,
         "pins": sorted(record.pins),
+        "revision": record.revision,
+        "dir": record.dir,
+        "superseded": record.superseded,
         "files": [
             {
                 "path": f.path,
@@ -111,6 +136,9 @@ def record_to_json(record: ModelRecord) -> dict[str, Any]:
                 "chunk_bytes": f.chunk_bytes,
                 "chunk_digests": list(f.chunk_digests),
                 "etag": f.etag,
+                **({"mtime_ns": f.mtime_ns} if f.mtime_ns is not None else {}),
+                "origin_checksum": f.origin_checksum,
+                "version": f.version,
             }
             for f in record.files
         ],
@@ -129,6 +157,9 @@ def record_from_json(data: dict[str, Any]) -> ModelRecord:
             chunk_bytes=int(f["chunk_bytes"]),
             chunk_digests=tuple(str(d) for d in f["chunk_digests"]),
             etag=f.get("etag"),
+            mtime_ns=int(f["mtime_ns"]) if f.get("mtime_ns") is not None else None,
+            origin_checksum=str(f.get("origin_checksum") or "none"),
+            version=f.get("version"),
         )
         for f in data["files"]
     )
@@ -142,6 +173,9 @@ def record_from_json(data: dict[str, Any]) -> ModelRecord:
         fetched_at=float(data["fetched_at"]),
         last_used=float(data["last_used"]),
         pins=frozenset(str(p) for p in data.get("pins", [])),
+        revision=data.get("revision"),
+        dir=data.get("dir"),
+        superseded=bool(data.get("superseded", False)),
     )
 
 
@@ -156,3 +190,15 @@ def load_record(layout: Layout, model_id: str) -> ModelRecord | None:
         log.warning("ignoring unreadable record %s: %s", path, exc)
         return None
     return record if record.id == model_id else None
+
+
+def verify_model_dir(model_dir: Path) -> list[str] | None:
+    """For the serving process: re-hash a committed ``<root>/models/<id>``; None if not in a cache."""
+    model_dir = Path(model_dir).resolve()
+    layout = Layout(model_dir.parent.parent)
+    if model_dir.parent.name != "models":
+        return None
+    record = load_record(layout, model_dir.name)
+    if record is None:
+        return None
+    return verify_files(model_dir, record)

@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from locality import errors
-from locality.httpkit import bearer_auth_middleware, decode_json, read_body
+from locality.httpkit import bearer_auth_middleware, read_body
+from locality.jsonbody import decode_json
 from locality.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import InvalidSpec, Spec, as_object, node_view, parse_spec

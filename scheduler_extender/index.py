@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from locality.contract import PodModels
 from scheduler_extender.nodes import NodeState
-from scheduler_extender.scoring import PodModels, filter_reason, locality_score, model_weights
+from scheduler_extender.scoring import filter_reason, locality_score, model_weights
 
 
 class NodeIndex:

@@ -11,25 +11,22 @@ through ``NodeState.problem`` so the caller can log it once per resourceVersion.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from locality.identity import LABEL_PREFIX, MODELS_ANNOTATION, READY
+from locality.contract import (
+    CACHE_ANNOTATION,
+    MODELS_ANNOTATION,
+    READY,
+    ModelEntry,
+    mapping,
+    parse_cache_annotation,
+    parse_models_annotation,
+)
+from locality.identity import is_model_label
 
-CACHE_ANNOTATION = "model-locality.io/cache"
 GPU_RESOURCE = "nvidia.com/gpu"
-MODEL_STATES = frozenset({"queued", "fetching", "ready", "failed", "evicting"})
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEntry:
-    """One entry of a node's ``model-locality.io/models`` annotation."""
-
-    uri: str
-    bytes: int | None
-    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +54,18 @@ def node_state(obj: Mapping[str, Any]) -> NodeState:
 
     Raises ``ValueError`` only when the object has no usable ``metadata.name``.
     """
-    meta = _dict(obj.get("metadata"))
+    meta = mapping(obj.get("metadata"))
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError("node object has no metadata.name")
-    labels = {k: v for k, v in _dict(meta.get("labels")).items() if isinstance(k, str) and isinstance(v, str)}
-    annotations = _dict(meta.get("annotations"))
+    labels = {
+        k: v for k, v in mapping(meta.get("labels")).items() if isinstance(k, str) and isinstance(v, str)
+    }
+    annotations = mapping(meta.get("annotations"))
     models, problem = parse_models_annotation(annotations.get(MODELS_ANNOTATION))
-    free, cache_problem = parse_cache_annotation(annotations.get(CACHE_ANNOTATION))
-    spec = _dict(obj.get("spec"))
-    status = _dict(obj.get("status"))
+    usage, cache_problem = parse_cache_annotation(annotations.get(CACHE_ANNOTATION))
+    spec = mapping(obj.get("spec"))
+    status = mapping(obj.get("status"))
     rv = meta.get("resourceVersion")
     return NodeState(
         name=name,
@@ -75,8 +74,8 @@ def node_state(obj: Mapping[str, Any]) -> NodeState:
         labels=labels,
         schedulable=spec.get("unschedulable") is not True,
         ready=_ready_condition(status.get("conditions")),
-        gpus=_gpu_count(_dict(status.get("allocatable")).get(GPU_RESOURCE)),
-        free_bytes=free,
+        gpus=_gpu_count(mapping(status.get("allocatable")).get(GPU_RESOURCE)),
+        free_bytes=usage.free_bytes if usage else None,
         resource_version=rv if isinstance(rv, str) else "",
         problem=problem or cache_problem,
     )
@@ -84,62 +83,7 @@ def node_state(obj: Mapping[str, Any]) -> NodeState:
 
 def ready_labels(labels: Mapping[str, str]) -> frozenset[str]:
     """Our model label keys whose value is ``ready``."""
-    return frozenset(k for k, v in labels.items() if v == READY and k.startswith(LABEL_PREFIX))
-
-
-def parse_models_annotation(raw: object) -> tuple[dict[str, ModelEntry], str | None]:
-    """Parse the ``models`` annotation; ``({}, problem)`` when it is not the documented JSON.
-
-    Entries that are individually malformed are skipped (the rest still count), and the first
-    such defect is reported.
-    """
-    if raw is None:
-        return {}, None
-    if not isinstance(raw, str):
-        return {}, f"{MODELS_ANNOTATION} is not a string"
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        return {}, f"{MODELS_ANNOTATION} is not JSON: {exc}"
-    if not isinstance(data, dict):
-        return {}, f"{MODELS_ANNOTATION} is not a JSON object"
-    models: dict[str, ModelEntry] = {}
-    problem: str | None = None
-    for mid, entry in data.items():
-        parsed = _model_entry(entry)
-        if parsed is None:
-            problem = problem or f"{MODELS_ANNOTATION} entry {mid!r} is malformed"
-            continue
-        models[mid] = parsed
-    return models, problem
-
-
-def _model_entry(entry: object) -> ModelEntry | None:
-    if not isinstance(entry, dict):
-        return None
-    size = entry.get("bytes")
-    state = entry.get("state")
-    uri = entry.get("uri", "")
-    if not isinstance(state, str) or state not in MODEL_STATES or not isinstance(uri, str):
-        return None
-    valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
-    return ModelEntry(uri=uri, bytes=size if valid_size else None, state=state)
-
-
-def parse_cache_annotation(raw: object) -> tuple[int | None, str | None]:
-    """Free bytes from ``{"used_bytes", "quota_bytes"}``; ``None`` (unknown) when absent or bad."""
-    if raw is None:
-        return None, None
-    try:
-        data = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        return None, f"{CACHE_ANNOTATION} is not a JSON object"
-    used, quota = data.get("used_bytes"), data.get("quota_bytes")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (used, quota)):
-        return None, f"{CACHE_ANNOTATION} needs non-negative integer used_bytes and quota_bytes"
-    return max(0, quota - used), None  # type: ignore[operator]
+    return frozenset(k for k, v in labels.items() if v == READY and is_model_label(k))
 
 
 def _ready_condition(conditions: object) -> bool:
@@ -159,7 +103,3 @@ def _gpu_count(quantity: object) -> int:
     if isinstance(quantity, str) and quantity.isdigit():
         return int(quantity)
     return 0
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

@@ -14,65 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, InvalidURI, ModelRef, model_ref
+from locality.contract import PodModels
+from locality.identity import ModelRef
 
 log = logging.getLogger(__name__)
 
 MAX_SCORE = 10  # MaxExtenderPriority
-MAX_MODELS_PER_POD = 64  # more is surely garbage; the rest is ignored (and reported)
-
-
-@dataclass(frozen=True, slots=True)
-class PodModels:
-    """The models a pod asked for, normalised, plus what could not be understood."""
-
-    refs: tuple[ModelRef, ...] = ()
-    required: bool = False
-    invalid: tuple[str, ...] = ()  # one message per URI that failed normalisation
-    problem: str | None = None  # first thing worth a log line
-
-
-NO_MODELS = PodModels()
-
-
-def pod_models(annotations: Mapping[str, object] | None) -> PodModels:
-    """Read a pod's annotations (any junk allowed) into ``PodModels``."""
-    if not annotations:
-        return NO_MODELS
-    models = annotations.get(MODELS_ANNOTATION)
-    locality = annotations.get(LOCALITY_ANNOTATION)
-    if models is None:
-        return NO_MODELS
-    if not isinstance(models, str):
-        return PodModels(problem=f"{MODELS_ANNOTATION} is not a string")
-    return _parse(models, locality if isinstance(locality, str) else None)
-
-
-@lru_cache(maxsize=4096)
-def _parse(models: str, locality: str | None) -> PodModels:
-    """Cached: replicas of one Deployment send the same annotation strings over and over."""
-    mode = (locality or "preferred").strip().lower()
-    problem = None
-    if mode not in ("preferred", "required"):
-        problem = f"{LOCALITY_ANNOTATION}={locality!r} is neither preferred nor required; using preferred"
-    refs: dict[str, ModelRef] = {}
-    invalid: list[str] = []
-    items = [u.strip() for u in models.split(",") if u.strip()]
-    for uri in items[:MAX_MODELS_PER_POD]:
-        try:
-            ref = model_ref(uri)
-        except InvalidURI as exc:
-            invalid.append(f"invalid model URI {uri[:200]!r}: {exc}")
-            continue
-        refs.setdefault(ref.id, ref)
-    if len(items) > MAX_MODELS_PER_POD:
-        invalid.append(f"more than {MAX_MODELS_PER_POD} models requested; the rest are ignored")
-    if invalid and problem is None:
-        problem = invalid[0]
-    return PodModels(tuple(refs.values()), mode == "required", tuple(invalid), problem)
 
 
 def model_weights(refs: Sequence[ModelRef], sizes: Mapping[str, int]) -> tuple[int, ...]:

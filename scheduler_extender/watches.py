@@ -7,15 +7,15 @@ restarted after a pause, so the scheduler verbs never lose their node cache sile
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from locality.informer import Informer
 from locality.kube import Kube
+from locality.tasks import stop, supervised
 from scheduler_extender.config import Settings
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
@@ -77,25 +77,13 @@ WATCHES = web.AppKey("watches", Watches)
 async def run_watches(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run the watches and the reconciler for the app's lifetime."""
     watches = app[WATCHES]
+    pause = RESTART_PAUSE_SECONDS
     tasks = [
-        asyncio.create_task(_supervise("node watch", watches.nodes.run)),
-        asyncio.create_task(_supervise("distribution watch", watches.distributions.run)),
-        asyncio.create_task(_supervise("reconciler", watches.reconciler.run)),
+        supervised("node watch", watches.nodes.run, restart_delay=pause, restart_on_return=True),
+        supervised(
+            "distribution watch", watches.distributions.run, restart_delay=pause, restart_on_return=True
+        ),
+        supervised("reconciler", watches.reconciler.run, restart_delay=pause, restart_on_return=True),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _supervise(what: str, run: Callable[[], Awaitable[None]]) -> None:
-    while True:
-        try:
-            await run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s crashed; restarting in %.0f s", what, RESTART_PAUSE_SECONDS)
-        await asyncio.sleep(RESTART_PAUSE_SECONDS)
+    await stop(tasks)

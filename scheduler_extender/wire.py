@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from locality import errors
-from locality.httpkit import decode_json
-from scheduler_extender.scoring import MAX_SCORE, PodModels, pod_models
+from locality.contract import PodModels, pod_models
+from locality.jsonbody import decode_json
+from scheduler_extender.scoring import MAX_SCORE
 
 
 @dataclass(frozen=True, slots=True)

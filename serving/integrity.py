@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locality.digests import verify_model_dir
+from locality.records import verify_model_dir
 
 MAX_HEADER = 100 * 2**20  # the safetensors reference implementation refuses larger headers
 DTYPE_BYTES = {
@@ -23,6 +24,27 @@ DTYPE_BYTES = {
 
 class IntegrityError(Exception):
     """A model file that must not be loaded; the message names the file and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor of a safetensors header; ``begin``/``end`` count from the start of the data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A validated safetensors header: the file's size, where its data start, its tensors."""
+
+    path: Path
+    size: int
+    data_start: int  # 8 + header length
+    tensors: tuple[TensorEntry, ...]
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -47,7 +69,12 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 
 def check_safetensors(path: Path) -> int:
-    """Validate a safetensors header against the file size; return the number of tensors.
+    """Validate a safetensors header against the file size; return the number of tensors."""
+    return len(read_header(path).tensors)
+
+
+def read_header(path: Path) -> Header:
+    """Read and validate a safetensors header against the file size (reads only the header).
 
     Layout: ``u64 little-endian N``, ``N`` bytes of JSON ``{name: {dtype, shape, data_offsets}}``,
     then the data. Each tensor needs ``end - begin = prod(shape) * bytes(dtype)`` and the largest
@@ -70,25 +97,26 @@ def check_safetensors(path: Path) -> int:
         raise IntegrityError(f"{path}: safetensors header is not a JSON object")
     data_len = size - 8 - n
     entries = [_entry(path, k, v) for k, v in header.items() if k != "__metadata__"]
-    declared = max((end for _, _, end, _ in entries), default=0)
+    declared = max((entry.end for entry, _ in entries), default=0)
     if declared != data_len:
         raise IntegrityError(
             f"{path}: header describes {declared} data bytes but the file holds {data_len} (truncated?)"
         )
-    for name, begin, end, nbytes in entries:
-        if not 0 <= begin <= end or end - begin != nbytes:
-            raise IntegrityError(f"{path}: tensor {name!r} offsets {begin}..{end} do not fit its shape")
-    return len(entries)
+    for e, nbytes in entries:
+        if not 0 <= e.begin <= e.end or e.end - e.begin != nbytes:
+            raise IntegrityError(f"{path}: tensor {e.name!r} offsets {e.begin}..{e.end} do not fit its shape")
+    return Header(path, size, 8 + n, tuple(entry for entry, _ in entries))
 
 
-def _entry(path: Path, name: str, info: Any) -> tuple[str, int, int, int]:
-    """``(name, begin, end, bytes its dtype and shape need)`` of one header entry."""
+def _entry(path: Path, name: str, info: Any) -> tuple[TensorEntry, int]:
+    """One header entry and the bytes its dtype and shape need."""
     try:
         begin, end = (int(x) for x in info["data_offsets"])
-        nbytes = DTYPE_BYTES[info["dtype"]] * math.prod(int(d) for d in info["shape"])
+        shape = tuple(int(d) for d in info["shape"])
+        nbytes = DTYPE_BYTES[info["dtype"]] * math.prod(shape)
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{path}: tensor {name!r} has a malformed header entry") from exc
-    return name, begin, end, nbytes
+    return TensorEntry(name, str(info["dtype"]), shape, begin, end), nbytes
 
 
 def check_dir(model_dir: Path) -> int:

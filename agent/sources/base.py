@@ -13,6 +13,10 @@ from typing import Protocol
 
 from locality.identity import UnsafePath, safe_relpath
 
+# HTTP statuses that retrying cannot fix (for HEADs and ranged GETs alike): the request or the
+# credentials are wrong, the object is gone, or a range/precondition no longer fits the object.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 412, 416, 451})
+
 
 class SourceError(Exception):
     """A source failure. ``permanent`` ones (403, 404, bad key, hostile path) are not retried."""
@@ -25,13 +29,20 @@ class SourceError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RemoteFile:
-    """One file of a model at its source: path relative to the model dir, size, ETag, source key."""
+    """One file of a model at its source: path relative to the model dir, size, ETag, source key.
+
+    ``checksum`` is what the origin vouches the bytes are (``agent.checksums``: ``sha256:<hex>``,
+    ``crc64nvme:<hex>``, ...), checked before commit; ``version`` the origin's own revision of the
+    object (S3 VersionId, Hugging Face commit), pinned by every ranged GET when given.
+    """
 
     path: str
     size: int
     etag: str | None
     key: str
     ranges: bool = True  # False: the origin ignores Range; fetch it as one piece
+    checksum: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,31 +4,36 @@ from __future__ import annotations
 
 import aiohttp
 
-from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from agent import checksums
+from agent.sources.base import PERMANENT_STATUSES, HttpTarget, RemoteFile, SourceError, checked_files
+from agent.sources.timeouts import Timeouts
 from locality.identity import ModelRef
-
-_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=15)
-_PERMANENT = {400, 401, 403, 404, 405, 410, 451}
 
 
 class HttpSource:
     """``http(s)://host/path``: a single file, saved under its last path segment."""
 
-    def __init__(self, ref: ModelRef) -> None:
+    def __init__(self, ref: ModelRef, timeouts: Timeouts | None = None) -> None:
         self.uri = ref.uri
+        t = timeouts or Timeouts()
+        self._timeout = aiohttp.ClientTimeout(sock_connect=t.connect, sock_read=t.read)
         self._url = ref.uri  # replaced by the final URL after redirects
         self._name = ref.path.split("?", 1)[0].rsplit("/", 1)[-1]
 
     async def list_files(self) -> list[RemoteFile]:
         try:
-            async with aiohttp.ClientSession(timeout=_TIMEOUT, auto_decompress=False) as session:
+            async with aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False) as session:
                 file = await self._probe(session)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise SourceError(f"{self.uri}: TLS certificate not trusted: {exc}", permanent=True) from exc
+        except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors too
+            raise SourceError(
+                f"{self.uri}: no answer within {self._timeout.sock_connect:g}s (connect) / "
+                f"{self._timeout.sock_read:g}s (read) asking for the size",
+                permanent=False,
+            ) from exc
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.uri}: {exc.__class__.__name__}: {exc}", permanent=False) from exc
-        except TimeoutError as exc:
-            raise SourceError(f"{self.uri}: timed out asking for the size", permanent=False) from exc
         return checked_files(self.uri, [file])
 
     def target(self, file: RemoteFile) -> HttpTarget:
@@ -53,11 +58,19 @@ class HttpSource:
         if size is None:
             raise SourceError(f"{self.uri}: the origin does not report a size", permanent=True)
         ranges = status == 206 or got.get("Accept-Ranges", "").lower() == "bytes"
-        return RemoteFile(path=self._name, size=size, etag=got.get("ETag"), key=final, ranges=ranges)
+        return RemoteFile(
+            path=self._name,
+            size=size,
+            etag=got.get("ETag"),
+            key=final,
+            ranges=ranges,
+            checksum=checksums.from_http_headers(got.get("Repr-Digest"), got.get("Digest")),
+            version=got.get("Last-Modified"),
+        )
 
 
 def _check_status(uri: str, status: int) -> None:
-    if status in _PERMANENT:
+    if status in PERMANENT_STATUSES:
         raise SourceError(f"{uri}: origin answered HTTP {status}", permanent=True)
     if status >= 300:
         raise SourceError(f"{uri}: origin answered HTTP {status}", permanent=status < 500 and status != 429)

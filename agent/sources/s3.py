@@ -9,13 +9,17 @@ presigned URL through the shared lean data path.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from agent import checksums
 from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from agent.sources.timeouts import Timeouts
 from locality.identity import ModelRef
 
 PRESIGN_SECONDS = 6 * 3600
@@ -36,12 +40,19 @@ _PERMANENT_CODES = {
 class S3Source:
     """``s3://bucket/prefix``: every object below ``prefix/``, else the single object ``prefix``."""
 
-    def __init__(self, ref: ModelRef) -> None:
+    def __init__(self, ref: ModelRef, timeouts: Timeouts | None = None) -> None:
         self.uri = ref.uri
         self.bucket = ref.authority
         self.prefix = ref.path
         # Path-style: works with every S3-compatible store and with nginx-as-origin in the bench.
-        config = Config(retries={"mode": "standard", "max_attempts": 4}, s3={"addressing_style": "path"})
+        # One try per call: the cache retries listings itself and logs each retry as it happens.
+        t = timeouts or Timeouts()
+        config = Config(
+            connect_timeout=t.connect,
+            read_timeout=t.read,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            s3={"addressing_style": "path"},
+        )
         self._client: Any = boto3.session.Session().client("s3", config=config)
 
     async def list_files(self) -> list[RemoteFile]:
@@ -50,9 +61,10 @@ class S3Source:
 
     def target(self, file: RemoteFile) -> HttpTarget:
         try:
-            url = self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": file.key}, ExpiresIn=PRESIGN_SECONDS
-            )
+            params = {"Bucket": self.bucket, "Key": file.key}
+            if file.version:  # every ranged GET reads the version that was listed
+                params["VersionId"] = file.version
+            url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS)
         except (BotoCoreError, ClientError) as exc:
             raise _source_error(self.uri, exc) from exc
         return HttpTarget(url=str(url))
@@ -64,16 +76,30 @@ class S3Source:
         try:
             below = self._list_below(f"{self.prefix}/" if self.prefix else "")
             if below or not self.prefix:
-                return below
-            head = self._client.head_object(Bucket=self.bucket, Key=self.prefix)
+                return self._with_heads(below)
+            head = self._head(self.prefix)
         except (BotoCoreError, ClientError) as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 raise SourceError(f"no objects at {self.uri}", permanent=True) from exc
             raise _source_error(self.uri, exc) from exc
         name = self.prefix.rsplit("/", 1)[-1]
-        return [
-            RemoteFile(path=name, size=int(head["ContentLength"]), etag=head.get("ETag"), key=self.prefix)
-        ]
+        file = RemoteFile(path=name, size=int(head["ContentLength"]), etag=head.get("ETag"), key=self.prefix)
+        return [_pinned(file, head)]
+
+    def _head(self, key: str) -> dict[str, Any]:
+        head: dict[str, Any] = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        return head
+
+    def _with_heads(self, files: list[RemoteFile]) -> list[RemoteFile]:
+        """HEAD every object (in parallel) for its VersionId and full-object checksum.
+
+        A listing carries neither; one HEAD per object is the price of pinning what was fetched.
+        """
+        if not files:
+            return files
+        with ThreadPoolExecutor(max_workers=min(16, len(files)), thread_name_prefix="s3-head") as pool:
+            heads = list(pool.map(lambda f: self._head(f.key), files))
+        return [_pinned(f, h) if h.get("ETag") == f.etag else f for f, h in zip(files, heads, strict=True)]
 
     def _list_below(self, prefix: str) -> list[RemoteFile]:
         files = []
@@ -89,6 +115,38 @@ class S3Source:
         return files
 
 
+_CHECKSUM_FIELDS = (
+    ("ChecksumSHA256", "sha256"),
+    ("ChecksumCRC64NVME", "crc64nvme"),
+    ("ChecksumCRC32C", "crc32c"),
+    ("ChecksumSHA1", "sha1"),
+    ("ChecksumCRC32", "crc32"),
+)
+
+
+def s3_checksum(head: dict[str, Any]) -> str | None:
+    """The object's full-object checksum from a HEAD with ChecksumMode=ENABLED, strongest first.
+
+    A composite one (``<b64>-<parts>``, a checksum of part checksums from a multipart upload) is
+    skipped: checking it needs the part boundaries, which the listing does not give.
+    """
+    if head.get("ChecksumType") == "COMPOSITE":
+        return None
+    for field, algorithm in _CHECKSUM_FIELDS:
+        value = head.get(field)
+        if isinstance(value, str) and "-" not in value:
+            parsed = checksums.from_base64(algorithm, value)
+            if parsed and checksums.supported(parsed):
+                return parsed
+    return None
+
+
+def _pinned(file: RemoteFile, head: dict[str, Any]) -> RemoteFile:
+    version = head.get("VersionId")
+    version = version if isinstance(version, str) and version != "null" else None
+    return dataclasses.replace(file, checksum=s3_checksum(head), version=version)
+
+
 def _code(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
@@ -101,3 +159,18 @@ def _source_error(uri: str, exc: Exception) -> SourceError:
     code = _code(exc)
     permanent = code in _PERMANENT_CODES
     return SourceError(f"{uri}: {exc}", permanent=permanent)
+
+
+def upload_tree(bucket: str, prefix: str, files: list[tuple[str, str]], env: dict[str, str]) -> None:
+    """Create ``bucket`` and upload ``(local path, relative key)`` pairs below ``prefix`` (the demo's
+    seeding step: it runs here so that boto3 stays behind this one module)."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    client.create_bucket(Bucket=bucket)
+    for local, rel in files:
+        client.upload_file(local, bucket, f"{prefix}/{rel}")

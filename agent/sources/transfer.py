@@ -20,10 +20,9 @@ from urllib.parse import urljoin, urlsplit
 
 import xxhash
 
-from agent.sources.base import HttpTarget, SourceError
+from agent.sources.base import PERMANENT_STATUSES, HttpTarget, SourceError
 
 BUFFER_BYTES = 1 << 20
-_PERMANENT = {400, 401, 403, 404, 405, 410, 412, 416, 451}
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
@@ -41,15 +40,30 @@ class _Conn(http.client.HTTPConnection):
     per ~64 KiB segment (Python's own socket timeouts make the socket non-blocking, which defeats it).
     """
 
+    read_timeout: float | None = None  # kernel timeout of reads; ``timeout`` bounds the connect
+
     def connect(self) -> None:
         super().connect()
         assert self.sock is not None
-        seconds = float(self.timeout) if isinstance(self.timeout, (int, float)) else 30.0
+        seconds = self.read_timeout or (
+            float(self.timeout) if isinstance(self.timeout, (int, float)) else 30.0
+        )
         whole = int(seconds)
         timeval = struct.pack("ll", whole, max(1000, int((seconds - whole) * 1e6)))
         self.sock.settimeout(None)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+class _TlsConn(http.client.HTTPSConnection):
+    """HTTPS whose ``timeout`` bounds the connect and handshake; reads then wait ``read_timeout``."""
+
+    read_timeout: float | None = None
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock is not None and self.read_timeout:
+            self.sock.settimeout(self.read_timeout)
 
 
 @dataclass(eq=False)
@@ -72,9 +86,17 @@ class ChunkJob:
 class RangeReader:
     """One fetch thread's HTTP client: a reused buffer and one keep-alive connection per origin."""
 
-    def __init__(self, stop: threading.Event, *, timeout: float = 30.0, buffer_bytes: int = BUFFER_BYTES):
+    def __init__(
+        self,
+        stop: threading.Event,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        buffer_bytes: int = BUFFER_BYTES,
+    ):
         self._stop = stop
-        self._timeout = timeout
+        self._timeout = timeout  # seconds without a byte of the answer
+        self._connect_timeout = connect_timeout
         self._buf = memoryview(bytearray(buffer_bytes))
         self._conns: dict[tuple[str, str], http.client.HTTPConnection] = {}
         self._active: http.client.HTTPConnection | None = None
@@ -100,10 +122,11 @@ class RangeReader:
             self._drop(url)
             raise  # the caller decides (ENOSPC is "no space", not a flaky origin)
         except (OSError, http.client.HTTPException) as exc:
+            why = self._why(exc, connected=True)
             self._drop(url)
             if self._stop.is_set():
                 raise Stopped() from exc
-            raise SourceError(f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=False) from exc
+            raise SourceError(f"{_redact(url)}: {why}", permanent=False) from exc
         except BaseException:
             self._drop(url)
             raise
@@ -132,17 +155,18 @@ class RangeReader:
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         for attempt in (0, 1):  # a kept-alive connection the server closed: one fresh try
+            reused = (parts.scheme, parts.netloc) in self._conns
             conn = self._conn(parts.scheme, parts.netloc)
             try:
                 conn.request("GET", path, headers=headers)
                 return conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
+                why = self._why(exc, connected=conn.sock is not None)
                 self._drop(url)
                 untrusted = isinstance(exc, ssl.SSLCertVerificationError)  # retrying will not help
-                if attempt or untrusted or self._stop.is_set():
-                    raise SourceError(
-                        f"{_redact(url)}: {exc.__class__.__name__}: {exc}", permanent=untrusted
-                    ) from exc
+                timed_out = isinstance(exc, (TimeoutError, BlockingIOError))
+                if attempt or not reused or timed_out or untrusted or self._stop.is_set():
+                    raise SourceError(f"{_redact(url)}: {why}", permanent=untrusted) from exc
         raise AssertionError("unreachable")
 
     def _check(self, url: str, resp: http.client.HTTPResponse, job: ChunkJob, etag: str | None) -> None:
@@ -150,7 +174,7 @@ class RangeReader:
         if status >= 300:
             body = resp.read(512).decode("utf-8", "replace").strip().replace("\n", " ")
             detail = f"{_redact(url)}: origin answered HTTP {status}" + (f" ({body[:200]})" if body else "")
-            raise SourceError(detail, permanent=status in _PERMANENT)
+            raise SourceError(detail, permanent=status in PERMANENT_STATUSES)
         got = resp.getheader("ETag")
         if etag and got and got.strip('"') != etag.strip('"'):
             raise SourceError(
@@ -226,12 +250,22 @@ class RangeReader:
         if conn is None:
             if scheme == "https":
                 ctx = ssl.create_default_context()
-                conn = http.client.HTTPSConnection(netloc, timeout=self._timeout, context=ctx)
+                conn = _TlsConn(netloc, timeout=self._connect_timeout, context=ctx)
             else:
-                conn = _Conn(netloc, timeout=self._timeout)
+                conn = _Conn(netloc, timeout=self._connect_timeout)
+            conn.read_timeout = self._timeout
             self._conns[(scheme, netloc)] = conn
         self._active = conn
         return conn
+
+    def _why(self, exc: BaseException, *, connected: bool) -> str:
+        """One line for a failed request; timeouts say which one ran out (a kernel read timeout on
+        a blocking socket surfaces as EAGAIN, i.e. ``BlockingIOError``)."""
+        if isinstance(exc, (TimeoutError, BlockingIOError)):
+            if not connected:
+                return f"no connection within {self._connect_timeout:g}s (connect timeout)"
+            return f"no answer within {self._timeout:g}s (read timeout)"
+        return f"{exc.__class__.__name__}: {exc}"
 
     def _drop(self, url: str) -> None:
         parts = urlsplit(url)

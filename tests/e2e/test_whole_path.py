@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from tests.e2e.procs import Processes
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.ports import free_port

@@ -21,8 +21,8 @@ import pytest
 
 from agent.cache import Cache
 from agent.config import Settings
-from agent.labels import CACHE_ANNOTATION
-from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.contract import CACHE_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.models import synthetic_model
 from tests.fixtures.ports import free_port

@@ -11,9 +11,11 @@ from typing import Any
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.nodesync import NodeSync
-from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.contract import MODELS_ANNOTATION
+from locality.identity import model_ref
 from locality.kube import Kube
 from tests.fixtures.fakekube import FakeKube
+from tests.fixtures.polling import eventually
 
 NODE = "node-a"
 A = model_ref("s3://models/org/llama")
@@ -54,13 +56,6 @@ async def running(sync: NodeSync) -> AsyncIterator[NodeSync]:
 
 def patches(fake_kube: FakeKube) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in fake_kube.writes() if r.path.endswith(f"/nodes/{NODE}")]
-
-
-async def eventually(check: Any, within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def make_sync(kube: Kube, source: StateSource, metrics: AgentMetrics | None = None) -> NodeSync:

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.contract import MODELS_ANNOTATION
+from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.ports import free_port, wait_listening
 

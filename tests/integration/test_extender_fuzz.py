@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from locality import errors
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from scheduler_extender.app import Deps, create_app
 from scheduler_extender.config import Settings
 from scheduler_extender.nodecache import NodeCache

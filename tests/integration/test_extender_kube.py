@@ -3,7 +3,6 @@ included), and the distribution REST round trip through the ModelDistribution cu
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -11,11 +10,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from locality.kube import Kube
 from scheduler_extender.app import Deps, create_app
 from scheduler_extender.config import Settings
 from tests.fixtures.fakekube.server import FakeKube
+from tests.fixtures.polling import eventually
 
 A = model_ref("s3://models/org/llama-3-8b")
 TOKEN = "s3cret-token"
@@ -25,14 +26,6 @@ SETTINGS = Settings(token=TOKEN, status_interval_seconds=0.2, resync_seconds=300
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 Factory = Callable[[], Awaitable[TestClient[Any, Any]]]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def models_annotation(ready: bool, size: int = 10**9) -> dict[str, str]:

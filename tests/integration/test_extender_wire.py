@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from scheduler_extender.app import Deps, create_app
 from scheduler_extender.config import Settings
 from scheduler_extender.nodecache import NodeCache

@@ -14,13 +14,7 @@ import pytest
 from locality.informer import Informer
 from locality.kube import Conflict, Gone, Kube, KubeError, NotFound, WatchEvent
 from tests.fixtures.fakekube import FakeKube
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+from tests.fixtures.polling import eventually
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.app import STATE, Deps, create_app, drain
 from serving.config import Settings
 from serving.startup import Embedder, StartupError
+from tests.fixtures.polling import eventually as until
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -64,14 +65,6 @@ def deps(minilm: Path, model: Embedder) -> Deps:
         return minilm
 
     return Deps(resolve=resolve, load=lambda _: model)
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def ready_client(aiohttp_client: MakeClient, s: Settings, d: Deps) -> Client:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.contract import MODELS_ANNOTATION, pod_models
+from locality.identity import model_ref
 from scheduler_extender.nodecache import NodeCache
-from scheduler_extender.scoring import pod_models
 
 A = model_ref("s3://models/org/llama-3-8b")
 

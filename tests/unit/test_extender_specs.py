@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from locality.contract import ModelEntry
 from locality.identity import model_ref
 from scheduler_extender.index import NodeIndex
-from scheduler_extender.nodes import ModelEntry, NodeState
+from scheduler_extender.nodes import NodeState
 from scheduler_extender.reconcile import needs_write
 from scheduler_extender.specs import InvalidSpec, desired_status, node_view, parse_spec
 

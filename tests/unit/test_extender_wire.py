@@ -7,10 +7,11 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION, ModelEntry, pod_models
+from locality.identity import model_ref
 from scheduler_extender.index import NodeIndex
-from scheduler_extender.nodes import ModelEntry, NodeState
-from scheduler_extender.scoring import filter_reason, pod_models, score_node
+from scheduler_extender.nodes import NodeState
+from scheduler_extender.scoring import filter_reason, score_node
 from scheduler_extender.wire import (
     ExtenderArgs,
     encode_filter,

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from locality.informer import backoff_delay, list_diff, object_key
+from locality.backoff import backoff_delay
+from locality.informer import list_diff, object_key
 
 
 def obj(name: str, rv: str, namespace: str | None = None) -> dict[str, Any]:

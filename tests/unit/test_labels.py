@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
 from agent.labels import (
-    CACHE_ANNOTATION,
     ModelState,
     NodeMetadata,
     NodePatch,
-    apply_patch,
     desired_metadata,
-    is_owned_label,
     metadata_of,
     node_patch,
 )
-from locality.identity import MODELS_ANNOTATION, model_ref
+from locality.contract import CACHE_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import is_model_label, model_ref
+
+
+def apply_patch(current: NodeMetadata, patch: NodePatch) -> NodeMetadata:
+    """What the API server holds after the merge patch (test-only: the agent never needs it)."""
+
+    def merge(base: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+        merged = dict(base)
+        for key, value in changes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    return NodeMetadata(merge(current.labels, patch.labels), merge(current.annotations, patch.annotations))
+
 
 A = model_ref("s3://models/org/llama-3-8b")
 B = model_ref("s3://models/org/mistral-7b")
@@ -121,7 +136,7 @@ def test_patch(
     # Applying the patch converges: a second diff is empty, and foreign keys are untouched.
     assert node_patch(after, desired).empty
     for key, value in labels.items():
-        if not is_owned_label(key):
+        if not is_model_label(key):
             assert after.labels[key] == value
 
 
@@ -162,8 +177,8 @@ OWNED = {
 
 
 @pytest.mark.parametrize(("key", "owned"), list(OWNED.values()), ids=list(OWNED))
-def test_is_owned_label(key: str, owned: bool) -> None:
-    assert is_owned_label(key) is owned
+def test_is_model_label(key: str, owned: bool) -> None:
+    assert is_model_label(key) is owned
 
 
 METADATA = {

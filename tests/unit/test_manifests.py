@@ -24,7 +24,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
+from locality.identity import model_ref
 from tests.fixtures.kustomize import DuplicateKeyError, Obj, load_all, load_one, render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from locality.identity import LOCALITY_ANNOTATION, MODELS_ANNOTATION, model_ref
+from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION, ModelEntry, pod_models
+from locality.identity import model_ref
 from scheduler_extender.index import NodeIndex
-from scheduler_extender.nodes import ModelEntry, NodeState, node_state
+from scheduler_extender.nodes import NodeState, node_state
 from scheduler_extender.scoring import (
     MAX_SCORE,
     filter_reason,
     locality_score,
     model_weights,
-    pod_models,
     score_node,
 )
 

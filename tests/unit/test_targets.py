@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from locality.contract import ModelEntry
 from locality.identity import model_ref
-from scheduler_extender.nodes import ModelEntry, NodeState
+from scheduler_extender.nodes import NodeState
 from scheduler_extender.targets import Want, choose_targets, eligible, rendezvous
 
 M = model_ref("s3://models/org/llama-8b")

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent.watchers import pod_models, wanted_models
-from locality.identity import MODELS_ANNOTATION, model_ref
+from agent.watchers import pod_model_refs, wanted_models
+from locality.contract import MODELS_ANNOTATION
+from locality.identity import model_ref
 
 NODE = "node-a"
 A = model_ref("s3://models/org/llama")
@@ -84,7 +85,7 @@ def test_wanted_models(
 
 
 def test_pod_models_reports_bad_uris() -> None:
-    refs, errors = pod_models(pod("p", f"{A.uri},s3://x/../y,http://"))
+    refs, errors = pod_model_refs(pod("p", f"{A.uri},s3://x/../y,http://"))
     assert refs == [A]
     assert len(errors) == 2
     assert all("pod ml/p" in e for e in errors)
