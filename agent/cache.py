@@ -3,7 +3,9 @@
 Committed means durable: every file is fdatasync'ed and every directory fsync'ed, then the record
 is written (tmp + fsync + rename), then ``staging/<id>/files`` is renamed to ``models/<id>``. A
 crash between record and rename is rolled forward by ``scan``; a model dir without a record is
-debris and removed. Only one fetch per model runs at a time, across processes too (``flock``).
+debris and removed; a record that cannot be parsed sends its model to ``quarantine/``. Only one
+fetch per model runs at a time, across processes too (``flock``); one process owns the root
+(``agent.owner``).
 """
 
 from __future__ import annotations
@@ -12,25 +14,39 @@ import asyncio
 import errno
 import logging
 import os
-import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.commit import Incomplete, allocated_bytes, commit_staging, pending_pins, set_pending_pins
+from agent.commit import Incomplete, finish_commit, pending_pins, prepare_commit, set_pending_pins
 from agent.config import Settings
 from agent.durable import fsync_dir, save_record
 from agent.eviction import Candidate, Plan, plan_eviction
 from agent.fetcher import ByteCounter, Fetcher, RetryPolicy
-from agent.recovery import recover, remove_staging
+from agent.inventory import (
+    ID,
+    Partial,
+    Quarantined,
+    allocated_bytes,
+    free_quarantined,
+    partials,
+    quarantined,
+    read_partial,
+    remove_tree,
+    unwant,
+    want,
+    wanted,
+)
+from agent.recovery import read_record, recover, remove_staging
 from agent.sources import RemoteFile, Source, SourceError, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
 from locality.digests import verify_files
 from locality.identity import ModelRef
-from locality.records import Layout, ModelRecord, load_record
+from locality.records import Layout, ModelRecord
 
 log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2
@@ -71,9 +87,12 @@ class Progress:
 
 
 class Cache:
-    """One cache root. ``fetch`` runs on the event loop (several at once are fine); the blocking
-    methods may also be called from worker threads (``asyncio.to_thread``): reads take snapshots
-    (``list(dict.values())`` is atomic under the GIL). ``on_change`` then runs on that thread.
+    """One cache root. ``fetch`` runs on the event loop (several at once are fine). Every other
+    method that changes records, pins or files takes ``self._mutex`` (one ``threading.RLock``:
+    the callers are the loop's worker threads and the CLI, so a lock works where a single-writer
+    task would not) and may block on disk: a daemon calls them through ``asyncio.to_thread``,
+    never on the loop. Reads (``records``, ``get``, ``usage``, ``partials``, ``quarantined``) take
+    no lock: they read dicts that are only changed one entry at a time, under the lock.
     """
 
     def __init__(
@@ -90,24 +109,66 @@ class Cache:
         self.layout = Layout(self.root)
         self._on_change = on_change or (lambda model_id: None)
         self._now = now
-        self._retry = retry
+        self._retry = retry or RetryPolicy()
         self._sources = sources  # the benchmark injects a listing that nginx cannot give
         self._records: dict[str, ModelRecord] = {}
+        self._partials: dict[str, Partial] = {}
+        self._quarantined: dict[str, Quarantined] = {}
+        self._wanted: list[ModelRef] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._reserved: dict[str, int] = {}
+        self._mutex = threading.RLock()
         self._scanned = False
 
     # --- reading -------------------------------------------------------------------------------
     def scan(self) -> list[ModelRecord]:
-        """Load records, roll forward half-done commits, delete debris, keep resumable staging."""
-        self.layout.create()
-        self._records = {r.id: r for r in recover(self.layout)}
-        self._scanned = True
+        """Recover (the exclusive owner only): roll forward, quarantine unreadable records, delete
+        debris, keep resumable staging."""
+        with self._mutex:
+            self.layout.create()
+            self._records = {r.id: r for r in recover(self.layout)}
+            self._load_extras()
+            self._scanned = True
+        return self.records()
+
+    def load(self) -> list[ModelRecord]:
+        """A read-only look (shared lock): no recovery, nothing created, moved or removed."""
+        with self._mutex:
+            records: dict[str, ModelRecord] = {}
+            unreadable: dict[str, Quarantined] = {}
+            for path in sorted(self.layout.records.glob("*.json")) if self.layout.records.is_dir() else []:
+                model_id = path.name.removesuffix(".json")
+                if not ID.match(model_id):
+                    continue
+                record, problem = read_record(self.layout, model_id)
+                if problem is not None:
+                    where = self.layout.model(model_id)
+                    unreadable[model_id] = Quarantined(model_id, model_id, problem, 0, where)
+                elif record is not None and self.layout.model(model_id).is_dir():
+                    records[model_id] = record
+            self._records = records
+            self._load_extras()
+            self._quarantined.update(unreadable)
+            self._scanned = True
         return self.records()
 
     def records(self) -> list[ModelRecord]:
         self._ensure()
         return sorted(list(self._records.values()), key=lambda r: r.id)
+
+    def partials(self) -> list[Partial]:
+        """Fetches staged but not committed (running or interrupted), with bytes done and total."""
+        self._ensure()
+        return sorted(list(self._partials.values()), key=lambda p: p.id)
+
+    def quarantined(self) -> list[Quarantined]:
+        self._ensure()
+        return sorted(list(self._quarantined.values()), key=lambda q: q.key)
+
+    def wanted(self) -> list[ModelRef]:
+        """Fetches accepted over REST before the last start and not committed since."""
+        self._ensure()
+        return [r for r in list(self._wanted) if r.id not in self._records]
 
     def get(self, model_id: str) -> ModelRecord | None:
         self._ensure()
@@ -117,9 +178,16 @@ class Cache:
         return self.layout.model(model_id)
 
     def usage(self) -> tuple[int, int]:
-        """``(used, quota)``: committed bytes plus fetches in flight; quota defaults to the disk size."""
+        """``(used, quota)``: committed bytes, fetches in flight (their full size), the allocated
+        bytes of interrupted fetches and of quarantined models; quota defaults to the disk size."""
         self._ensure()
-        used = sum(r.total_bytes for r in list(self._records.values())) + sum(list(self._reserved.values()))
+        reserved = dict(self._reserved)
+        used = (
+            sum(r.total_bytes for r in list(self._records.values()))
+            + sum(reserved.values())
+            + sum(p.allocated for p in list(self._partials.values()) if p.id not in reserved)
+            + sum(q.bytes for q in list(self._quarantined.values()))
+        )
         if self.settings.quota_bytes is not None:
             return used, self.settings.quota_bytes
         st = os.statvfs(self.root)
@@ -128,30 +196,87 @@ class Cache:
     def verify(self, model_id: str) -> list[str]:
         return verify_files(self.model_path(model_id), self._require(model_id))
 
+    def check(self, model_id: str) -> list[str]:
+        """The cheap check that a committed model is as committed: each file there, with the size
+        and (when recorded) the mtime it had at commit. One ``stat`` per file; no bytes read."""
+        record = self._require(model_id)
+        root = self.model_path(model_id)
+        problems = []
+        for f in record.files:
+            try:
+                st = os.stat(root / f.path)
+            except OSError as exc:
+                problems.append(f"{f.path}: missing ({exc.strerror})")
+                continue
+            if st.st_size != f.size:
+                problems.append(f"{f.path}: size {st.st_size} != {f.size}")
+            elif f.mtime_ns is not None and st.st_mtime_ns != f.mtime_ns:
+                problems.append(f"{f.path}: modified after commit (mtime changed)")
+        return problems
+
     # --- changing --------------------------------------------------------------------------------
+    def confirm(self, model_id: str) -> ModelRecord | None:
+        """The record when the model passes ``check``. A damaged one is dropped (its pins kept as
+        pending pins, so the fetch that replaces it is pinned alike) and None is returned."""
+        if self.get(model_id) is None:
+            return None
+        problems = self.check(model_id)
+        with self._mutex:
+            record = self._records.get(model_id)
+            if record is None or not problems:
+                return record
+            log.warning("model %s changed on disk since its commit: %s", model_id, "; ".join(problems[:3]))
+            pins = set(record.pins) | set(pending_pins(self.layout, model_id))
+            set_pending_pins(self.layout, model_id, pins)
+            trash = self._unlink(model_id)
+        remove_tree(trash)
+        self._on_change(model_id)
+        return None
+
     async def fetch(self, ref: ModelRef, progress: Callable[[Progress], None] | None = None) -> ModelRecord:
         """Fetch and commit ``ref`` (or return its record at once); resumes; safe to cancel."""
         self._ensure()
-        if (record := self._records.get(ref.id)) is not None:
+        known = self._records.get(ref.id) is not None
+        if known and (record := await asyncio.to_thread(self.confirm, ref.id)) is not None:
             return record
         async with self._locks.setdefault(ref.id, asyncio.Lock()), staging_lock(self.layout, ref.id):
-            record = load_record(self.layout, ref.id)  # another process may have committed it
-            if record is not None and self.model_path(ref.id).is_dir():
-                self._records[ref.id] = record
+            record = await asyncio.to_thread(self._adopt, ref.id)
+            if record is not None:
                 return record
             record = await self._fetch_locked(ref, progress or (lambda p: None))
         self._on_change(ref.id)
         return record
 
+    def want(self, ref: ModelRef) -> None:
+        """Remember a fetch accepted over REST, so that a restart resumes it."""
+        with self._mutex:
+            want(self.layout, ref)
+
+    def unwant(self, model_id: str) -> None:
+        with self._mutex:
+            unwant(self.layout, model_id)
+
     def remove(self, model_id: str, *, force: bool = False) -> None:
-        """Delete a committed model, or the staged bytes of one not committed (no fetch may run)."""
+        """Delete a committed model, a quarantined one, or the staged bytes of one not committed
+        (no fetch may run); a pinned committed model only with ``force``."""
         self._ensure()
-        if model_id not in self._records and remove_staging(self.layout, model_id):
-            return
-        record = self._require(model_id)
-        if record.pins and not force:
-            raise Pinned(f"model {model_id} is pinned ({', '.join(sorted(record.pins))}); use force")
-        self._delete(model_id)
+        with self._mutex:
+            record = self._records.get(model_id)
+            if record is not None:
+                if record.pins and not force:
+                    raise Pinned(f"model {model_id} is pinned ({', '.join(sorted(record.pins))}); use force")
+                trash: Path | None = self._unlink(model_id)
+            elif (key := self._quarantine_key(model_id)) is not None:
+                trash = free_quarantined(self.layout, key)
+                self._quarantined.pop(key, None)
+            elif remove_staging(self.layout, model_id):
+                self._partials.pop(model_id, None)
+                unwant(self.layout, model_id)
+                return
+            else:
+                raise UnknownModel(f"no model {model_id!r} in {self.root}")
+        if trash is not None:
+            remove_tree(trash)
         self._on_change(model_id)
 
     def pin(self, model_id: str, reason: str) -> None:
@@ -161,20 +286,32 @@ class Cache:
         self._set_pin(model_id, reason, add=False)
 
     def touch(self, model_id: str) -> None:
-        record = self._require(model_id)
-        self._save(replace(record, last_used=self._now()))
+        with self._mutex:
+            record = self._require(model_id)
+            self._save(replace(record, last_used=self._now()))
 
     def gc(self) -> list[str]:
-        """Evict least-recently-used unpinned models while the cache is above its high watermark."""
-        plan = self._plan()
-        for model_id in plan.evict:
-            self._evict(model_id)
-        return list(plan.evict)
+        """Evict least-recently-used unpinned models (and idle partial fetches) while the cache is
+        above its high watermark."""
+        with self._mutex:
+            evicted, trash = self._evict_all(self._plan().evict)
+        self._finish_evictions(evicted, trash)
+        return evicted
 
     # --- internals -------------------------------------------------------------------------------
     def _ensure(self) -> None:
         if not self._scanned:
             self.scan()
+
+    def _load_extras(self) -> None:
+        self._partials = {k: v for k, v in partials(self.layout).items() if k not in self._records}
+        self._quarantined = quarantined(self.layout)
+        self._wanted = [r for r in wanted(self.layout) if r.id not in self._records]
+
+    def _quarantine_key(self, model_id: str) -> str | None:
+        if model_id in self._quarantined:
+            return model_id
+        return next((q.key for q in self.quarantined() if q.id == model_id), None)
 
     def _require(self, model_id: str) -> ModelRecord:
         self._ensure()
@@ -183,45 +320,89 @@ class Cache:
             raise UnknownModel(f"no model {model_id!r} in {self.root}")
         return record
 
+    def _adopt(self, model_id: str) -> ModelRecord | None:
+        """The record of a model another fetch (this process or another) committed meanwhile."""
+        with self._mutex:
+            if (record := self._records.get(model_id)) is not None:
+                return record
+            record, _ = read_record(self.layout, model_id)
+            if record is None or not self.model_path(model_id).is_dir():
+                return None
+            self._records[model_id] = record
+            self._partials.pop(model_id, None)
+            return record
+
     def _save(self, record: ModelRecord) -> None:
         save_record(self.layout, record)
         self._records[record.id] = record
 
     def _set_pin(self, model_id: str, reason: str, *, add: bool) -> None:
         self._ensure()
-        record = self._records.get(model_id)
-        if record is not None:
-            pins = record.pins | {reason} if add else record.pins - {reason}
-            self._save(replace(record, pins=pins))
-            return
-        pending = set(pending_pins(self.layout, model_id))
-        set_pending_pins(self.layout, model_id, pending | {reason} if add else pending - {reason})
+        with self._mutex:
+            record = self._records.get(model_id)
+            if record is not None:
+                pins = record.pins | {reason} if add else record.pins - {reason}
+                self._save(replace(record, pins=pins))
+                return
+            pending = set(pending_pins(self.layout, model_id))
+            set_pending_pins(self.layout, model_id, pending | {reason} if add else pending - {reason})
 
-    def _candidates(self) -> list[Candidate]:
-        return [
+    def _candidates(self, skip: str | None = None) -> list[Candidate]:
+        models = [
             Candidate(r.id, r.total_bytes, r.last_used, bool(r.pins)) for r in list(self._records.values())
         ]
+        idle = [
+            Candidate(p.id, p.allocated, p.mtime, bool(pending_pins(self.layout, p.id)))
+            for p in list(self._partials.values())
+            if p.id not in self._reserved and p.id != skip
+        ]
+        return models + idle
 
-    def _evict(self, model_id: str) -> None:
-        log.info("evicting model %s", model_id)
-        self._delete(model_id)
-        self._on_change(model_id)
+    def _evict_all(self, model_ids: Sequence[str]) -> tuple[list[str], list[Path]]:
+        """Under the lock: unlink what a plan chose, re-checking each pin now (a model pinned since
+        the plan stays); return the ids gone and the trash dirs the caller deletes after the lock."""
+        evicted, trash = [], []
+        for model_id in model_ids:
+            record = self._records.get(model_id)
+            if record is not None and not record.pins:
+                log.info("evicting model %s", model_id)
+                trash.append(self._unlink(model_id))
+                evicted.append(model_id)
+            elif (
+                record is None
+                and model_id in self._partials
+                and not pending_pins(self.layout, model_id)
+                and remove_staging(self.layout, model_id)
+            ):
+                log.info("evicting the partial fetch of %s", model_id)
+                self._partials.pop(model_id, None)
+                unwant(self.layout, model_id)
+                evicted.append(model_id)
+        return evicted, trash
 
-    def _delete(self, model_id: str) -> None:
-        """Rename the dir into trash (atomic for readers), drop the record, then delete the files."""
+    def _finish_evictions(self, evicted: list[str], trash: list[Path]) -> None:
+        for path in trash:
+            remove_tree(path)
+        for model_id in evicted:
+            self._on_change(model_id)
+
+    def _unlink(self, model_id: str) -> Path:
+        """Under the lock: rename the dir into trash (atomic for readers), drop the record; the
+        caller deletes the returned trash dir once the lock is released (it may take seconds)."""
         trash = self.layout.trash / f"{model_id}.{uuid.uuid4().hex[:8]}"
         with suppress(FileNotFoundError):
             os.rename(self.model_path(model_id), trash)
         self.layout.record(model_id).unlink(missing_ok=True)
+        unwant(self.layout, model_id)
         fsync_dir(self.layout.records)
         self._records.pop(model_id, None)
-        shutil.rmtree(trash, ignore_errors=True)
+        return trash
 
-    def _plan(self, incoming: int = 0, free: int | None = None) -> Plan:
+    def _plan(self, incoming: int = 0, free: int | None = None, skip: str | None = None) -> Plan:
         """The eviction plan for the cache as it is, plus ``incoming`` bytes about to arrive."""
         used, quota = self.usage()
         return plan_eviction(
-            self._candidates(),
+            self._candidates(skip),
             used=used,
             quota=quota,
             high=self.settings.high_watermark,
@@ -230,51 +411,72 @@ class Cache:
             free=free,
         )
 
-    def _make_room(self, ref: ModelRef, incoming: int, staged: int) -> None:
-        st = os.statvfs(self.root)
-        plan = self._plan(incoming, free=st.f_bavail * st.f_frsize + staged)
-        if not plan.fits:
-            raise NoSpace(f"no room for {ref.uri}: {plan.reason}")
-        for model_id in plan.evict:
-            self._evict(model_id)
+    def _stage(self, ref: ModelRef, staging: Staging, files: list[RemoteFile]) -> dict[ChunkKey, str]:
+        """In a thread: open the staging (fsyncs), make room, reserve the model's full size."""
+        total = sum(f.size for f in files)
+        done = staging.open(ref.uri, self.settings.chunk_bytes, files)
+        staged = allocated_bytes(staging.files_dir)
+        with self._mutex:
+            self._partials.pop(ref.id, None)  # counted in full as reserved from here
+            st = os.statvfs(self.root)
+            plan = self._plan(total, free=st.f_bavail * st.f_frsize + staged, skip=ref.id)
+            if not plan.fits:
+                raise NoSpace(f"no room for {ref.uri}: {plan.reason}")
+            evicted, trash = self._evict_all(plan.evict)
+            self._reserved[ref.id] = total
+        self._finish_evictions(evicted, trash)
+        return done
+
+    def _settled(self, model_id: str) -> None:
+        """After a fetch attempt: note what it left in staging (for ``ls``, ``gc`` and the quota)."""
+        with self._mutex:
+            self._reserved.pop(model_id, None)
+            partial = None if model_id in self._records else read_partial(self.layout, model_id)
+            if partial is None:
+                self._partials.pop(model_id, None)
+            else:
+                self._partials[model_id] = partial
 
     async def _fetch_locked(self, ref: ModelRef, progress: Callable[[Progress], None]) -> ModelRecord:
-        source = self._sources(ref)
+        source = await asyncio.to_thread(self._sources, ref)  # an S3 client takes a second to build
         staging = Staging(self.layout, ref.id)
         try:
             files = await self._list(source)
-            total = sum(f.size for f in files)
             try:
-                done = staging.open(ref.uri, self.settings.chunk_bytes, files)
-                self._make_room(ref, total, allocated_bytes(staging.files_dir))
-                self._reserved[ref.id] = total
+                done = await asyncio.to_thread(self._stage, ref, staging, files)
                 done = await self._run_fetcher(
                     ref=ref, source=source, staging=staging, files=files, done=done, progress=progress
                 )
                 return await self._commit_whole(ref, files, done, staging)
             except NoSpace:
-                staging.remove()
+                await asyncio.to_thread(staging.remove)
                 raise
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    staging.remove()
+                    await asyncio.to_thread(staging.remove)
                     raise NoSpace(f"disk full while fetching {ref.uri}; staging removed") from exc
                 raise FetchFailed(f"local I/O error while fetching {ref.uri}: {exc}") from exc
         finally:
-            self._reserved.pop(ref.id, None)
             staging.close()
+            await asyncio.shield(asyncio.to_thread(self._settled, ref.id))
             await source.close()
 
     async def _list(self, source: Source) -> list[RemoteFile]:
         """The source's listing; transient errors (5xx, resets) are retried like chunks are."""
-        retry = self._retry or RetryPolicy()
+        retry = self._retry
         for attempt in range(retry.attempts):
             try:
                 return await source.list_files()
             except SourceError as exc:
                 if exc.permanent or attempt + 1 >= retry.attempts:
                     raise FetchFailed(exc.message) from exc
-                log.info("retrying the listing of %s: %s", source.uri, exc.message)
+                log.warning(
+                    "retrying the listing of %s after try %d/%d: %s",
+                    source.uri,
+                    attempt + 1,
+                    retry.attempts,
+                    exc.message,
+                )
                 await asyncio.sleep(retry.delay(attempt))
         raise AssertionError("unreachable")
 
@@ -303,7 +505,7 @@ class Cache:
             done = await fetcher.run(files, done)
         except SourceError as exc:
             if exc.permanent:
-                staging.remove()
+                await asyncio.to_thread(staging.remove)
             raise FetchFailed(exc.message) from exc
         finally:
             ticker.cancel()
@@ -329,13 +531,16 @@ class Cache:
         self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging
     ) -> ModelRecord:
         try:
-            record = commit_staging(
-                self.layout, ref, files, done, staging, chunk_bytes=self.settings.chunk_bytes, now=self._now()
-            )
+            checked = prepare_commit(ref, files, done, staging, chunk_bytes=self.settings.chunk_bytes)
         except Incomplete as exc:
             staging.remove()
             raise VerificationFailed(str(exc)) from exc
-        self._records[ref.id] = record
+        with self._mutex:  # the record merges pending pins: no pin may slip in between
+            record = finish_commit(self.layout, ref, files, checked, staging, now=self._now())
+            self._records[ref.id] = record
+            self._partials.pop(ref.id, None)
+            unwant(self.layout, ref.id)
+        staging.remove()
         return record
 
 

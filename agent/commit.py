@@ -37,14 +37,47 @@ def commit_staging(
     now: float,
 ) -> ModelRecord:
     """Make ``staging`` the committed model ``ref.id`` and return its record."""
+    records = prepare_commit(ref, files, done, staging, chunk_bytes=chunk_bytes)
+    record = finish_commit(layout, ref, files, records, staging, now=now)
+    staging.remove()
+    return record
+
+
+def prepare_commit(
+    ref: ModelRef,
+    files: Sequence[RemoteFile],
+    done: dict[ChunkKey, str],
+    staging: Staging,
+    *,
+    chunk_bytes: int,
+) -> list[FileRecord]:
+    """Check every staged file's size and digests, make them durable; the slow half of a commit."""
     records = []
     for f in files:
-        size = os.stat(staging.path(f.path)).st_size
+        st = os.stat(staging.path(f.path))
         digests = tuple(done.get((f.path, i), "") for i in range(chunk_count(f.size, chunk_bytes)))
-        if size != f.size or not all(digests):
-            raise Incomplete(f"{ref.uri}: {f.path} is incomplete ({size} of {f.size} bytes)")
-        records.append(FileRecord(f.path, f.size, file_digest(digests), chunk_bytes, digests, f.etag))
+        if st.st_size != f.size or not all(digests):
+            raise Incomplete(f"{ref.uri}: {f.path} is incomplete ({st.st_size} of {f.size} bytes)")
+        records.append(
+            FileRecord(
+                f.path, f.size, file_digest(digests), chunk_bytes, digests, f.etag, mtime_ns=st.st_mtime_ns
+            )
+        )
     fsync_tree(staging.files_dir)
+    return records
+
+
+def finish_commit(
+    layout: Layout,
+    ref: ModelRef,
+    files: Sequence[RemoteFile],
+    records: list[FileRecord],
+    staging: Staging,
+    *,
+    now: float,
+) -> ModelRecord:
+    """Write the record, rename the files into ``models/<id>``: the short half, run under the
+    cache's lock (it merges the pending pins, which a pin arriving meanwhile would change)."""
     record = ModelRecord(
         id=ref.id,
         uri=ref.uri,
@@ -63,7 +96,6 @@ def commit_staging(
     os.rename(staging.files_dir, target)
     fsync_dir(layout.models)
     layout.pending_pins(ref.id).unlink(missing_ok=True)
-    staging.remove()
     return record
 
 

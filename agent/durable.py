@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ def save_record(layout: Layout, record: ModelRecord) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) sees the old or the new file, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of its own per writer: two writers sharing one tmp file tear the record.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with tmp.open("w") as out:
         json.dump(data, out, indent=1)
         out.flush()

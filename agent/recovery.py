@@ -6,6 +6,8 @@ Cases, by what a crash can leave behind (commit order: fsync files, record, rena
 - record, no model dir, complete ``staging/<id>/files``: crash between record and rename, so
   the rename is done now (the record was written only after every file was verified and synced);
 - record and nothing else: the model was being deleted; the record goes;
+- a record that cannot be parsed (EIO, a torn byte, a newer version's format): the model and the
+  record move to ``quarantine/`` (kept for an operator; ``rm`` frees them), never deleted;
 - ``models/<id>`` without record: debris, moved to trash and deleted (never served as a model);
 - ``staging/<id>`` with a manifest: resumable, kept; without one, or unlocked junk: removed;
 - ``trash/*`` and ``*.tmp``: removed.
@@ -14,6 +16,7 @@ Cases, by what a crash can leave behind (commit order: fsync files, record, rena
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -22,7 +25,8 @@ import uuid
 from pathlib import Path
 
 from agent.durable import fsync_dir
-from locality.records import Layout, ModelRecord, load_record
+from agent.inventory import quarantine
+from locality.records import Layout, ModelRecord, record_from_json
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -37,8 +41,10 @@ def recover(layout: Layout) -> list[ModelRecord]:
         model_id = path.name.removesuffix(".json")
         if not _ID.match(model_id):
             continue  # pending pins (<id>.pins.json) and foreign files
-        record = load_record(layout, model_id)
-        if record is not None and _settle(layout, record):
+        record, problem = read_record(layout, model_id)
+        if problem is not None:
+            quarantine(layout, model_id, problem)
+        elif record is not None and _settle(layout, record):
             records.append(record)
         else:
             path.unlink(missing_ok=True)
@@ -53,6 +59,20 @@ def recover(layout: Layout) -> list[ModelRecord]:
         if path.is_dir() and (path.name in known or not (path / "manifest.json").exists()):
             _remove_unlocked(layout, path)
     return records
+
+
+def read_record(layout: Layout, model_id: str) -> tuple[ModelRecord | None, str | None]:
+    """``(record, None)``, ``(None, None)`` when absent, or ``(None, why)`` when it cannot be parsed."""
+    path = layout.record(model_id)
+    try:
+        record = record_from_json(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"unreadable record {path.name}: {type(exc).__name__}: {exc}"[:500]
+    if record.id != model_id:
+        return None, f"record {path.name} names another model ({record.id[:40]!r})"
+    return record, None
 
 
 def _settle(layout: Layout, record: ModelRecord) -> bool:

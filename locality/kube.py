@@ -250,7 +250,8 @@ class Kube:
             with self._lock:
                 self._watches.discard(response)
             pump.stop()
-            thread.join(timeout=5.0)  # prompt: stop() shut the socket down
+            # prompt (stop() shut the socket down), but a join is a blocking call: off the loop
+            await asyncio.to_thread(thread.join, 5.0)
 
     async def close(self) -> None:
         """Stop open watches and release the connection pool."""
