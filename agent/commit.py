@@ -14,7 +14,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent import checksums
 from agent.durable import fsync_dir, fsync_tree, save_record, write_json_atomic
+from agent.revisions import revision_of
 from agent.sources.base import RemoteFile, model_etag
 from agent.staging import ChunkKey, Staging
 from locality.digests import chunk_count, file_digest
@@ -24,6 +26,10 @@ from locality.records import FileRecord, Layout, ModelRecord
 
 class Incomplete(Exception):
     """A staged file lacks bytes or chunk digests: nothing was committed."""
+
+
+class OriginMismatch(Incomplete):
+    """A staged file's bytes do not match the checksum its origin gave: nothing was committed."""
 
 
 def commit_staging(
@@ -60,9 +66,20 @@ def prepare_commit(
             raise Incomplete(f"{ref.uri}: {f.path} is incomplete ({st.st_size} of {f.size} bytes)")
         records.append(
             FileRecord(
-                f.path, f.size, file_digest(digests), chunk_bytes, digests, f.etag, mtime_ns=st.st_mtime_ns
+                f.path,
+                f.size,
+                file_digest(digests),
+                chunk_bytes,
+                digests,
+                f.etag,
+                mtime_ns=st.st_mtime_ns,
+                origin_checksum=checksums.recorded(f.checksum),
+                version=f.version,
             )
         )
+    wrong = checksums.mismatches(((f.path, f.size, f.checksum) for f in files), staging.path)
+    if wrong:
+        raise OriginMismatch(f"{ref.uri}: {'; '.join(wrong[:3])}")
     fsync_tree(staging.files_dir)
     return records
 
@@ -88,6 +105,7 @@ def finish_commit(
         fetched_at=now,
         last_used=now,
         pins=frozenset(pending_pins(layout, ref.id)),
+        revision=revision_of(files),
     )
     save_record(layout, record)
     target = layout.model(ref.id)

@@ -28,8 +28,8 @@ class HttpSource:
             raise SourceError(f"{self.uri}: TLS certificate not trusted: {exc}", permanent=True) from exc
         except TimeoutError as exc:  # aiohttp's connect and read timeouts are TimeoutErrors too
             raise SourceError(
-                f"{self.uri}: no answer within {self._timeout.sock_connect:g}s (connect) / "
-                f"{self._timeout.sock_read:g}s (read) asking for the size",
+                f"{self.uri}: no answer asking for the size (connect timeout "
+                f"{self._timeout.sock_connect:g}s, read timeout {self._timeout.sock_read:g}s)",
                 permanent=False,
             ) from exc
         except aiohttp.ClientError as exc:

@@ -128,12 +128,18 @@ def s3_checksum(head: dict[str, Any]) -> str | None:
     """The object's full-object checksum from a HEAD with ChecksumMode=ENABLED, strongest first.
 
     A composite one (``<b64>-<parts>``, a checksum of part checksums from a multipart upload) is
-    skipped: checking it needs the part boundaries, which the listing does not give.
+    skipped: checking it needs the part boundaries, which the listing does not give. So is any
+    checksum of a multipart object (ETag ``<md5>-<parts>``) not marked ``FULL_OBJECT``, except
+    CRC64NVME, which S3 only keeps whole: stores disagree on what they return there.
     """
-    if head.get("ChecksumType") == "COMPOSITE":
+    kind = head.get("ChecksumType")
+    if kind == "COMPOSITE":
         return None
+    multipart = "-" in str(head.get("ETag") or "").strip('"')
     for field, algorithm in _CHECKSUM_FIELDS:
         value = head.get(field)
+        if multipart and kind != "FULL_OBJECT" and algorithm != "crc64nvme":
+            continue
         if isinstance(value, str) and "-" not in value:
             parsed = checksums.from_base64(algorithm, value)
             if parsed and checksums.supported(parsed):
