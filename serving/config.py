@@ -15,6 +15,7 @@ from locality.settings import ConfigError, flag_or_env, load_token
 DEFAULT_PORT = 8000
 DEFAULT_AGENT_URL = "http://127.0.0.1:8470"
 DEVICES = ("auto", "cpu", "cuda")
+VERIFY_MODES = ("stream", "full", "off")
 
 __all__ = ["ConfigError", "Settings", "add_arguments", "settings_from_args"]
 
@@ -36,7 +37,9 @@ class Settings:
     max_inputs: int = 256  # inputs in one request
     max_chars: int = 20_000  # characters in one input (tokens past the model's limit are truncated)
     max_body_bytes: int = 8 * 2**20
-    verify: bool = True  # re-hash a node-cache model against the agent's record before loading
+    # stream: hash each chunk as the loader reads it (one pass); full: re-hash the whole model
+    # before loading (a second read); off: header checks only. Only node-cache models have digests.
+    verify: str = "stream"
     agent_url: str = DEFAULT_AGENT_URL
     token: str | None = None
     wait_timeout: float = 1800.0
@@ -45,6 +48,8 @@ class Settings:
     def validate(self) -> Settings:
         if (self.model_dir is None) == (self.model_uri is None):
             raise ConfigError("give exactly one of --model-dir and --model-uri")
+        if self.verify not in VERIFY_MODES:
+            raise ConfigError(f"--verify must be one of {', '.join(VERIFY_MODES)}, not {self.verify!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.threads is not None and not 1 <= self.threads <= 1024:
@@ -86,8 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inputs", type=int, help="inputs per request (default 256)")
     parser.add_argument("--max-chars", type=int, help="characters per input (default 20000)")
     parser.add_argument(
-        "--no-verify", action="store_true", help="skip re-hashing a node-cache model before loading"
+        "--verify",
+        help="stream (default: check digests while loading, one pass) | full (re-hash first) | off"
+        " (env MODEL_SERVE_VERIFY)",
     )
+    parser.add_argument("--no-verify", action="store_true", help="the same as --verify off")
     parser.add_argument(
         "--agent-url", help=f"agent REST URL (env MODEL_LOCALITY_AGENT_URL, {DEFAULT_AGENT_URL})"
     )
@@ -116,6 +124,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     try:
         threads = pick("threads", "MODEL_SERVE_THREADS")
         wait_ms = pick("max_wait_ms", "MODEL_SERVE_MAX_WAIT_MS")
+        verify = (
+            "off" if getattr(args, "no_verify", False) else pick("verify", "MODEL_SERVE_VERIFY") or d.verify
+        )
         settings = Settings(
             model_dir=Path(model_dir) if model_dir else None,
             model_uri=model_uri,
@@ -129,7 +140,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             max_queue=int(pick("max_queue", "MODEL_SERVE_MAX_QUEUE") or d.max_queue),
             max_inputs=int(pick("max_inputs", "MODEL_SERVE_MAX_INPUTS") or d.max_inputs),
             max_chars=int(pick("max_chars", "MODEL_SERVE_MAX_CHARS") or d.max_chars),
-            verify=not getattr(args, "no_verify", False),
+            verify=verify.lower(),
             agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or d.agent_url).rstrip("/"),
             token=token,
             wait_timeout=float(pick("wait_timeout", "MODEL_SERVE_WAIT_TIMEOUT") or d.wait_timeout),

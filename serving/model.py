@@ -1,7 +1,8 @@
 """The one door to torch and transformers: load a sentence-embedding model and run it.
 
 Imported lazily (by the start-up sequence only), so the app, the config and the agent image
-work without torch installed. All calls here block; the app runs them on its inference thread.
+work without torch installed (``serving.loader``, the weights' one-pass reader, is imported
+from here only). All calls here block; the app runs them on its inference thread.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModel, AutoTokenizer
+from transformers import MODEL_MAPPING, AutoConfig, AutoTokenizer
+
+from serving import loader
+from serving.integrity import IntegrityError
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -60,20 +64,64 @@ def pick_device(wanted: str) -> str:
     return wanted
 
 
-def load(model_dir: Path, *, device: str = "auto", threads: int | None = None) -> TorchEmbedder:
-    """Load tokenizer and safetensors weights from a local directory onto ``device``; no hub access."""
+def load(
+    model_dir: Path, *, device: str = "auto", threads: int | None = None, check: bool = True
+) -> TorchEmbedder:
+    """Load tokenizer and safetensors weights from a local directory onto ``device``; no hub access.
+
+    The weights come from ``serving.loader`` in one pass: read, hashed against the node cache
+    record (``check``, when the directory is a cached model) and placed on the device; a damaged
+    file raises ``IntegrityError`` naming the file and chunk.
+    """
     if threads:
         torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
     target = pick_device(device)
+    state = loader.load_state_dict(model_dir, device=target, check=check)  # IntegrityError as is
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
-        model = model.to(target).eval()
-    except Exception as exc:  # the loaders raise anything from OSError to SafetensorError
+        model = _build(model_dir, state, target)
+    except IntegrityError:
+        raise
+    except Exception as exc:  # the loaders raise anything from OSError to ValueError
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"cannot load the model in {model_dir}: {reason}") from exc
     return TorchEmbedder(tokenizer, model, target, _max_tokens(model_dir, tokenizer, model))
+
+
+def _build(model_dir: Path, state: dict[str, torch.Tensor], target: str, *, adopt: bool | None = None) -> Any:
+    """The model class of ``config.json`` over ``state``'s tensors, without copying them.
+
+    transformers places a given state dict on the CPU unless ``accelerate`` drives a device
+    map, so for a GPU the model is built over untouched host placeholders (``torch.empty``
+    costs no page until written) and each parameter is then pointed at its device tensor.
+    """
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    cls = MODEL_MAPPING[type(config)]
+    if not (target != "cpu" if adopt is None else adopt):
+        return cls.from_pretrained(None, config=config, state_dict=state).eval()
+    hosts = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in state.items()}
+    model, info = cls.from_pretrained(None, config=config, state_dict=hosts, output_loading_info=True)
+    _adopt(model, hosts, state, set(info["missing_keys"]))
+    return model.to(target).eval()
+
+
+def _adopt(
+    model: Any, hosts: dict[str, torch.Tensor], state: dict[str, torch.Tensor], missing: set[str]
+) -> None:
+    """Point each parameter and buffer built over a placeholder at the same key's device tensor."""
+    by_ptr = {t.data_ptr(): state[k] for k, t in hosts.items() if t.numel()}
+    placed = {t.data_ptr() for t in state.values()}  # a tied weight is met twice
+    for module_name, module in model.named_modules():
+        for slots in (module._parameters, module._buffers):
+            for name, tensor in slots.items():
+                if tensor is None or not tensor.numel() or tensor.data_ptr() in placed:
+                    continue
+                found = by_ptr.get(tensor.data_ptr())
+                if found is not None and found.shape == tensor.shape and found.dtype == tensor.dtype:
+                    tensor.data = found
+                elif f"{module_name}.{name}".lstrip(".") not in missing and name in module._parameters:
+                    raise ModelLoadError(f"cannot place {module_name}.{name} on the device without a copy")
 
 
 def _max_tokens(model_dir: Path, tokenizer: Any, model: Any) -> int:

@@ -1,4 +1,4 @@
-"""The start-up sequence (wait for cache, verify, load, warm-up) and the health probe it arms."""
+"""The start-up sequence (wait for cache, [full verify,] load incl. check, warm-up) and its health probe."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ async def start(
     metrics: Metrics,
     *,
     max_batch: int,
-    verify: bool,
+    verify: str,
     prepare: Callable[[], object] | None = None,
 ) -> Loaded:
     """Run the phases in order, exporting each duration; raise ``StartupError`` on any failure.
@@ -68,11 +68,16 @@ async def start(
     ``prepare`` (importing torch: seconds) runs on a daemon thread while the cache is awaited and
     verified, so the slow import overlaps the wait instead of adding to it; the loader's own import
     then waits on Python's import lock, and a failed start exits without waiting for it.
+
+    ``verify``: ``stream`` leaves the digest check to ``load`` (one pass: the loader hashes what
+    it reads); ``full`` re-hashes the whole model first, in a ``verify`` phase of its own; the
+    ``verify`` gauge stays 0 unless that phase runs.
     """
     if prepare is not None:
         threading.Thread(target=_quietly, args=(prepare,), name="serving-prepare", daemon=True).start()
     model_dir = await _phase(metrics, "wait_for_cache", resolve())
-    await _phase(metrics, "verify", asyncio.to_thread(_verify, model_dir, verify))
+    if verify == "full":
+        await _phase(metrics, "verify", asyncio.to_thread(_verify, model_dir, True))
     try:
         embedder: Embedder = await _phase(metrics, "load", run(load, model_dir))
     except StartupError:

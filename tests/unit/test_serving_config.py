@@ -19,7 +19,7 @@ def settings(argv: list[str], env: dict[str, str] | None = None) -> Settings:
 def test_defaults() -> None:
     s = settings(["--model-dir", "/var/lib/model-locality/models/abc"])
     assert (s.host, s.port, s.device, s.model_name) == ("0.0.0.0", 8000, "auto", "abc")
-    assert (s.max_batch, s.max_wait, s.max_queue, s.verify) == (32, 0.005, 1024, True)
+    assert (s.max_batch, s.max_wait, s.max_queue, s.verify) == (32, 0.005, 1024, "stream")
     assert s.agent_url == "http://127.0.0.1:8470" and s.token is None
 
 
@@ -34,7 +34,9 @@ def test_defaults() -> None:
         pytest.param(["--model-dir", "d", "--max-wait-ms", "20"], {}, "max_wait", 0.02, id="wait in ms"),
         pytest.param(["--model-dir", "d", "--max-wait-ms", "0"], {}, "max_wait", 0.0, id="no waiting"),
         pytest.param(["--model-dir", "d", "--device", "CUDA"], {}, "device", "cuda", id="device case"),
-        pytest.param(["--model-dir", "d", "--no-verify"], {}, "verify", False, id="skip verify"),
+        pytest.param(["--model-dir", "d", "--no-verify"], {}, "verify", "off", id="skip verify"),
+        pytest.param(["--model-dir", "d", "--verify", "full"], {}, "verify", "full", id="separate verify"),
+        pytest.param(["--model-dir", "d"], {"MODEL_SERVE_VERIFY": "FULL"}, "verify", "full", id="verify env"),
         pytest.param([], {"MODEL_SERVE_MODEL_URI": "s3://b/m"}, "model_uri", "s3://b/m", id="uri from env"),
         pytest.param(
             ["--model-uri", "s3://b/m"],
@@ -63,6 +65,7 @@ def test_settings_sources(argv: list[str], env: dict[str, str], field: str, valu
         pytest.param(["--model-dir", "d", "--max-chars", "0"], "--max-chars", id="no chars"),
         pytest.param(["--model-dir", "d", "--wait-timeout", "0"], "--wait-timeout", id="no wait timeout"),
         pytest.param(["--model-dir", "d", "--threads", "0"], "--threads", id="zero threads"),
+        pytest.param(["--model-dir", "d", "--verify", "twice"], "--verify must be one of", id="verify mode"),
         pytest.param(
             ["--model-dir", "d", "--token-file", "/nonexistent/t"], "cannot read token", id="token file"
         ),

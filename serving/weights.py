@@ -1,0 +1,183 @@
+"""What the one-pass loader reads and checks: shard headers, the cache record's chunks, hashed reads.
+
+No torch here: ``serving.loader`` owns the buffers and the tensors; this module decides which
+byte ranges to read, reads them with large ``preadv`` calls into whatever buffer it is handed,
+hashes each range as it arrives (the cache's scheme, ``locality.digests``) and fails naming the
+file and byte range when a chunk differs from the agent's record. The files that are not
+weights (config, tokenizer: small) are hashed against the record here too, so a start checks
+every file of the model once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import xxhash
+
+from locality.digests import hash_chunk
+from locality.records import FileRecord, Layout, ModelRecord, load_record
+from serving.integrity import Header, IntegrityError, read_header, weight_files
+
+PLAIN_SEGMENT = 32 * 2**20  # read unit of a file that has no record (no chunks to follow)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One weight file to read: its validated header and, for a cached model, its record."""
+
+    header: Header
+    record: FileRecord | None  # None: not in a node cache, read without a digest check
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A byte range of one shard read by one worker; ``digest`` is the record's, if any."""
+
+    shard: int  # index into ``Plan.shards``
+    offset: int
+    length: int
+    chunk: int | None  # the record's chunk index, when the range is one
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    model_dir: Path
+    shards: tuple[Shard, ...]
+    record: ModelRecord | None  # the node cache's record; None when the directory is not in one
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.header.size for s in self.shards)
+
+
+def cache_record(model_dir: Path) -> ModelRecord | None:
+    """The agent's record of a committed ``<root>/models/<id>``; None when not in a node cache."""
+    model_dir = model_dir.resolve()
+    if model_dir.parent.name != "models":
+        return None
+    return load_record(Layout(model_dir.parent.parent), model_dir.name)
+
+
+def plan(model_dir: Path, *, check: bool) -> Plan:
+    """Validate headers (always) and match the shards with the record (when ``check`` and cached).
+
+    Raises ``IntegrityError`` for a bad header, a shard the record does not know, or a size that
+    differs from the record's (a truncated file is named here, before any data is read).
+    """
+    try:
+        headers = [read_header(path) for path in weight_files(model_dir)]
+    except OSError as exc:
+        raise IntegrityError(f"{exc.filename or model_dir}: cannot read ({exc.strerror or exc})") from exc
+    record = cache_record(model_dir) if check else None
+    if record is None:
+        return Plan(model_dir, tuple(Shard(h, None) for h in headers), None)
+    by_path = {f.path: f for f in record.files}
+    shards = []
+    for header in headers:
+        rel = header.path.relative_to(model_dir).as_posix()
+        file = by_path.get(rel)
+        if file is None:
+            raise IntegrityError(f"{header.path}: not part of the node cache record of {model_dir}")
+        if file.size != header.size:
+            raise IntegrityError(
+                f"{header.path}: {header.size} bytes but the node cache record says {file.size} (truncated?)"
+            )
+        shards.append(Shard(header, file))
+    return Plan(model_dir, tuple(shards), record)
+
+
+def segments(plan: Plan) -> list[Segment]:
+    """The record's chunks of each shard (each hashed on its own), else plain fixed-size ranges."""
+    out = []
+    for i, shard in enumerate(plan.shards):
+        size, rec = shard.header.size, shard.record
+        step = rec.chunk_bytes if rec is not None else PLAIN_SEGMENT
+        for k, offset in enumerate(range(0, size, step)):
+            digest = rec.chunk_digests[k] if rec is not None else None
+            out.append(Segment(i, offset, min(step, size - offset), k if rec else None, digest))
+    return out
+
+
+Sink = Callable[[int, int], memoryview]  # (offset in the file, length) -> where to read it
+Filled = Callable[[int, int, memoryview], None]  # a block has been read (and hashed) into the view
+
+
+def read_segment(
+    fd: int,
+    path: Path,
+    seg: Segment,
+    *,
+    sink: Sink,
+    filled: Filled,
+    block: int,
+    stop: threading.Event,
+) -> None:
+    """Read ``seg`` in blocks of at most ``block`` bytes, hashing as it goes; check the digest.
+
+    ``preadv`` and xxh3 release the GIL, so several workers read and hash in parallel.
+    """
+    h = xxhash.xxh3_128() if seg.digest is not None else None
+    done = 0
+    while done < seg.length:
+        if stop.is_set():
+            return
+        n = min(block, seg.length - done)
+        view = sink(seg.offset + done, n)
+        got = 0
+        while got < n:
+            r = os.preadv(fd, [view[got:n]], seg.offset + done + got)
+            if r <= 0:
+                raise IntegrityError(
+                    f"{path}: ended at byte {seg.offset + done + got} while loading (truncated?)"
+                )
+            got += r
+        if h is not None:
+            h.update(view[:n])
+        filled(seg.offset + done, n, view)
+        done += n
+    if h is not None and h.hexdigest() != seg.digest:
+        raise IntegrityError(
+            f"{path}: chunk {seg.chunk} (bytes {seg.offset}..{seg.offset + seg.length}) does not match"
+            " the node cache record"
+        )
+
+
+def check_other_files(plan: Plan) -> None:
+    """Hash the record's non-weight files; refuse missing, changed or unknown files."""
+    if plan.record is None:
+        return
+    weights = {s.header.path.relative_to(plan.model_dir).as_posix() for s in plan.shards}
+    problems = []
+    buf = memoryview(bytearray(8 << 20))
+    for f in plan.record.files:
+        if f.path not in weights:
+            problems.extend(_check_file(plan.model_dir, f, buf))
+    known = {f.path for f in plan.record.files}
+    for path in sorted(p for p in plan.model_dir.rglob("*") if not p.is_dir()):
+        if path.relative_to(plan.model_dir).as_posix() not in known:
+            problems.append(f"{path.relative_to(plan.model_dir)}: not part of the model")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise IntegrityError(f"{plan.model_dir} does not match the node cache record: {shown}")
+
+
+def _check_file(model_dir: Path, f: FileRecord, buf: memoryview) -> list[str]:
+    try:
+        fd = os.open(model_dir / f.path, os.O_RDONLY)
+    except OSError as exc:
+        return [f"{f.path}: missing ({exc.strerror})"]
+    try:
+        if os.fstat(fd).st_size != f.size:
+            return [f"{f.path}: size {os.fstat(fd).st_size} != {f.size}"]
+        for i, want in enumerate(f.chunk_digests):
+            offset = i * f.chunk_bytes
+            if hash_chunk(fd, offset, min(f.chunk_bytes, f.size - offset), buf) != want:
+                return [f"{f.path}: chunk {i} (bytes {offset}..{offset + f.chunk_bytes}) differs"]
+    finally:
+        os.close(fd)
+    return []
