@@ -63,7 +63,8 @@ def default_deps(settings: Settings) -> Deps:
     def load(model_dir: Path) -> Embedder:
         from serving import model
 
-        return model.load(model_dir, device=settings.device, threads=settings.threads)
+        check = settings.verify == "stream"  # "full" checked before, in a pass of its own
+        return model.load(model_dir, device=settings.device, threads=settings.threads, check=check)
 
     return Deps(resolve=resolve, load=load, prepare=prepare)
 
