@@ -33,6 +33,8 @@ CORES = (
     "scheduler_extender.specs",
     "scheduler_extender.nodes",
     "scheduler_extender.index",
+    "scheduler_extender.injection",
+    "scheduler_extender.certs",
     "agent.eviction",
     "agent.labels",
 )
