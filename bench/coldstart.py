@@ -258,6 +258,83 @@ def bench_synthetic(
     shutil.rmtree(dest)
 
 
+def load_ours(model_dir: Path, device: str) -> float:
+    """Seconds for ``serving.loader`` (one pass: read + per-chunk digest check) onto ``device``."""
+    import torch
+
+    from serving.loader import load_state_dict
+
+    start = time.perf_counter()
+    tensors = load_state_dict(model_dir, device=device, check=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del tensors
+    return seconds
+
+
+def h2d_floor(nbytes: int, repeats: int) -> float:
+    """Seconds to copy ``nbytes`` from pinned host memory to the GPU (the host->device floor)."""
+    import torch
+
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dev.copy_(host)
+    torch.cuda.synchronize()
+    values = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dev.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        values.append(time.perf_counter() - start)
+    return statistics.median(values)
+
+
+def bench_loaders(label: str, cached: Path, repeats: int, device: str, rows: list[tuple[str, ...]]) -> None:
+    """Cold page cache each time, interleaved raw / load_file / ours per repeat (MEASURED.md)."""
+    ways: dict[str, Callable[[], float]] = {
+        "floor: raw read, cold": lambda: raw_read(cached),
+        f"safetensors load_file to {device}, cold": lambda: load_tensors(cached, device),
+        f"ours (serving.loader, digests checked) to {device}, cold": lambda: load_ours(cached, device),
+    }
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(repeats):
+        for name, measure in ways.items():
+            evict(cached)
+            times[name].append(measure())
+    raw = statistics.median(times["floor: raw read, cold"])
+    size = sum(p.stat().st_size for p in cached.glob("*.safetensors"))
+    if device.startswith("cuda"):
+        floor = h2d_floor(size, repeats)
+        rows.append(
+            (label, "floor: pinned host->device copy", f"{floor:.3f}", f"{size / floor / 1e9:.1f} GB/s")
+        )
+    for name, values in times.items():
+        t = statistics.median(values)
+        detail = f"{size / t / 1e9:.2f} GB/s, {t / raw:.2f}x raw; runs " + " ".join(
+            f"{v:.3f}" for v in values
+        )
+        rows.append((label, name, f"{t:.3f}", detail))
+
+
+def loader_rows(
+    work: Path, gibs: list[float], repeats: int, device: str, rows: list[tuple[str, ...]]
+) -> None:
+    """MiniLM and each synthetic size, in the node cache: raw read, load_file, ours."""
+    cached = commit_to_cache(minilm_dir(), work / "cache", MINILM_URI)
+    bench_loaders("MiniLM", cached, repeats, device, rows)
+    for gib in gibs:
+        shards = max(1, round(gib * 2))
+        shard_bytes = int(gib * 2**30) // shards
+        src = synthetic_model(work / f"src-{gib}", shards=shards, shard_bytes=shard_bytes)
+        cached = commit_to_cache(src, work / "cache", f"s3://models/synthetic/big-{gib:g}")
+        shutil.rmtree(src)
+        bench_loaders(
+            f"synthetic {gib:g} GiB ({shards} x {shard_bytes / 2**20:.0f} MiB)", cached, repeats, device, rows
+        )
+        shutil.rmtree(cached)
+
+
 def fmt(phases: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in phases.items())
 
@@ -271,6 +348,13 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--work-dir", help="scratch directory (default: a new temporary one)")
     parser.add_argument("--json", help="also write the rows here as JSON")
+    parser.add_argument(
+        "--loaders",
+        type=float,
+        nargs="*",
+        metavar="GIB",
+        help="only the loader rows (raw read, load_file, ours; cold) for MiniLM and these synthetic sizes",
+    )
     args = parser.parse_args()
     import torch
 
@@ -279,10 +363,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="coldstart-", dir=args.work_dir))
     rows: list[tuple[str, ...]] = []
     try:
-        with run_s3_server() as s3:
-            bench_minilm(s3, work, args.repeats, device, rows)
-            if args.synthetic_gib > 0:
-                bench_synthetic(s3, work, args.synthetic_gib, repeats=args.repeats, device=device, rows=rows)
+        if args.loaders is not None:
+            loader_rows(work, args.loaders, args.repeats, device, rows)
+        else:
+            with_s3(work, args, device, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ndevice: {device} (GPU: {gpu}); {os.cpu_count()} CPUs; medians of {args.repeats}\n")
@@ -292,6 +376,14 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([list(r) for r in rows], indent=1))
     return 0
+
+
+def with_s3(work: Path, args: argparse.Namespace, device: str, rows: list[tuple[str, ...]]) -> None:
+    """The time-to-ready rows: MiniLM served from the cache and from S3, the synthetic model loaded."""
+    with run_s3_server() as s3:
+        bench_minilm(s3, work, args.repeats, device, rows)
+        if args.synthetic_gib > 0:
+            bench_synthetic(s3, work, args.synthetic_gib, repeats=args.repeats, device=device, rows=rows)
 
 
 if __name__ == "__main__":
