@@ -13,7 +13,9 @@
   known input is embedded and compared with its start-up vector (cosine >= 0.999), 503 if not.
 * ``GET /metrics``: ``model_locality_serving_*``: queue depth, in-flight requests, request latency
   and queue wait histograms (1 ms .. 10 s), batch size, start-up phase seconds
-  (``wait_for_cache | verify | load | warmup``), readiness and health.
+  (``wait_for_cache | verify | load | warmup``; ``load`` includes the digest check, done in the
+  same pass as the read; ``verify`` is a separate re-hash, only with ``--verify full``), readiness
+  and health.
 
 Start-up fails (exit 1, one line on stderr naming the file) on a damaged safetensors header, on a
 node-cache model whose bytes differ from the agent's record, and on NaN/Inf or nonsensical
