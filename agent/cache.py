@@ -42,7 +42,7 @@ from agent.inventory import (
     wanted,
 )
 from agent.recovery import read_record, recover, remove_staging
-from agent.sources import RemoteFile, Source, SourceError, open_source
+from agent.sources import RemoteFile, Source, SourceError, Timeouts, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
 from locality.digests import verify_files
 from locality.identity import ModelRef
@@ -102,15 +102,21 @@ class Cache:
         on_change: Callable[[str], None] | None = None,
         now: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
-        sources: Callable[[ModelRef], Source] = open_source,
+        sources: Callable[[ModelRef], Source] | None = None,
     ) -> None:
         self.settings = settings
         self.root = Path(settings.cache_dir)
         self.layout = Layout(self.root)
         self._on_change = on_change or (lambda model_id: None)
         self._now = now
-        self._retry = retry or RetryPolicy()
-        self._sources = sources  # the benchmark injects a listing that nginx cannot give
+        self._retry = retry or RetryPolicy(
+            attempts=settings.attempts,
+            read_timeout=settings.read_timeout,
+            connect_timeout=settings.connect_timeout,
+        )
+        timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
+        # The benchmark injects a listing that nginx cannot give.
+        self._sources = sources or (lambda ref: open_source(ref, timeouts))
         self._records: dict[str, ModelRecord] = {}
         self._partials: dict[str, Partial] = {}
         self._quarantined: dict[str, Quarantined] = {}
@@ -468,8 +474,10 @@ class Cache:
             try:
                 return await source.list_files()
             except SourceError as exc:
-                if exc.permanent or attempt + 1 >= retry.attempts:
+                if exc.permanent:
                     raise FetchFailed(exc.message) from exc
+                if attempt + 1 >= retry.attempts:
+                    raise FetchFailed(f"{exc.message} (gave up after {retry.attempts} tries)") from exc
                 log.warning(
                     "retrying the listing of %s after try %d/%d: %s",
                     source.uri,

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 
 from agent import cache_cli, demo, serve_cli
-from locality.cli import run_verb
+from locality.cli import add_common_flags, run_verb
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,10 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="model-agent",
         description="Node agent of model-locality: keeps model weights on local disk.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in (serve_cli, cache_cli, demo):
         module.register(sub)
+    add_common_flags(parser)
     return parser
 
 

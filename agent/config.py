@@ -34,6 +34,9 @@ class Settings:
     max_parallel_models: int = 2
     agent_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
     grace_seconds: float = 25.0
+    connect_timeout: float = 10.0  # seconds to open a connection to a model's origin
+    read_timeout: float = 30.0  # seconds without a byte from the origin before a request fails
+    attempts: int = 6  # tries of one listing or chunk on transient errors (first try included)
 
     def validate(self) -> Settings:
         if not 0 < self.low_watermark < self.high_watermark <= 1:
@@ -46,6 +49,10 @@ class Settings:
             raise ConfigError("chunk size must be between 1 MiB and 1 GiB")
         if not 0 < self.port < 65536:
             raise ConfigError(f"invalid port {self.port}")
+        if not (0 < self.connect_timeout <= 3600 and 0 < self.read_timeout <= 3600):
+            raise ConfigError("--connect-timeout and --read-timeout must be between 0 and 3600 seconds")
+        if not 1 <= self.attempts <= 100:
+            raise ConfigError("--retries must be between 0 and 99")
         return self
 
 
@@ -63,15 +70,28 @@ def add_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--low-watermark", type=float, help="evict down to this share (default 0.80)")
     parser.add_argument("--concurrency", type=int, help="parallel ranged GETs per model (default 8)")
     parser.add_argument("--chunk-size", help="bytes per ranged GET, e.g. 32Mi (default 32Mi)")
+    parser.add_argument(
+        "--connect-timeout",
+        help="seconds to connect to the origin (env MODEL_LOCALITY_CONNECT_TIMEOUT, default 10)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        help="seconds without a byte from the origin before a try fails "
+        "(env MODEL_LOCALITY_READ_TIMEOUT, default 30)",
+    )
+    parser.add_argument(
+        "--retries",
+        help="retries of a listing or chunk after transient errors (env MODEL_LOCALITY_RETRIES, default 5)",
+    )
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``serve``."""
-    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_HOST, default 0.0.0.0)")
+    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_AGENT_HOST, default 0.0.0.0)")
     parser.add_argument(
-        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_PORT, default {DEFAULT_PORT})"
+        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_AGENT_PORT, default {DEFAULT_PORT})"
     )
-    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_AGENT_TOKEN_FILE)")
     parser.add_argument("--node-name", help="this node's name (env NODE_NAME, from the downward API)")
     parser.add_argument("--kubeconfig", help="kubeconfig path (env KUBECONFIG; default: in-cluster)")
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 25)")
@@ -80,7 +100,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
 def add_client_args(parser: argparse.ArgumentParser) -> None:
     """Flags of verbs that talk to a running agent (``wait``)."""
     parser.add_argument("--agent-url", help="agent REST base URL (env MODEL_LOCALITY_AGENT_URL)")
-    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_AGENT_TOKEN_FILE)")
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -89,27 +109,38 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     defaults = Settings()
     quota = pick("quota", "MODEL_LOCALITY_QUOTA")
     chunk = pick("chunk_size", "MODEL_LOCALITY_CHUNK_SIZE")
-    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
+    token = load_token(pick("token_file", "MODEL_LOCALITY_AGENT_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
     try:
         settings = Settings(
             cache_dir=Path(pick("cache_dir", "MODEL_LOCALITY_CACHE_DIR") or DEFAULT_CACHE_DIR),
-            host=pick("host", "MODEL_LOCALITY_HOST") or defaults.host,
-            port=int(pick("port", "MODEL_LOCALITY_PORT") or defaults.port),
+            host=pick("host", "MODEL_LOCALITY_AGENT_HOST", "MODEL_LOCALITY_HOST") or defaults.host,
+            port=pick.as_int(
+                "port", "MODEL_LOCALITY_AGENT_PORT", "MODEL_LOCALITY_PORT", default=defaults.port
+            ),
             token=token,
             node_name=pick("node_name", "NODE_NAME"),
             kubeconfig=pick("kubeconfig", "KUBECONFIG"),
             quota_bytes=parse_size(quota) if quota else None,
-            high_watermark=float(
-                pick("high_watermark", "MODEL_LOCALITY_HIGH_WATERMARK") or defaults.high_watermark
+            high_watermark=pick.as_float(
+                "high_watermark", "MODEL_LOCALITY_HIGH_WATERMARK", default=defaults.high_watermark
             ),
-            low_watermark=float(
-                pick("low_watermark", "MODEL_LOCALITY_LOW_WATERMARK") or defaults.low_watermark
+            low_watermark=pick.as_float(
+                "low_watermark", "MODEL_LOCALITY_LOW_WATERMARK", default=defaults.low_watermark
             ),
-            concurrency=int(pick("concurrency", "MODEL_LOCALITY_CONCURRENCY") or defaults.concurrency),
+            concurrency=pick.as_int(
+                "concurrency", "MODEL_LOCALITY_CONCURRENCY", default=defaults.concurrency
+            ),
             chunk_bytes=parse_size(chunk) if chunk else defaults.chunk_bytes,
+            connect_timeout=pick.as_float(
+                "connect_timeout", "MODEL_LOCALITY_CONNECT_TIMEOUT", default=defaults.connect_timeout
+            ),
+            read_timeout=pick.as_float(
+                "read_timeout", "MODEL_LOCALITY_READ_TIMEOUT", default=defaults.read_timeout
+            ),
+            attempts=1 + pick.as_int("retries", "MODEL_LOCALITY_RETRIES", default=defaults.attempts - 1),
             agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or defaults.agent_url).rstrip("/"),
-            grace_seconds=float(
-                pick("grace_seconds", "MODEL_LOCALITY_GRACE_SECONDS") or defaults.grace_seconds
+            grace_seconds=pick.as_float(
+                "grace_seconds", "MODEL_LOCALITY_GRACE_SECONDS", default=defaults.grace_seconds
             ),
         )
     except ValueError as exc:

@@ -12,6 +12,10 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLACEHOLDER_TOKEN_PREFIX = "CHANGE-ME"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?|[kmgtp]i?)?[Bb]?\s*$")
@@ -36,14 +40,56 @@ def parse_size(text: str) -> int:
     return int(float(number) * factor)
 
 
-def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> Callable[[str, str], str | None]:
-    """``pick(flag, ENV)``: the flag's value if given, else the (non-empty) environment variable."""
+class FlagOrEnv:
+    """``pick(flag, ENV, *OLD_ENVS)``: the flag's value if given, else the first non-empty variable.
 
-    def pick(flag: str, env: str) -> str | None:
-        value = getattr(args, flag, None)
-        return str(value) if value is not None else environ.get(env) or None
+    ``OLD_ENVS`` are deprecated names that still work; using one logs a one-line warning naming
+    the new one. ``pick.as_int``/``pick.as_float`` convert, and a bad value names where it came from.
+    """
 
-    return pick
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+        self._args = args
+        self._environ = environ
+        self._warned: set[str] = set()
+
+    def __call__(self, flag: str, env: str | None, *deprecated: str) -> str | None:
+        return self.where(flag, env, *deprecated)[0]
+
+    def where(self, flag: str, env: str | None, *deprecated: str) -> tuple[str | None, str]:
+        """The value and its origin (``--flag`` or the variable's name)."""
+        value = getattr(self._args, flag, None)
+        if value is not None:
+            return str(value), "--" + flag.replace("_", "-")
+        for name in (env, *deprecated) if env else deprecated:
+            found = self._environ.get(name) or None
+            if found is not None:
+                if name != env and name not in self._warned:
+                    self._warned.add(name)
+                    log.warning("%s is deprecated; use %s", name, env)
+                return found, name
+        return None, env or "--" + flag.replace("_", "-")
+
+    def as_int(self, flag: str, env: str | None, *deprecated: str, default: int) -> int:
+        return self._convert(int, "an integer", (flag, env, *deprecated), default)
+
+    def as_float(self, flag: str, env: str | None, *deprecated: str, default: float) -> float:
+        return self._convert(float, "a number", (flag, env, *deprecated), default)
+
+    def _convert(self, kind: Callable[[str], T], what: str, names: tuple[str | None, ...], default: T) -> T:
+        flag, env, *old = names
+        assert flag is not None
+        text, origin = self.where(flag, env, *(o for o in old if o))
+        if text is None:
+            return default
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{origin}={text!r} is not {what}") from None
+
+
+def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> FlagOrEnv:
+    """The ``pick`` of a service's ``settings_from_args`` (see ``FlagOrEnv``)."""
+    return FlagOrEnv(args, environ)
 
 
 def load_token(token_file: str | None) -> str | None:
@@ -56,13 +102,57 @@ def load_token(token_file: str | None) -> str | None:
         raise ConfigError(str(exc)) from exc
 
 
-def setup_logging(verbose: bool) -> None:
-    """One log format for every command: time, level, logger, message on stderr."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+# Third-party loggers stay at WARNING unless --debug-libs: botocore's INFO lines split progress
+# bars, and its DEBUG lines carry request headers.
+LIBRARY_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "kubernetes")  # not aiohttp.access: ours
+_SECRET = re.compile(
+    r"(?P<akid>\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b)"
+    r"|(?P<bearer>\b[Bb]earer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(?P<cred>Credential=)[^/\s,&]+"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with AWS access key ids, bearer tokens and SigV4 credentials replaced by ``***``."""
+    return _SECRET.sub(lambda m: (m.group("bearer") or m.group("cred") or "") + "***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites every record's message through ``redact`` (a belt: we never log secrets ourselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (a test's capture, or the terminal)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(verbosity: int | bool = 0, *, debug_libs: bool = False) -> None:
+    """One log format for every command: time, level, logger, message on stderr.
+
+    ``verbosity``: -1 warnings only (``-q``), 0 info, 1 or more debug (``-v``). Library loggers
+    stay at WARNING unless ``debug_libs``; every record passes the redacting filter. Calling it
+    again (``main`` run twice in one process) only changes the levels.
+    """
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(level if debug_libs else max(level, logging.WARNING))
 
 
 def read_token_file(path: str | Path | None) -> str | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from locality.cli import run_verb
+from locality.cli import add_common_flags, run_verb
 from locality.httpkit import QuietProbeAccessLogger
 from locality.settings import ConfigError
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
@@ -26,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="kube-scheduler extender of model-locality: scores nodes by the model weights they hold, "
         "and pre-distributes models across the cluster.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     serve = sub.add_parser("serve", help="serve /filter, /prioritize, /v1/distributions and probes")
     add_serve_args(serve)
     serve.set_defaults(func=serve_command)
+    add_common_flags(parser)
     return parser
 
 

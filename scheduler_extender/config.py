@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from locality.settings import ConfigError, load_token, parse_size
+from locality.settings import ConfigError, flag_or_env, load_token, parse_size
 
 DEFAULT_PORT = 8471
 DEFAULT_MAX_BODY = 64 * 2**20  # 500 full Node objects with images and managedFields fit easily
@@ -57,11 +57,11 @@ def normalize_prefix(text: str) -> str:
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     """Flags of ``model-extender serve``."""
-    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_HOST, default 0.0.0.0)")
+    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_EXTENDER_HOST, default 0.0.0.0)")
     parser.add_argument(
-        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_PORT, default {DEFAULT_PORT})"
+        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_EXTENDER_PORT, default {DEFAULT_PORT})"
     )
-    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_EXTENDER_TOKEN_FILE)")
     parser.add_argument(
         "--kubeconfig",
         help="kubeconfig path (env KUBECONFIG; default: in-cluster; neither: standalone)",
@@ -88,30 +88,26 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
-
-    def pick(flag: str, env: str | None) -> str | None:
-        value = getattr(args, flag, None)
-        if value is not None:
-            return str(value)
-        return (environ.get(env) or None) if env else None
-
+    pick = flag_or_env(args, environ)
     defaults = Settings()
-    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
+    token = load_token(pick("token_file", "MODEL_LOCALITY_EXTENDER_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
     body = pick("max_body_bytes", "MODEL_LOCALITY_MAX_BODY_BYTES")
     try:
         settings = Settings(
-            host=pick("host", "MODEL_LOCALITY_HOST") or defaults.host,
-            port=int(pick("port", "MODEL_LOCALITY_PORT") or defaults.port),
+            host=pick("host", "MODEL_LOCALITY_EXTENDER_HOST", "MODEL_LOCALITY_HOST") or defaults.host,
+            port=pick.as_int(
+                "port", "MODEL_LOCALITY_EXTENDER_PORT", "MODEL_LOCALITY_PORT", default=defaults.port
+            ),
             token=token,
             kubeconfig=pick("kubeconfig", "KUBECONFIG"),
             in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
             url_prefix=normalize_prefix(pick("url_prefix", "MODEL_LOCALITY_URL_PREFIX") or ""),
             max_body_bytes=parse_size(body) if body else defaults.max_body_bytes,
-            resync_seconds=float(pick("resync_seconds", None) or defaults.resync_seconds),
-            status_interval_seconds=float(
-                pick("status_interval_seconds", None) or defaults.status_interval_seconds
+            resync_seconds=pick.as_float("resync_seconds", None, default=defaults.resync_seconds),
+            status_interval_seconds=pick.as_float(
+                "status_interval_seconds", None, default=defaults.status_interval_seconds
             ),
-            grace_seconds=float(pick("grace_seconds", None) or defaults.grace_seconds),
+            grace_seconds=pick.as_float("grace_seconds", None, default=defaults.grace_seconds),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

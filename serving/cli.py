@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from locality.agentclient import AgentError, wait_ready
+from locality.cli import add_common_flags, verbosity
 from locality.httpkit import QuietProbeAccessLogger
 from locality.settings import setup_logging
 from serving.app import Deps, create_app, drain
@@ -31,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reference embeddings server: loads a model from the node cache, serves /v1/embeddings.",
     )
     add_arguments(parser)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_common_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(verbosity(args), debug_libs=args.debug_libs)
     try:
         settings = settings_from_args(args, os.environ if environ is None else environ)
     except ConfigError as exc:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from agent.sources.base import HttpTarget, RemoteFile, Source, SourceError, checked_files
+from agent.sources.timeouts import Timeouts
 from locality.identity import ModelRef
 
 
-def open_source(ref: ModelRef) -> Source:
+def open_source(ref: ModelRef, timeouts: Timeouts | None = None) -> Source:
     """The source for ``ref``'s scheme; the S3 one is imported lazily (it loads boto3)."""
     if ref.scheme == "s3":
         from agent.sources.s3 import S3Source
 
-        return S3Source(ref)
+        return S3Source(ref, timeouts)
     from agent.sources.http import HttpSource
 
-    return HttpSource(ref)
+    return HttpSource(ref, timeouts)
 
 
-__all__ = ["HttpTarget", "RemoteFile", "Source", "SourceError", "checked_files", "open_source"]
+__all__ = ["HttpTarget", "RemoteFile", "Source", "SourceError", "Timeouts", "checked_files", "open_source"]

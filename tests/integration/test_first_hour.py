@@ -1,0 +1,174 @@
+"""A new user's first hour, as they meet it: bounded waits, one-line errors, flags, names, output.
+
+Every test runs the real CLI (``main(argv)`` or a subprocess) and asserts what the user reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main as agent_main
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A loopback server that accepts connections and never answers a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def run_cli(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str, float]:
+    """``python -m agent ARGV`` as a user runs it: exit code, stdout, stderr, seconds."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
+
+
+def last_line(err: str) -> str:
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_fetch_from_a_silent_origin_fails_within_its_timeouts(scheme: str, tmp_path: Path) -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    with black_hole() as port:
+        uri = f"http://127.0.0.1:{port}/model.bin" if scheme == "http" else "s3://bucket/model"
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+        code, out, err, seconds = run_cli(
+            "fetch", uri, "--cache-dir", str(tmp_path), "--read-timeout", "0.5", "--retries", "1", env=env
+        )
+    assert code == 1 and out == ""
+    assert seconds < 20  # two tries of 0.5 s plus a back-off and start-up; was ~30 minutes for S3
+    lines = err.strip().splitlines()
+    retry = [line for line in lines if "WARNING" in line and "retrying" in line]
+    assert len(retry) == 1 and "1/2" in retry[0], err
+    assert last_line(err).startswith("model-agent fetch: "), err
+    assert "timeout" in last_line(err).lower() or "timed out" in last_line(err).lower(), err
+    assert "Traceback" not in err and "AKIA" not in err
+
+
+def agent(
+    capsys: pytest.CaptureFixture[str], *argv: str, environ: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    code = agent_main(list(argv), environ=environ or {})
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("prog", ["agent", "scheduler_extender", "serving"])
+def test_version_prints_the_installed_version(prog: str) -> None:
+    import importlib.metadata
+
+    proc = subprocess.run(
+        [sys.executable, "-m", prog, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.split()[-1] == importlib.metadata.version("model-locality")
+
+
+def test_log_flags_work_before_and_after_the_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "records").mkdir()
+    for argv in (["ls", "-v"], ["-v", "ls"], ["ls", "-q"], ["ls", "--quiet", "--debug-libs"]):
+        code, _, err = agent(capsys, *argv, "--cache-dir", str(tmp_path))
+        assert code == 0 and "usage" not in err, argv
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        pytest.param({"MODEL_LOCALITY_AGENT_PORT": "abc"}, "MODEL_LOCALITY_AGENT_PORT='abc'", id="new name"),
+        pytest.param({"MODEL_LOCALITY_PORT": "abc"}, "MODEL_LOCALITY_PORT='abc'", id="old name"),
+        pytest.param(
+            {"MODEL_LOCALITY_READ_TIMEOUT": "soon"}, "MODEL_LOCALITY_READ_TIMEOUT='soon'", id="timeout"
+        ),
+    ],
+)
+def test_a_bad_variable_is_named(
+    environ: dict[str, str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = agent(
+        capsys, "serve", "--cache-dir", str(tmp_path), "--insecure-no-auth", environ=environ
+    )
+    assert code == 2 and out == ""
+    assert last_line(err) == f"model-agent serve: {named} is not an integer".replace(
+        "'soon' is not an integer", "'soon' is not a number"
+    )
+
+
+def test_old_variable_names_still_work_with_one_warning(tmp_path: Path) -> None:
+    from agent.cli import build_parser
+    from agent.config import settings_from_args
+    from scheduler_extender.cli import build_parser as extender_parser
+    from scheduler_extender.config import settings_from_args as extender_settings
+
+    old = {"MODEL_LOCALITY_PORT": "9001", "MODEL_LOCALITY_HOST": "127.0.0.2"}
+    args = build_parser().parse_args(["serve"])
+    assert (settings_from_args(args, old).port, settings_from_args(args, old).host) == (9001, "127.0.0.2")
+    both = {**old, "MODEL_LOCALITY_AGENT_PORT": "9100", "MODEL_LOCALITY_EXTENDER_PORT": "9200"}
+    assert settings_from_args(args, both).port == 9100
+    assert extender_settings(extender_parser().parse_args(["serve"]), both).port == 9200
+    _, _, err, _ = run_cli(
+        "serve", "--cache-dir", str(tmp_path / "c"), "--port", "0", env={"MODEL_LOCALITY_HOST": "::bad::"}
+    )
+    warnings = [line for line in err.splitlines() if "deprecated" in line]
+    assert warnings and "use MODEL_LOCALITY_AGENT_HOST" in warnings[0], err
+
+
+def test_library_loggers_stay_quiet_and_secrets_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from locality.settings import redact, setup_logging
+
+    setup_logging(1)
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("agent").getEffectiveLevel() == logging.DEBUG
+    setup_logging(1, debug_libs=True)
+    assert logging.getLogger("botocore").getEffectiveLevel() == logging.DEBUG
+    logging.getLogger("botocore.test").debug("key AKIAIOSFODNN7EXAMPLE; Authorization: Bearer s3cr3t-t0ken")
+    setup_logging(0)
+    err = capsys.readouterr().err
+    assert "AKIAIOSFODNN7EXAMPLE" not in err and "s3cr3t" not in err and "Bearer ***" in err
+    assert redact("X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F2026") == "X-Amz-Credential=***"
