@@ -47,10 +47,18 @@ class RemoteFile:
 
 @dataclass(frozen=True, slots=True)
 class HttpTarget:
-    """Where a plain HTTP GET for one file's bytes goes (a presigned URL for S3)."""
+    """Where a plain HTTP GET for one file's bytes goes (a presigned URL for S3).
+
+    ``ca_file`` is the CA bundle to verify TLS with (None: the system's), ``proxy`` the HTTP
+    proxy URL to go through (None: direct), ``ca_setting`` the setting to name when a
+    certificate cannot be verified (``AWS_CA_BUNDLE`` for S3).
+    """
 
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    ca_file: str | None = None
+    proxy: str | None = None
+    ca_setting: str = "SSL_CERT_FILE"
 
 
 class Source(Protocol):

@@ -6,6 +6,7 @@ import aiohttp
 
 from agent import checksums
 from agent.sources.base import PERMANENT_STATUSES, HttpTarget, RemoteFile, SourceError, checked_files
+from agent.sources.network import environ_proxy
 from agent.sources.timeouts import Timeouts
 from locality.identity import ModelRef
 
@@ -22,7 +23,9 @@ class HttpSource:
 
     async def list_files(self) -> list[RemoteFile]:
         try:
-            async with aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False) as session:
+            async with aiohttp.ClientSession(
+                timeout=self._timeout, auto_decompress=False, trust_env=True
+            ) as session:
                 file = await self._probe(session)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise SourceError(f"{self.uri}: TLS certificate not trusted: {exc}", permanent=True) from exc
@@ -37,7 +40,7 @@ class HttpSource:
         return checked_files(self.uri, [file])
 
     def target(self, file: RemoteFile) -> HttpTarget:
-        return HttpTarget(url=self._url)
+        return HttpTarget(url=self._url, proxy=environ_proxy(self._url))
 
     async def close(self) -> None:
         return None

@@ -12,10 +12,12 @@ import asyncio
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
+from botocore.utils import get_environ_proxies
 
 from agent import checksums
 from agent.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
@@ -53,7 +55,11 @@ class S3Source:
             retries={"mode": "standard", "total_max_attempts": 1},
             s3={"addressing_style": "path"},
         )
-        self._client: Any = boto3.session.Session().client("s3", config=config)
+        session = boto3.session.Session()
+        self._client: Any = session.client("s3", config=config)
+        # The data path trusts and proxies what boto3 does: AWS_CA_BUNDLE (or ca_bundle in the
+        # AWS config file) and HTTPS_PROXY/HTTP_PROXY/NO_PROXY as botocore resolves them.
+        self._ca_file: str | None = session._session.get_config_variable("ca_bundle")
 
     async def list_files(self) -> list[RemoteFile]:
         files = await asyncio.to_thread(self._list)
@@ -67,7 +73,8 @@ class S3Source:
             url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=PRESIGN_SECONDS)
         except (BotoCoreError, ClientError) as exc:
             raise _source_error(self.uri, exc) from exc
-        return HttpTarget(url=str(url))
+        proxy = get_environ_proxies(str(url)).get(urlsplit(str(url)).scheme)
+        return HttpTarget(url=str(url), ca_file=self._ca_file, proxy=proxy, ca_setting="AWS_CA_BUNDLE")
 
     async def close(self) -> None:
         self._client.close()
@@ -162,6 +169,11 @@ def _code(exc: Exception) -> str:
 def _source_error(uri: str, exc: Exception) -> SourceError:
     if isinstance(exc, NoCredentialsError):
         return SourceError(f"{uri}: no AWS credentials found (standard chain)", permanent=True)
+    if isinstance(exc, SSLError):
+        return SourceError(
+            f"{uri}: TLS certificate of the S3 endpoint not trusted; set AWS_CA_BUNDLE to its CA: {exc}",
+            permanent=True,
+        )
     code = _code(exc)
     permanent = code in _PERMANENT_CODES
     return SourceError(f"{uri}: {exc}", permanent=permanent)

@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import xxhash
 
 from agent.sources.base import PERMANENT_STATUSES, HttpTarget, SourceError
+from agent.sources.network import Proxy, parse_proxy, tls_context
 
 BUFFER_BYTES = 1 << 20
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -154,9 +155,14 @@ class RangeReader:
             headers["Range"] = f"bytes={start}-{end}"
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = parse_proxy(target.proxy)
+        if proxy is not None and parts.scheme == "http":
+            path = url  # absolute-form through an HTTP proxy (https goes through a CONNECT tunnel)
+            if proxy.authorization:
+                headers["Proxy-Authorization"] = proxy.authorization
         for attempt in (0, 1):  # a kept-alive connection the server closed: one fresh try
             reused = (parts.scheme, parts.netloc) in self._conns
-            conn = self._conn(parts.scheme, parts.netloc)
+            conn = self._conn(parts.scheme, parts.netloc, target, proxy)
             try:
                 conn.request("GET", path, headers=headers)
                 return conn.getresponse()
@@ -164,6 +170,8 @@ class RangeReader:
                 why = self._why(exc, connected=conn.sock is not None)
                 self._drop(url)
                 untrusted = isinstance(exc, ssl.SSLCertVerificationError)  # retrying will not help
+                if untrusted:
+                    why += f" (CA bundle: {target.ca_setting}={target.ca_file or '<system default>'})"
                 timed_out = isinstance(exc, (TimeoutError, BlockingIOError))
                 if attempt or not reused or timed_out or untrusted or self._stop.is_set():
                     raise SourceError(f"{_redact(url)}: {why}", permanent=untrusted) from exc
@@ -245,14 +253,20 @@ class RangeReader:
         job.received += n
         on_bytes(n)
 
-    def _conn(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _conn(
+        self, scheme: str, netloc: str, target: HttpTarget, proxy: Proxy | None
+    ) -> http.client.HTTPConnection:
         conn = self._conns.get((scheme, netloc))
         if conn is None:
+            via = proxy.netloc if proxy is not None else netloc
             if scheme == "https":
-                ctx = ssl.create_default_context()
-                conn = _TlsConn(netloc, timeout=self._connect_timeout, context=ctx)
+                ctx = tls_context(target.ca_file)
+                conn = _TlsConn(via, timeout=self._connect_timeout, context=ctx)
+                if proxy is not None:  # TLS to the origin inside a CONNECT tunnel
+                    auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    conn.set_tunnel(netloc, headers=auth)
             else:
-                conn = _Conn(netloc, timeout=self._connect_timeout)
+                conn = _Conn(via, timeout=self._connect_timeout)
             conn.read_timeout = self._timeout
             self._conns[(scheme, netloc)] = conn
         self._active = conn
