@@ -9,9 +9,11 @@ need the bearer token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,10 +22,12 @@ from agent.cache import Cache
 from agent.config import Settings
 from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
+from agent.owner import SOCKET_NAME, Busy, Owner, bind_socket, hold
 from locality import errors
 from locality.httpkit import bearer_auth_middleware, error_middleware, metrics_handler, read_json_object
 from locality.identity import InvalidURI, model_ref
-from locality.tasks import supervised
+from locality.settings import ConfigError
+from locality.tasks import stop, supervised
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,24 @@ async def delete_model(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MANAGER].delete(request.match_info["id"]), status=202)
 
 
+async def delete_model_local(request: web.Request) -> web.Response:
+    """DELETE on the local socket: ``?force=1`` removes a pinned model too (``model-agent rm --force``)."""
+    force = request.query.get("force") in ("1", "true")
+    view = await request.app[MANAGER].delete(request.match_info["id"], force=force)
+    return web.json_response(view, status=202)
+
+
+async def verify_model(request: web.Request) -> web.Response:
+    """Local socket only: re-hash a model (``model-agent verify``); ``?repair=1`` re-fetches it."""
+    repair = request.query.get("repair") in ("1", "true")
+    return web.json_response(await request.app[MANAGER].verify(request.match_info["id"], repair=repair))
+
+
+async def post_gc(request: web.Request) -> web.Response:
+    """Local socket only: evict down to the watermarks now (``model-agent gc``)."""
+    return web.json_response(await request.app[MANAGER].gc())
+
+
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -122,35 +144,94 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     return app
 
 
+def _local_app(app: web.Application) -> web.Application:
+    """The same API for the CLI on ``<cache>/agent.sock`` (mode 0600, so no token), plus the
+    verbs only an operator on the node runs: verify, gc, and rm --force."""
+    local = web.Application(middlewares=[error_middleware], client_max_size=64 << 10)
+    local[MANAGER], local[STATE], local[METRICS] = app[MANAGER], app[STATE], app[METRICS]
+    local.router.add_post("/v1/models", post_model)
+    local.router.add_get("/v1/models", list_models)
+    local.router.add_get("/v1/models/{id}", get_model)
+    local.router.add_delete("/v1/models/{id}", delete_model_local)
+    local.router.add_get("/v1/models/{id}/verify", verify_model)
+    local.router.add_post("/v1/gc", post_gc)
+    return local
+
+
+async def _own(settings: Settings) -> Owner:
+    """The exclusive lock on the cache root, for the daemon's lifetime (waits for a previous one)."""
+    try:
+        return await asyncio.to_thread(
+            hold, settings.cache_dir, exclusive=True, wait=settings.grace_seconds + 5
+        )
+    except Busy as exc:
+        raise ConfigError(f"{exc} (another agent, or a model-agent command); not starting") from exc
+
+
+async def _serve_local(app: web.Application, root: Path) -> web.AppRunner:
+    runner = web.AppRunner(_local_app(app), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = await asyncio.to_thread(bind_socket, root)
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _stop_local(runner: web.AppRunner, root: Path) -> None:
+    await runner.cleanup()
+    with contextlib.suppress(OSError):
+        (root / SOCKET_NAME).unlink()
+
+
 def _lifecycle(settings: Settings, deps: Deps) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Own the cache root, scan it, serve the local socket, run the background tasks; undo in
+    reverse order on shutdown (the lock goes last: fetches checkpoint while we still own it)."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         manager, state, metrics = app[MANAGER], app[STATE], app[METRICS]
-        await manager.start()
-        state.scanned = True
-        tasks = [supervised("model-manager", manager.run)]
-        if state.standalone:
-            log.info("standalone mode: no Kubernetes API or no node name; node labels are not written")
-            _mark_ready(state, metrics)
-        else:
-            from agent.nodesync import NodeSync
-
-            assert settings.node_name is not None
-            state.nodesync = NodeSync(
-                deps.kube, settings.node_name, manager, metrics, resync_seconds=deps.resync_seconds
-            )
-            manager.subscribe(state.nodesync.poke)
-            tasks.append(supervised("cluster", lambda: _cluster(settings, deps, manager, state, metrics)))
+        root = Path(settings.cache_dir)
+        owner = await _own(settings)
         try:
-            yield
+            await manager.start()
+            state.scanned = True
+            local = await _serve_local(app, root)
+            try:
+                tasks = _start_tasks(settings, deps, manager, state, metrics)
+                try:
+                    yield
+                finally:
+                    await stop(tasks)
+                    await manager.close(settings.grace_seconds / 2)
+                    if state.nodesync is not None:
+                        await _final_sync(state.nodesync, min(5.0, settings.grace_seconds / 4))
+            finally:
+                await _stop_local(local, root)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await manager.close(settings.grace_seconds / 2)
-            if state.nodesync is not None:
-                await _final_sync(state.nodesync, min(5.0, settings.grace_seconds / 4))
+            owner.release()
 
     return ctx
+
+
+def _start_tasks(
+    settings: Settings, deps: Deps, manager: ModelManager, state: AgentState, metrics: AgentMetrics
+) -> list[asyncio.Task[None]]:
+    tasks = [supervised("model-manager", manager.run)]
+    if state.standalone:
+        log.info("standalone mode: no Kubernetes API or no node name; node labels are not written")
+        _mark_ready(state, metrics)
+        return tasks
+    from agent.nodesync import NodeSync
+
+    assert settings.node_name is not None
+    state.nodesync = NodeSync(
+        deps.kube, settings.node_name, manager, metrics, resync_seconds=deps.resync_seconds
+    )
+    manager.subscribe(state.nodesync.poke)
+    tasks.append(supervised("cluster", lambda: _cluster(settings, deps, manager, state, metrics)))
+    return tasks
 
 
 def _mark_ready(state: AgentState, metrics: AgentMetrics) -> None:
@@ -177,7 +258,11 @@ async def _cluster(
         on_error=lambda op, err: metrics.kube_api_errors.labels(op=op).inc(),
     )
     state.watchers = watchers
-    await asyncio.gather(sync.run(), watchers.run())
+    # One task group: when one run fails the other is cancelled with it and the supervisor
+    # restarts the pair (with gather, the survivor ran on beside its restarted copy).
+    async with asyncio.TaskGroup() as group:
+        group.create_task(sync.run())
+        group.create_task(watchers.run())
 
 
 async def _final_sync(sync: Any, seconds: float) -> None:

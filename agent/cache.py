@@ -227,17 +227,24 @@ class Cache:
         if self.get(model_id) is None:
             return None
         problems = self.check(model_id)
+        if not problems:
+            return self._records.get(model_id)
+        self.drop(model_id, "; ".join(problems[:3]))
+        return None
+
+    def drop(self, model_id: str, why: str) -> None:
+        """Delete a damaged committed model so that it can be fetched again; its pins are kept as
+        pending pins, so the fetch that replaces it is pinned alike."""
         with self._mutex:
             record = self._records.get(model_id)
-            if record is None or not problems:
-                return record
-            log.warning("model %s changed on disk since its commit: %s", model_id, "; ".join(problems[:3]))
+            if record is None:
+                return
+            log.warning("dropping model %s, damaged on disk since its commit: %s", model_id, why)
             pins = set(record.pins) | set(pending_pins(self.layout, model_id))
             set_pending_pins(self.layout, model_id, pins)
             trash = self._unlink(model_id)
         remove_tree(trash)
         self._on_change(model_id)
-        return None
 
     async def fetch(self, ref: ModelRef, progress: Callable[[Progress], None] | None = None) -> ModelRecord:
         """Fetch and commit ``ref`` (or return its record at once); resumes; safe to cancel."""

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from agent.cache import Cache, CacheError, Progress
 from agent.config import add_cache_args, settings_from_args
-from agent.views import record_view
+from agent.local_client import LocalAgent, error_of
+from agent.manager import cache_views
+from agent.owner import Busy, Daemon, open_for_cli
 from locality.cli import CliError
 from locality.identity import InvalidURI, model_ref
 
@@ -22,13 +26,16 @@ def register(sub: Any) -> None:
     )
     fetch.add_argument("uri", help="model URI: s3://bucket/prefix or http(s)://host/file")
     fetch.set_defaults(func=run_fetch)
-    ls: argparse.ArgumentParser = sub.add_parser("ls", help="list committed models")
+    ls: argparse.ArgumentParser = sub.add_parser(
+        "ls", help="list models: committed, partial (bytes done/total) and quarantined"
+    )
     ls.add_argument("--json", action="store_true", help="print the REST objects as a JSON list")
     ls.set_defaults(func=run_ls)
     verify: argparse.ArgumentParser = sub.add_parser(
         "verify", help="re-hash a model; non-zero on any mismatch"
     )
     verify.add_argument("id", metavar="ID", help="model id (or its URI)")
+    verify.add_argument("--repair", action="store_true", help="fetch a damaged model again (its pins kept)")
     verify.set_defaults(func=run_verify)
     rm: argparse.ArgumentParser = sub.add_parser("rm", help="remove a model (refuses pinned ones)")
     rm.add_argument("id", metavar="ID", help="model id (or its URI)")
@@ -42,13 +49,44 @@ def register(sub: Any) -> None:
         add_cache_args(parser)
 
 
-def _cache(args: argparse.Namespace, environ: Mapping[str, str]) -> Cache:
-    cache = Cache(settings_from_args(args, environ))
+@contextlib.contextmanager
+def _owned(
+    args: argparse.Namespace, environ: Mapping[str, str], *, exclusive: bool
+) -> Iterator[Cache | LocalAgent]:
+    """The daemon that owns the cache (when one runs), else the cache under our own lock:
+    shared for reading (no recovery, nothing created), exclusive for changing it (recovery first)."""
+    settings = settings_from_args(args, environ)
+    root = Path(settings.cache_dir)
+    if not exclusive and not root.is_dir():  # a mistyped path is not an empty cache
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise CliError(f"no cache at {root}: it {what} (--cache-dir or MODEL_LOCALITY_CACHE_DIR)")
     try:
-        cache.scan()
+        held = open_for_cli(root, exclusive=exclusive)
+    except Busy as exc:
+        raise CliError(str(exc)) from exc
     except OSError as exc:
-        raise CliError(f"cannot use cache directory {cache.root}: {exc.strerror or exc}") from exc
-    return cache
+        raise CliError(f"cannot use cache directory {root}: {exc.strerror or exc}") from exc
+    if isinstance(held, Daemon):
+        yield LocalAgent(held.socket)
+        return
+    try:
+        cache = Cache(settings)
+        try:
+            cache.scan() if exclusive else cache.load()
+        except OSError as exc:
+            raise CliError(f"cannot use cache directory {root}: {exc.strerror or exc}") from exc
+        yield cache
+    finally:
+        held.release()
+
+
+def _checked(answer: tuple[int, Any], model_id: str = "", root: Path | None = None) -> Any:
+    status, body = answer
+    if status == 404 and model_id:
+        raise CliError(f"no model {model_id!r} in {root}")
+    if status >= 400:
+        raise CliError(error_of(body, status))
+    return body
 
 
 def _model_id(text: str) -> str:
@@ -65,16 +103,23 @@ def run_fetch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         ref = model_ref(args.uri)
     except InvalidURI as exc:
         raise CliError(str(exc)) from exc
-    cache = _cache(args, environ)
-    bar, progress = _progress_bar(ref.uri)
-    try:
-        record = asyncio.run(cache.fetch(ref, progress))
-    except CacheError as exc:
-        raise CliError(exc.message) from exc
-    finally:
-        if bar is not None:
-            bar.close()
-    print(cache.model_path(record.id))
+    with _owned(args, environ, exclusive=True) as cache:
+        bar, progress = _progress_bar(ref.uri)
+        try:
+            if isinstance(cache, LocalAgent):
+                view = cache.fetch(
+                    ref.uri, progress and (lambda done, total: progress(Progress(done, total)))
+                )
+                path = str(view["path"])
+            else:
+                record = asyncio.run(cache.fetch(ref, progress))
+                path = str(cache.model_path(record.id))
+        except CacheError as exc:
+            raise CliError(exc.message) from exc
+        finally:
+            if bar is not None:
+                bar.close()
+    print(path)
     return 0
 
 
@@ -95,23 +140,54 @@ def _progress_bar(uri: str) -> tuple[Any, Callable[[Progress], None] | None]:
 
 
 def run_ls(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    cache = _cache(args, environ)
-    records = cache.records()
+    with _owned(args, environ, exclusive=False) as cache:
+        views = (
+            _checked(cache.call("GET", "/v1/models")) if isinstance(cache, LocalAgent) else cache_views(cache)
+        )
     if args.json:
-        print(json.dumps([record_view(r, cache.model_path(r.id)) for r in records], indent=1))
+        print(json.dumps(views, indent=1))
         return 0
-    for r in records:
-        pins = ",".join(sorted(r.pins)) or "-"
-        print(f"{r.id}  {r.total_bytes:>14}  {pins:<24}  {r.uri}")
+    for view in views:
+        print(_ls_line(view))
     return 0
 
 
+def _ls_line(view: dict[str, Any]) -> str:
+    """``id  bytes  pins-or-state  uri``; a partial shows ``done/total``, a quarantined one its reason."""
+    state = view.get("state")
+    if state == "ready":
+        pins = ",".join(view.get("pins") or []) or "-"
+        return f"{view['id']}  {view['bytes_total']:>14}  {pins:<24}  {view['uri']}"
+    done, total = view.get("bytes_done") or 0, view.get("bytes_total")
+    size = f"{done}/{total if total is not None else '?'}" if state != "quarantined" else str(total)
+    return f"{view['id']}  {size:>14}  {state!s:<24}  {view.get('uri') or view.get('error') or ''}"
+
+
 def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    cache = _cache(args, environ)
-    try:
-        problems = cache.verify(_model_id(args.id))
-    except CacheError as exc:
-        raise CliError(exc.message) from exc
+    model_id = _model_id(args.id)
+    with _owned(args, environ, exclusive=args.repair) as cache:
+        if isinstance(cache, LocalAgent):
+            query = "?repair=1" if args.repair else ""
+            answer = _checked(
+                cache.call("GET", f"/v1/models/{model_id}/verify{query}"), model_id, cache.socket.parent
+            )
+            problems, uri = list(answer["problems"]), str(answer["uri"])
+            if problems and args.repair:
+                cache.fetch(uri)
+        else:
+            try:
+                problems = cache.verify(model_id)
+                if problems and args.repair:
+                    record = cache.get(model_id)
+                    assert record is not None  # verify just found it
+                    uri = record.uri
+                    cache.drop(model_id, "; ".join(problems[:3]))
+                    asyncio.run(cache.fetch(model_ref(uri)))
+            except CacheError as exc:
+                raise CliError(exc.message) from exc
+    if problems and args.repair:
+        print(f"{args.id}: repaired ({len(problems)} mismatch(es) fetched again): " + "; ".join(problems))
+        return 0
     if problems:
         raise CliError(f"{len(problems)} mismatch(es): " + "; ".join(problems))
     print(f"{args.id}: ok")
@@ -119,19 +195,28 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def run_rm(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    cache = _cache(args, environ)
-    try:
-        cache.remove(_model_id(args.id), force=args.force)
-    except CacheError as exc:
-        raise CliError(exc.message) from exc
+    model_id = _model_id(args.id)
+    with _owned(args, environ, exclusive=True) as cache:
+        if isinstance(cache, LocalAgent):
+            query = "?force=1" if args.force else ""
+            _checked(cache.call("DELETE", f"/v1/models/{model_id}{query}"), model_id, cache.socket.parent)
+            return 0
+        try:
+            cache.remove(model_id, force=args.force)
+        except CacheError as exc:
+            raise CliError(exc.message) from exc
     return 0
 
 
 def run_gc(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    cache = _cache(args, environ)
-    evicted = cache.gc()
+    with _owned(args, environ, exclusive=True) as cache:
+        if isinstance(cache, LocalAgent):
+            answer = _checked(cache.call("POST", "/v1/gc"))
+            evicted, used, quota = list(answer["evicted"]), int(answer["used"]), int(answer["quota"])
+        else:
+            evicted = cache.gc()
+            used, quota = cache.usage()
     for model_id in evicted:
         print(f"evicted {model_id}")
-    used, quota = cache.usage()
     print(f"{len(evicted)} evicted; {used} of {quota} bytes in use")
     return 0

@@ -30,7 +30,7 @@ from agent.jobs import (
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.pinning import Pins, Wanted
-from agent.views import record_view
+from agent.views import partial_view, quarantined_view, record_view
 from locality import errors
 from locality.identity import ModelRef, model_ref
 
@@ -69,6 +69,10 @@ class ModelManager:
         records = await asyncio.to_thread(self.cache.scan)
         self._known_ready = {r.id for r in records}
         log.info("cache scanned: %d committed model(s) in %s", len(records), self.settings.cache_dir)
+        for ref in self.cache.wanted():  # accepted over REST before a restart: resume them
+            if ref.id not in self._jobs:
+                log.info("resuming the fetch of %s accepted before the restart", ref.uri)
+                self._start(ref, None)
         self._changed()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -96,42 +100,81 @@ class ModelManager:
         if job is not None and job.state == "evicting":
             raise errors.Conflict("model is being removed; retry when the removal is done")
         if job is None and self.cache.get(ref.id) is not None:
-            with contextlib.suppress(CacheError, OSError):
-                await asyncio.to_thread(self.cache.touch, ref.id)
-            return {"id": ref.id, "label": ref.label_key, "state": "ready"}
+            # A size + mtime check of every file: damaged bytes are never reported ready.
+            if await asyncio.to_thread(self.cache.confirm, ref.id) is not None:
+                with contextlib.suppress(CacheError, OSError):
+                    await asyncio.to_thread(self.cache.touch, ref.id)
+                return {"id": ref.id, "label": ref.label_key, "state": "ready"}
+            self.metrics.verification_failures.inc()
+            job = self._jobs.get(ref.id)  # another request may have started it meanwhile
         if job is None or job.state == "failed":
-            job = self._start(ref, job)
+            job = self._start(ref, job, persist=True)
         return {"id": ref.id, "label": ref.label_key, "state": job.state}
 
     def view(self, model_id: str) -> dict[str, Any]:
         job = self._jobs.get(check_model_id(model_id))
         if job is not None:
             return job.view()
-        record = self.cache.get(model_id)
-        if record is None:
-            raise errors.NotFound(f"unknown model {model_id}")
-        return record_view(record, self.cache.model_path(model_id))
+        for view in self._cache_views():
+            if view["id"] == model_id:
+                return view
+        raise errors.NotFound(f"unknown model {model_id}")
 
     def views(self) -> list[dict[str, Any]]:
-        views = {r.id: record_view(r, self.cache.model_path(r.id)) for r in self.cache.records()}
+        """Every model: jobs over committed over partial over quarantined (one view per id)."""
+        views: dict[str, dict[str, Any]] = {}
+        for view in self._cache_views():
+            views.setdefault(view["id"], view)
         views.update({mid: job.view() for mid, job in self._jobs.items()})
         return [views[mid] for mid in sorted(views)]
 
-    async def delete(self, model_id: str) -> dict[str, Any]:
-        """Remove a model (or abandon its fetch); 409 while pinned, 404 when unknown."""
+    def _cache_views(self) -> list[dict[str, Any]]:
+        return cache_views(self.cache)
+
+    async def verify(self, model_id: str, *, repair: bool = False) -> dict[str, Any]:
+        """Re-hash a committed model; with ``repair``, drop a damaged one and fetch it again."""
+        record = self.cache.get(check_model_id(model_id))
+        if record is None:
+            raise errors.NotFound(f"no model {model_id!r} in {self.settings.cache_dir}")
+        problems = await asyncio.to_thread(self.cache.verify, model_id)
+        if problems:
+            self.metrics.verification_failures.inc()
+        if problems and repair and model_id not in self._jobs:
+            await asyncio.to_thread(self.cache.drop, model_id, "; ".join(problems[:3]))
+            self._start(model_ref(record.uri), None, persist=True)
+        return {
+            "id": model_id,
+            "uri": record.uri,
+            "problems": problems,
+            "repairing": bool(problems and repair),
+        }
+
+    async def gc(self) -> dict[str, Any]:
+        evicted = await asyncio.to_thread(self.cache.gc)
+        used, quota = self.cache.usage()
+        return {"evicted": evicted, "used": used, "quota": quota}
+
+    async def delete(self, model_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Remove a model (or abandon its fetch, or free a partial or quarantined one); 409 while
+        pinned unless ``force``, 404 when unknown."""
         check_model_id(model_id)
         job, record = self._jobs.get(model_id), self.cache.get(model_id)
         if job is None and record is None:
-            raise errors.NotFound(f"unknown model {model_id}")
+            try:
+                await asyncio.to_thread(self.cache.remove, model_id, force=True)  # staged or quarantined
+            except UnknownModel as exc:
+                raise errors.NotFound(f"unknown model {model_id}") from exc
+            self._changed()
+            return {"id": model_id, "label": None, "state": "evicting"}
         pins = set(self.pins.reasons(model_id)) | set(record.pins if record else ())
-        if pins:
+        if pins and not force:
             raise errors.Conflict(f"model is pinned by {', '.join(sorted(pins)[:5])}")
         if job is not None and job.state == "evicting":
             return job.view()
         # The removal runs in its own task so a client that disconnects cannot interrupt it.
-        return await asyncio.shield(asyncio.ensure_future(self._delete(model_id, job)))
+        return await asyncio.shield(asyncio.ensure_future(self._delete(model_id, job, force=force)))
 
-    async def _delete(self, model_id: str, job: Job | None) -> dict[str, Any]:
+    async def _delete(self, model_id: str, job: Job | None, *, force: bool = False) -> dict[str, Any]:
         if job is not None and job.task is not None and not job.task.done():
             job.task.cancel()
             await asyncio.gather(job.task, return_exceptions=True)
@@ -141,6 +184,8 @@ class ModelManager:
             self._jobs.pop(model_id, None)
             with contextlib.suppress(UnknownModel, CacheError, OSError):
                 await asyncio.to_thread(self.cache.remove, model_id, force=True)  # staged bytes
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.cache.unwant, model_id)
             self._changed()
             return {"id": model_id, "label": ref.label_key if ref else None, "state": "evicting"}
         evicting = Job(ref=model_ref(record.uri), state="evicting", bytes_total=record.total_bytes)
@@ -148,7 +193,7 @@ class ModelManager:
         self._deleting.add(model_id)
         self._changed()
         try:
-            await asyncio.to_thread(self.cache.remove, model_id)
+            await asyncio.to_thread(self.cache.remove, model_id, force=force)
         except Pinned as exc:
             raise errors.Conflict(f"model is pinned: {exc}") from exc
         finally:
@@ -159,16 +204,19 @@ class ModelManager:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def _start(self, ref: ModelRef, previous: Job | None) -> Job:
+    def _start(self, ref: ModelRef, previous: Job | None, *, persist: bool = False) -> Job:
+        """Start a fetch task; ``persist``: remember it on disk first, so a restart resumes it."""
         job = Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1)
         self._jobs[ref.id] = job
-        job.task = asyncio.create_task(self._fetch(job), name=f"fetch-{ref.id}")
+        job.task = asyncio.create_task(self._fetch(job, persist), name=f"fetch-{ref.id}")
         self._changed()
         return job
 
-    async def _fetch(self, job: Job) -> None:
+    async def _fetch(self, job: Job, persist: bool = False) -> None:
         ref, started, outcome = job.ref, self._clock(), "failed"
         try:
+            if persist:
+                await asyncio.to_thread(self.cache.want, ref)
             async with self._sem:
                 job.state = "fetching"
                 self._changed()
@@ -189,6 +237,9 @@ class ModelManager:
         except (CacheError, OSError) as exc:
             if is_verification_failure(exc):
                 self.metrics.verification_failures.inc()
+            if isinstance(exc, CacheError):  # permanent: a restart must not retry it
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self.cache.unwant, ref.id)
             self._fail(job, str(exc) or type(exc).__name__)
             log.warning("fetch of %s failed: %s", ref.uri, exc, exc_info=not isinstance(exc, CacheError))
         except Exception as exc:
@@ -284,7 +335,16 @@ class ModelManager:
 
     def _changed(self) -> None:
         self.metrics.set_model_counts(s.state for s in self.model_states())
+        self.metrics.quarantined.set(len(self.cache.quarantined()))
         with contextlib.suppress(OSError):  # a sum over records plus one statvfs: cheap
             self.metrics.set_usage(*self.cache.usage())
         for listener in self._listeners:
             listener()
+
+
+def cache_views(cache: Cache) -> list[dict[str, Any]]:
+    """What the cache holds, as REST objects: committed, then partial, then quarantined models."""
+    views = [record_view(r, cache.model_path(r.id)) for r in cache.records()]
+    views += [partial_view(p, cache.layout.stage(p.id)) for p in cache.partials()]
+    views += [quarantined_view(q) for q in cache.quarantined()]
+    return views

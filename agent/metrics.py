@@ -43,6 +43,11 @@ class AgentMetrics:
         self.models = Gauge(f"{PREFIX}_models", "Models known to the agent, by state.", ["state"], registry=r)
         self.cache_used = Gauge(f"{PREFIX}_cache_used_bytes", "Bytes used by the cache.", registry=r)
         self.cache_quota = Gauge(f"{PREFIX}_cache_quota_bytes", "Byte quota of the cache.", registry=r)
+        self.quarantined = Gauge(
+            f"{PREFIX}_quarantined_models",
+            "Models set aside in quarantine/ because their record could not be parsed.",
+            registry=r,
+        )
         self.evictions = Counter(f"{PREFIX}_evictions", "Models evicted to stay under the quota.", registry=r)
         self.verification_failures = Counter(
             f"{PREFIX}_verification_failures",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agent.inventory import Partial, Quarantined
 from locality.contract import READY
 from locality.records import ModelRecord
 
@@ -25,4 +26,32 @@ def record_view(record: ModelRecord, path: Path) -> dict[str, Any]:
         "last_used": record.last_used,
         "revision": record.revision,
         "origin_checksums": {f.path: f.origin_checksum for f in record.files},
+    }
+
+
+def partial_view(partial: Partial, path: Path) -> dict[str, Any]:
+    """A fetch staged but not committed (interrupted, or resumed after a restart)."""
+    return {
+        "id": partial.id,
+        "uri": partial.uri,
+        "label": None,
+        "state": "partial",
+        "bytes_total": partial.bytes_total,
+        "bytes_done": partial.bytes_done,
+        "path": str(path),
+        "error": None,
+    }
+
+
+def quarantined_view(entry: Quarantined) -> dict[str, Any]:
+    """A model set aside because its record could not be parsed (``rm ID`` frees it)."""
+    return {
+        "id": entry.id,
+        "uri": None,
+        "label": None,
+        "state": "quarantined",
+        "bytes_total": entry.bytes,
+        "bytes_done": entry.bytes,
+        "path": str(entry.path),
+        "error": entry.reason,
     }
