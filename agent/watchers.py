@@ -101,10 +101,14 @@ class Watchers:
         *,
         resync_seconds: float = 300.0,
         on_error: Callable[[str, Exception], None] | None = None,
+        gate: Any = None,  # agent.access.AccessGate: pods' models only within ModelAccessPolicies
     ) -> None:
         self.node_name = node_name
         self._sink = sink
+        self._gate = gate
         self._changed = asyncio.Event()
+        if gate is not None:
+            gate.on_change = self._changed.set
         report = on_error or (lambda op, err: None)
         self.pods = Informer(
             kube,
@@ -146,6 +150,8 @@ class Watchers:
                 await self._until(self._changed.wait(), tasks)
                 self._changed.clear()
                 wanted = wanted_models(_values(self.pods), _values(self.distributions), self.node_name)
+                if self._gate is not None:
+                    wanted = await self._gate.filter(wanted)
                 self._sink.set_wanted(wanted)
         finally:
             for task in tasks:

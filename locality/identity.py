@@ -248,3 +248,32 @@ def redact_uri(uri: object) -> str:
 def _redact_param(part: str) -> str:
     name, eq, _value = part.partition("=")
     return f"{name}={REDACTED}" if eq and _SECRET_PARAM.search(name) else part
+
+
+# Query parameters whose values are secrets: AWS/GCS/Azure signatures and credentials, tokens, keys.
+_SECRET_PARAM = re.compile(r"sig|token|secret|passw|credential|auth|key", re.IGNORECASE)
+REDACTED = "REDACTED"
+
+
+def redact_uri(uri: object) -> str:
+    """``uri`` with what could be a secret replaced by ``REDACTED``: user:password in the
+    authority, the values of signed query parameters (``X-Amz-Signature``, ``X-Amz-Credential``,
+    ``X-Amz-Security-Token``, ``Signature``, ``sig``, ``token``, ``*key*``, ...) and a fragment.
+    Total: never raises, whatever the input (it is used on URIs that failed to parse)."""
+    text = str(uri)
+    text, hashmark, fragment = text.partition("#")
+    head, question, query = text.partition("?")
+    scheme, sep, rest = head.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
+        head = f"{scheme}{sep}{authority}{slash}{path}"
+    if question:
+        query = "&".join(_redact_param(part) for part in query.split("&"))
+    return head + question + query + (f"#{REDACTED}" if hashmark and fragment else hashmark)
+
+
+def _redact_param(part: str) -> str:
+    name, eq, _value = part.partition("=")
+    return f"{name}={REDACTED}" if eq and _SECRET_PARAM.search(name) else part

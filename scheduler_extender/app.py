@@ -79,6 +79,11 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
         app[WATCHES] = watches
         app.cleanup_ctx.append(run_watches)
         poke = watches.reconciler.trigger.set
+    if settings.webhook is not None:  # its own HTTPS listener, beside this app (webhook.py)
+        from scheduler_extender.webhook import webhook_runner
+
+        sizes = lambda: cache.index.sizes  # noqa: E731
+        app.cleanup_ctx.append(webhook_runner(settings.webhook, deps.kube, sizes, host=settings.host))
     prefix = settings.url_prefix
     app.router.add_post(f"{prefix}/filter", filter_handler, name="filter")
     app.router.add_post(f"{prefix}/prioritize", prioritize_handler, name="prioritize")

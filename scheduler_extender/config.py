@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from locality.settings import ConfigError, flag_or_env, load_token, parse_size
+from scheduler_extender.webhook_config import WebhookSettings, add_webhook_args, webhook_settings
 
 DEFAULT_PORT = 8471
 DEFAULT_MAX_BODY = 64 * 2**20  # 500 full Node objects with images and managedFields fit easily
@@ -31,6 +32,7 @@ class Settings:
     resync_seconds: float = 300.0  # full re-list of Nodes and distributions
     status_interval_seconds: float = 5.0  # at most one status write per distribution per interval
     grace_seconds: float = 10.0
+    webhook: WebhookSettings | None = None  # None: no admission webhook (no --webhook-port)
 
     @property
     def standalone(self) -> bool:
@@ -84,6 +86,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="minimum seconds between status writes of one distribution (default 5)",
     )
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 10)")
+    add_webhook_args(parser)
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -113,4 +116,4 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from exc
-    return settings.validate()
+    return replace(settings, webhook=webhook_settings(pick)).validate()

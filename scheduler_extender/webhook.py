@@ -19,14 +19,21 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from locality import errors
 from locality.httpkit import error_middleware, read_body
 from locality.jsonbody import decode_json
+from locality.settings import ConfigError
+from scheduler_extender.certstore import CertKeeper, server_context
 from scheduler_extender.injection import Install, inject
+from scheduler_extender.webhook_config import WebhookSettings
+
+if TYPE_CHECKING:
+    from locality.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +181,59 @@ async def serve_webhook(
         yield runner
     finally:
         await runner.cleanup()
+
+
+def webhook_runner(
+    ws: WebhookSettings,
+    kube: Kube | None,
+    sizes: Callable[[], Mapping[str, int]],
+    *,
+    host: str = "0.0.0.0",
+    wall: Callable[[], float] = time.time,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry of the extender app that runs the webhook listener beside it."""
+    if kube is None and ws.cert_dir is None:
+        raise ConfigError("the webhook needs the Kubernetes API for its certificate, or --webhook-cert-dir")
+    keeper = CertKeeper(
+        server_context(),
+        ws.hosts,
+        kube,
+        namespace=ws.namespace,
+        secret_name=ws.secret,
+        webhook_name=ws.configuration,
+        cert_dir=Path(ws.cert_dir) if ws.cert_dir else None,
+        wall=wall,
+    )
+    ctx = WebhookContext(ws.install, sizes, kube.create_event if kube is not None else None, wall)
+
+    async def run(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.ensure_future(_serve(keeper, ctx, host, ws.port))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return run
+
+
+async def _serve(keeper: CertKeeper, ctx: WebhookContext, host: str, port: int) -> None:
+    """First certificate (retried: no listener without one), then listen and keep it current."""
+    try:
+        while True:
+            try:
+                wait = await keeper.sync()
+                break
+            except Exception as exc:
+                log.warning("webhook certificate not available yet (retrying in 5s): %s", exc)
+                await asyncio.sleep(5.0)
+        async with serve_webhook(ctx, host, port, keeper.context):
+            log.info(
+                "admission webhook listening on https://%s:%d/mutate (%s mode)", host, port, ctx.install.mode
+            )
+            await keeper.run(wait)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception(
+            "the admission webhook stopped; pods are admitted without locality (failurePolicy Ignore)"
+        )
