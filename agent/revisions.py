@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import xxhash
 
-from agent.sources.base import RemoteFile
+from agent.sources.base import RemoteFile, Source
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHORT = 8  # hex digits of a revision in directory names (``models/<id>@<rev8>``)
@@ -37,3 +37,18 @@ def revision_of(files: Sequence[RemoteFile]) -> str:
 def short(revision: str) -> str:
     """The revision as it appears in a directory name."""
     return "".join(c for c in revision.lower() if c in "0123456789abcdef")[:SHORT] or "0" * SHORT
+
+
+async def origin_revision(source: Source) -> str:
+    """The revision the origin holds now: one listing (S3: plus a HEAD per object), no bytes."""
+    return revision_of(await source.list_files())
+
+
+async def origin_changed(source: Source, recorded: str | None) -> str | None:
+    """The origin's new revision when it differs from ``recorded``, else None.
+
+    A record from before revisions (``recorded`` None) counts as unchanged: without its pins
+    there is nothing to compare, and refetching every old model at once would be a stampede.
+    """
+    now = await origin_revision(source)
+    return now if recorded is not None and now != recorded else None

@@ -58,12 +58,6 @@ class ModelRecord:
     last_used: float
     pins: frozenset[str]
     revision: str | None = None  # what the origin says the content is (older records: None)
-    dir: str | None = None  # its directory under models/ when that is not the id (a newer revision)
-    superseded: bool = False  # an older revision, kept beside the current one while pinned
-
-    @property
-    def dir_name(self) -> str:
-        return self.dir or self.id
 
 
 @dataclass(frozen=True)
@@ -126,8 +120,6 @@ def record_to_json(record: ModelRecord) -> dict[str, Any]:
         "last_used": record.last_used,
         "pins": sorted(record.pins),
         "revision": record.revision,
-        "dir": record.dir,
-        "superseded": record.superseded,
         "files": [
             {
                 "path": f.path,
@@ -174,8 +166,6 @@ def record_from_json(data: dict[str, Any]) -> ModelRecord:
         last_used=float(data["last_used"]),
         pins=frozenset(str(p) for p in data.get("pins", [])),
         revision=data.get("revision"),
-        dir=data.get("dir"),
-        superseded=bool(data.get("superseded", False)),
     )
 
 
