@@ -27,10 +27,8 @@ VERSION = "v1alpha1"
 PLURAL = "modeldistributions"
 KIND = "ModelDistribution"
 POLICY_PLURAL = "modelaccesspolicies"
-POLICY_PLURAL = "modelaccesspolicies"
 
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 # The config loaders are typed loosely upstream; we call them through Any.
@@ -105,8 +103,6 @@ class Kube:
         self._custom = k8s.CustomObjectsApi(api_client)
         self._authn = k8s.AuthenticationV1Api(api_client)
         self._authz = k8s.AuthorizationV1Api(api_client)
-        self._authn = k8s.AuthenticationV1Api(api_client)
-        self._authz = k8s.AuthorizationV1Api(api_client)
         self._timeout = request_timeout
         self._watches: set[Any] = set()  # open watch responses, shut down by close()
         self._lock = threading.Lock()
@@ -171,50 +167,6 @@ class Kube:
         if kind == "modeldistributions":
             return await self._call(self._custom.get_cluster_custom_object, GROUP, VERSION, PLURAL, name)
         raise ValueError(f"unknown kind {kind!r}")
-
-    async def get_namespace(self, name: str) -> dict[str, Any]:
-        return await self._call(self._core.read_namespace, name)
-
-    async def token_review(self, token: str, audiences: Sequence[str]) -> dict[str, Any]:
-        """The ``status`` of a TokenReview of ``token`` for ``audiences`` (authenticated, user, ...)."""
-        body = {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenReview",
-            "spec": {"token": token, "audiences": list(audiences)},
-        }
-        return dict((await self._call(self._authn.create_token_review, body)).get("status") or {})
-
-    async def subject_access_review(
-        self,
-        *,
-        user: str,
-        groups: Sequence[str],
-        uid: str,
-        extra: Mapping[str, Sequence[str]],
-        verb: str,
-        group: str,
-        resource: str,
-        namespace: str = "",
-        name: str = "",
-    ) -> dict[str, Any]:
-        """The ``status`` of a SubjectAccessReview (allowed, denied, reason) for one resource verb."""
-        attributes = {"verb": verb, "group": group, "resource": resource}
-        if namespace:
-            attributes["namespace"] = namespace
-        if name:
-            attributes["name"] = name
-        body = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": user,
-                "groups": list(groups),
-                "uid": uid,
-                "extra": {k: list(v) for k, v in extra.items()},
-                "resourceAttributes": attributes,
-            },
-        }
-        return dict((await self._call(self._authz.create_subject_access_review, body)).get("status") or {})
 
     async def get_namespace(self, name: str) -> dict[str, Any]:
         return await self._call(self._core.read_namespace, name)
