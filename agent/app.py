@@ -2,8 +2,9 @@
 
 Start-up order (in ``cleanup_ctx``): scan the cache -> reconcile the Node's labels -> ``/readyz``
 answers 200 -> start the watchers. Without a Kubernetes API (standalone) the agent is ready right
-after the scan. GETs are open: they are read-only and the port is node-local; POST and DELETE
-need the bearer token.
+after the scan. GETs are open: they are read-only, node-local and show URIs redacted. POST needs
+``create modelrequests`` in the caller's namespace (and a ModelAccessPolicy allowing the URI there),
+DELETE ``delete modelrequests`` cluster-wide (``locality.auth``); a static token may do both.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,10 +25,15 @@ from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
 from agent.owner import SOCKET_NAME, Busy, Owner, bind_socket, hold
 from locality import errors
-from locality.httpkit import bearer_auth_middleware, error_middleware, metrics_handler, read_json_object
+from locality.auth import Authenticator, Rule, StaticToken, rules_table
+from locality.authmw import NoAuthenticator, auth_middleware, principal_of
+from locality.httpkit import error_middleware, metrics_handler, read_json_object
 from locality.identity import InvalidURI, model_ref
 from locality.settings import ConfigError
 from locality.tasks import stop, supervised
+
+if TYPE_CHECKING:
+    from agent.access import AccessGate
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,19 @@ class Deps:
     kube: Any = None  # locality.kube.Kube, or None: standalone
     cache_factory: Callable[..., Cache] = Cache
     resync_seconds: float = 300.0
+    # None: the static token of settings.token if any, else every protected call is refused.
+    authenticator: Authenticator | None = None
+    access: Any = None  # agent.access.AccessGate (in a cluster), or None: no ModelAccessPolicy
+
+
+# The RBAC check of each protected route (locality.auth.Rule); a protected route missing here is refused.
+RULES = rules_table(
+    [
+        ("POST", "models-create", Rule("create", "modelrequests", scope="caller")),
+        ("DELETE", "models-delete", Rule("delete", "modelrequests", scope="cluster", name_from="id")),
+    ]
+)
+ACCESS: web.AppKey[AccessGate] = web.AppKey("access")
 
 
 @dataclass
@@ -66,6 +85,9 @@ async def post_model(request: web.Request) -> web.Response:
         ref = model_ref(body["uri"])
     except InvalidURI as exc:
         raise errors.Invalid(str(exc)) from exc
+    who, gate = principal_of(request), request.app.get(ACCESS)
+    if gate is not None and who is not None and who.namespace is not None:
+        await gate.check(who.namespace, ref)  # before any byte is fetched
     return web.json_response(await request.app[MANAGER].request(ref), status=202)
 
 
@@ -119,24 +141,26 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     """The agent app; ``deps.kube=None`` runs standalone (no labels, no watchers)."""
     deps = deps or Deps()
-    if settings.token is None:
-        log.warning("NO TOKEN FILE: POST and DELETE on /v1/models are unauthenticated")
+    static = StaticToken(settings.token) if settings.token else None
+    authenticator = deps.authenticator or static or NoAuthenticator()
     metrics = AgentMetrics()
     app = web.Application(
         middlewares=[
             metrics.middleware(),
             error_middleware,
-            bearer_auth_middleware(settings.token, {"POST", "DELETE", "PUT", "PATCH"}),
+            auth_middleware(authenticator, RULES, {"POST", "DELETE", "PUT", "PATCH"}),
         ],
         client_max_size=64 << 10,
     )
     app[METRICS] = metrics
     app[MANAGER] = ModelManager(settings, metrics, cache_factory=deps.cache_factory)
     app[STATE] = AgentState(standalone=deps.kube is None or not settings.node_name)
-    app.router.add_post("/v1/models", post_model)
+    if deps.access is not None:
+        app[ACCESS] = deps.access
+    app.router.add_post("/v1/models", post_model, name="models-create")
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{id}", get_model)
-    app.router.add_delete("/v1/models/{id}", delete_model)
+    app.router.add_delete("/v1/models/{id}", delete_model, name="models-delete")
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
@@ -256,13 +280,15 @@ async def _cluster(
         manager,
         resync_seconds=deps.resync_seconds,
         on_error=lambda op, err: metrics.kube_api_errors.labels(op=op).inc(),
+        gate=deps.access,
     )
     state.watchers = watchers
-    # One task group: when one run fails the other is cancelled with it and the supervisor
-    # restarts the pair (with gather, the survivor ran on beside its restarted copy).
+    runs = [sync.run(), watchers.run()] + ([deps.access.run()] if deps.access is not None else [])
+    # One task group: when one run fails the others are cancelled with it and the supervisor
+    # restarts the set (with gather, the survivors ran on beside their restarted copies).
     async with asyncio.TaskGroup() as group:
-        group.create_task(sync.run())
-        group.create_task(watchers.run())
+        for run in runs:
+            group.create_task(run)
 
 
 async def _final_sync(sync: Any, seconds: float) -> None:

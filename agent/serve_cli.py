@@ -59,18 +59,28 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from locality.kube import Kube, KubeError
 
     settings = settings_from_args(args, environ)
-    if settings.token is None and not args.insecure_no_auth:
-        raise ConfigError(
-            "no bearer token: pass --token-file (or MODEL_LOCALITY_TOKEN_FILE), "
-            "or --insecure-no-auth for a development agent"
-        )
     try:
         kube = Kube.connect(settings.kubeconfig) if settings.node_name else None
     except KubeError as exc:
         raise ConfigError(str(exc)) from exc
+    if kube is None and settings.token is None:  # fail closed: no way to tell who is calling
+        raise ConfigError(
+            "no authenticator: outside a cluster pass --token-file; "
+            "in a cluster, ServiceAccount tokens are checked with the API server"
+        )
     if kube is None:
         log.warning("standalone mode: %s", "no node name" if not settings.node_name else "no cluster found")
-    app = create_app(settings, Deps(kube=kube))
+    from agent.access import AccessGate
+    from locality import auth
+
+    app = create_app(
+        settings,
+        Deps(
+            kube=kube,
+            authenticator=auth.build(settings.token, kube),
+            access=AccessGate(kube) if kube is not None else None,
+        ),
+    )
     if kube is not None:
 
         async def close_kube(_: web.Application) -> None:
