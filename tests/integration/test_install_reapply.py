@@ -1,0 +1,115 @@
+"""`kubectl apply -k` of the install, twice, against a real kube-apiserver: the second is a no-op.
+
+The install is what an operator applies: the base through the README's token overlay, the
+examples, and the node-restriction and hostport-snat components. The second apply must report
+`unchanged` for every object, with one known exception: kubectl's client-side apply always
+re-sends a PodDisruptionBudget's selector (its patch strategy is "replace") and prints
+`configured`. For that one the test checks what matters: the API server stored nothing new (same
+resourceVersion and generation, for every object).
+
+Its own API server (not the session one): the admission policy it installs would deny other
+tests' agent-identity Node writes, and deleted namespaces never finish without a
+controller-manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.realkube import SKIP_REASON, RealKube, assets_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+CRD = "modeldistributions.model-locality.io"
+# kubectl's client-side apply reports these "configured" on every run though nothing changes.
+ALWAYS_PATCHED = {"poddisruptionbudget.policy/model-locality-extender"}
+
+pytestmark = [
+    pytest.mark.realkube,
+    pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl"),
+]
+
+
+@pytest.fixture(scope="module")
+def own_kube() -> Iterator[RealKube]:
+    assets = assets_dir()
+    if assets is None:
+        pytest.skip(SKIP_REASON)
+    kube = RealKube(assets).start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+
+
+def _overlay(tmp: Path) -> Path:
+    rel = os.path.relpath(MANIFESTS, tmp)
+    (tmp / "token.txt").write_text("0123456789abcdef0123456789abcdef")
+    (tmp / "kustomization.yaml").write_text(
+        f"resources: [{rel}, {rel}/examples]\n"
+        f"components: [{rel}/components/node-restriction, {rel}/components/hostport-snat]\n"
+        "secretGenerator:\n"
+        "  - {name: model-locality-token, namespace: model-locality, behavior: replace,\n"
+        "     files: [token=token.txt], options: {disableNameSuffixHash: true}}\n"
+    )
+    return tmp
+
+
+def _kubectl(kube: RealKube, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+    return subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def _results(stdout: str) -> dict[str, str]:
+    """`kind.group/name verb` lines of `kubectl apply` -> {kind.group/name: verb}."""
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        ref, _, verb = line.rpartition(" ")
+        out[ref] = verb
+    return out
+
+
+def _versions(kube: RealKube, overlay: Path) -> dict[str, tuple[str, int | None]]:
+    got = _kubectl(kube, "get", "-k", str(overlay), "-o", "json")
+    assert got.returncode == 0, got.stderr
+    items = json.loads(got.stdout)["items"]
+    return {
+        f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": (
+            o["metadata"]["resourceVersion"],
+            o["metadata"].get("generation"),
+        )
+        for o in items
+    }
+
+
+def test_second_apply_changes_nothing(own_kube: RealKube, tmp_path: Path) -> None:
+    overlay = _overlay(tmp_path)
+    # The CRD first: the examples' ModelDistributions need it established.
+    crd = _kubectl(own_kube, "apply", "-f", str(MANIFESTS / "crd-modeldistributions.yaml"))
+    assert crd.returncode == 0, crd.stderr
+    established = _kubectl(own_kube, "wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    assert established.returncode == 0, established.stderr
+
+    first = _kubectl(own_kube, "apply", "-k", str(overlay))
+    assert first.returncode == 0, first.stderr
+    created = _results(first.stdout)
+    assert len(created) >= 30 and set(created.values()) <= {"created", "unchanged"}, created
+    before = _versions(own_kube, overlay)
+
+    second = _kubectl(own_kube, "apply", "-k", str(overlay))
+    assert second.returncode == 0, second.stderr
+    verbs = _results(second.stdout)
+    assert verbs.keys() == created.keys()
+    changed = {ref: verb for ref, verb in verbs.items() if verb != "unchanged"}
+    assert set(changed) <= ALWAYS_PATCHED, f"re-apply rewrote {changed}"
+    assert _versions(own_kube, overlay) == before, "the API server stored a new version of something"
+
+    diff = _kubectl(own_kube, "diff", "-k", str(overlay))
+    assert diff.returncode == 0 and not diff.stdout, diff.stdout + diff.stderr
