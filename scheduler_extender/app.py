@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from locality.auth import Authenticator, StaticToken
+from locality.authmw import NoAuthenticator
 from locality.httpkit import error_middleware, metrics_handler
 from scheduler_extender import distributions
 from scheduler_extender.config import Settings
@@ -42,6 +44,8 @@ class Deps:
     new_suffix: Callable[[], str] = _random_suffix
     metrics: Metrics = field(default_factory=Metrics)
     node_cache: NodeCache | None = None  # None: a fresh one (fed by the Node watch when kube is set)
+    # None: the static token of settings.token if any, else the distribution REST refuses every call.
+    authenticator: Authenticator | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -91,7 +95,9 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler(metrics.registry), name="metrics")
     ctx = distributions.DistContext(deps.kube, cache, deps.new_suffix, poke)
-    app.add_subapp("/v1/", distributions.create_subapp(settings.token, ctx))
+    static = StaticToken(settings.token) if settings.token else None
+    authenticator = deps.authenticator or static or NoAuthenticator()
+    app.add_subapp("/v1/", distributions.create_subapp(authenticator, ctx))
     return app
 
 

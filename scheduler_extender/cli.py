@@ -43,7 +43,14 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     kube = connect(settings)
     from scheduler_extender.app import Deps, create_app
 
-    app = create_app(settings, Deps(kube=kube))
+    if kube is None and settings.token is None:  # fail closed: no way to tell who is calling
+        raise ConfigError(
+            "no authenticator: outside a cluster pass --token-file; in a cluster, "
+            "ServiceAccount tokens are checked with the API server"
+        )
+    from locality import auth
+
+    app = create_app(settings, Deps(kube=kube, authenticator=auth.build(settings.token, kube)))
     if kube is not None:
 
         async def close_kube(_: web.Application) -> None:

@@ -18,7 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from locality import errors
-from locality.httpkit import bearer_auth_middleware, read_body
+from locality.auth import Authenticator, Rule, rules_table
+from locality.authmw import auth_middleware
+from locality.httpkit import read_body
 from locality.jsonbody import decode_json
 from locality.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
@@ -49,10 +51,22 @@ class DistContext:
 DIST = web.AppKey("dist_context", DistContext)
 
 
-def create_subapp(token: str | None, ctx: DistContext) -> web.Application:
-    """The ``/v1/`` sub-application; its auth middleware guards only these routes."""
+# RBAC of each route on model-locality.io (cluster-wide): the same verbs kubectl would need.
+RULES = rules_table(
+    [
+        ("POST", "distributions-create", Rule("create", "modeldistributions")),
+        ("GET", "distributions-list", Rule("list", "modeldistributions")),
+        ("GET", "distributions-get", Rule("get", "modeldistributions", name_from="name")),
+        ("DELETE", "distributions-delete", Rule("delete", "modeldistributions", name_from="name")),
+    ]
+)
+
+
+def create_subapp(authenticator: Authenticator, ctx: DistContext) -> web.Application:
+    """The ``/v1/`` sub-application; its auth middleware guards only these routes (reads too:
+    model URIs may carry signed query strings)."""
     app = web.Application(
-        middlewares=[bearer_auth_middleware(token, ("GET", "POST", "PUT", "PATCH", "DELETE"))]
+        middlewares=[auth_middleware(authenticator, RULES, ("GET", "POST", "PUT", "PATCH", "DELETE"))]
     )
     app[DIST] = ctx
     app.router.add_post("/distributions", create, name="distributions-create")

@@ -85,17 +85,33 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def test_standalone_serves_full_nodes_requests() -> None:
+def test_standalone_without_a_token_file_refuses_to_start() -> None:
+    """Fail closed: no cluster to check ServiceAccount tokens and no static token: no server."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler_extender", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "no authenticator" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_standalone_serves_full_nodes_requests(tmp_path: Path) -> None:
     body = {
         "Pod": {"metadata": {"annotations": {MODELS_ANNOTATION: A.uri}}},
         "Nodes": {"metadata": {}, "items": [{"metadata": {"name": "a", "labels": {A.label_key: "ready"}}}]},
         "NodeNames": None,
     }
     output: list[str] = []
-    with extender(["--url-prefix", "/scheduler"], base_env(), output) as (port, _):
+    (tmp_path / "token").write_text("t0ken\n")
+    args = ["--url-prefix", "/scheduler", "--token-file", str(tmp_path / "token")]
+    with extender(args, base_env(), output) as (port, _):
         assert call(port, "GET", "/readyz")[0] == 200
         assert call(port, "POST", "/scheduler/prioritize", body) == (200, [{"Host": "a", "Score": 10}])
-        status, reply = call(port, "POST", "/v1/distributions", {"uri": A.uri})
+        assert call(port, "POST", "/v1/distributions", {"uri": A.uri})[0] == 401
+        status, reply = call(port, "POST", "/v1/distributions", {"uri": A.uri}, token="t0ken")
         assert status == 503 and "standalone" in reply["error"]
     log = output[0]
     assert "standalone" in log and "POST /v1/distributions 503" in log
