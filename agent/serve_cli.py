@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +20,7 @@ from agent.config import (
     add_server_args,
     settings_from_args,
 )
-from locality.cli import CliError
+from locality.cli import CliError, listen_socket
 from locality.httpkit import QuietProbeAccessLogger
 from locality.settings import ConfigError
 
@@ -59,6 +61,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from locality.kube import Kube, KubeError
 
     settings = settings_from_args(args, environ)
+    _check_cache_dir(settings.cache_dir)
     try:
         kube = Kube.connect(settings.kubeconfig) if settings.node_name else None
     except KubeError as exc:
@@ -89,8 +92,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         app.on_cleanup.append(close_kube)
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=listen_socket(settings.host, settings.port),
         access_log_class=QuietProbeAccessLogger,
         # SIGTERM budget: <= grace/4 for open requests, then cleanup_ctx spends <= grace/2
         # checkpointing fetches and <= min(5, grace/4) on a last Node sync.
@@ -99,6 +101,17 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         handle_signals=True,
     )
     return 0
+
+
+def _check_cache_dir(root: Path) -> None:
+    """The cache root exists (or can be made) and takes files: else one line, not a traceback."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        problem = "is not a directory" if root.exists() and not root.is_dir() else (exc.strerror or str(exc))
+        raise CliError(f"cannot use cache directory {root}: {problem}") from exc
 
 
 def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

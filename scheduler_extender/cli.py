@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from locality.cli import add_common_flags, run_verb
+from locality.cli import add_common_flags, listen_socket, run_verb
 from locality.httpkit import QuietProbeAccessLogger
 from locality.settings import ConfigError
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
@@ -61,8 +61,7 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         log.warning("no --token-file: the distribution REST is open to anyone who can reach it")
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=listen_socket(settings.host, settings.port),
         access_log_class=AccessLogger,
         shutdown_timeout=settings.grace_seconds,
         print=None,

@@ -99,7 +99,8 @@ async def serve(settings: Settings, deps: Deps) -> int:
             await web.TCPSite(runner, settings.host, settings.port).start()
         except OSError as exc:
             print(
-                f"model-serve: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+                f"model-serve: cannot listen on {settings.host}:{settings.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",  # aiohttp's strerror is a sentence
                 file=sys.stderr,
             )
             return 1

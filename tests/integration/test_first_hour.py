@@ -129,9 +129,7 @@ def test_log_flags_work_before_and_after_the_verb(tmp_path: Path, capsys: pytest
 def test_a_bad_variable_is_named(
     environ: dict[str, str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = agent(
-        capsys, "serve", "--cache-dir", str(tmp_path), "--insecure-no-auth", environ=environ
-    )
+    code, out, err = agent(capsys, "serve", "--cache-dir", str(tmp_path), environ=environ)
     assert code == 2 and out == ""
     assert last_line(err) == f"model-agent serve: {named} is not an integer".replace(
         "'soon' is not an integer", "'soon' is not a number"
@@ -172,3 +170,74 @@ def test_library_loggers_stay_quiet_and_secrets_are_redacted(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "AKIAIOSFODNN7EXAMPLE" not in err and "s3cr3t" not in err and "Bearer ***" in err
     assert redact("X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F2026") == "X-Amz-Credential=***"
+
+
+@contextlib.contextmanager
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("module", ["agent", "scheduler_extender", "serving"])
+def test_serve_on_a_port_in_use_is_one_line(module: str, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0k3n-for-tests")
+    flags = {
+        "agent": ["serve", "--cache-dir", str(tmp_path / "cache"), "--token-file", str(token)],
+        "scheduler_extender": ["serve", "--token-file", str(token)],
+        "serving": ["--model-dir", str(tmp_path)],
+    }[module]
+    with busy_port() as port:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *flags, "--host", "127.0.0.1", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""},
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).endswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize("kind", ["a file", "below a file"])
+def test_agent_serve_with_an_unusable_cache_dir_is_one_line(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("not a directory")
+    cache = tmp_path / "f" if kind == "a file" else tmp_path / "f" / "cache"
+    token = tmp_path / "token"
+    token.write_text("t0k3n-for-tests")
+    code, out, err = agent(capsys, "serve", "--cache-dir", str(cache), "--token-file", str(token))
+    assert code == 1 and out == ""
+    why = "is not a directory" if kind == "a file" else "Not a directory"
+    assert err.strip().splitlines() == [f"model-agent serve: cannot use cache directory {cache}: {why}"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_agent_serve_with_a_read_only_cache_dir_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "ro"
+    cache.mkdir(mode=0o555)
+    token = tmp_path / "token"
+    token.write_text("t0k3n-for-tests")
+    code, _, err = agent(capsys, "serve", "--cache-dir", str(cache), "--token-file", str(token))
+    assert (
+        code == 1
+        and last_line(err) == f"model-agent serve: cannot use cache directory {cache}: Permission denied"
+    )
+
+
+@pytest.mark.parametrize("verb", [["ls"], ["verify", "0123456789abcdef"]])
+def test_read_only_verbs_create_nothing(
+    verb: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "mistyped"
+    code, out, err = agent(capsys, *verb, "--cache-dir", str(missing))
+    assert code == 1 and out == ""
+    expected = f"model-agent {verb[0]}: no cache at {missing}: it does not exist"
+    assert last_line(err) == f"{expected} (--cache-dir or MODEL_LOCALITY_CACHE_DIR)"
+    assert not missing.exists()
