@@ -6,10 +6,13 @@ Nothing else in ``serving`` reads ``os.environ``; the CLI passes ``os.environ`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from locality.identity import InvalidURI, model_ref
 from locality.settings import ConfigError, flag_or_env, load_token
 
 DEFAULT_PORT = 8000
@@ -109,6 +112,48 @@ def _default_name(model_dir: str | None, model_uri: str | None) -> str:
     return source.rsplit("/", 1)[-1] or "model"
 
 
+def _injected(
+    model_dir: str | None, model_uri: str | None, environ: Mapping[str, str]
+) -> tuple[str | None, str | None, str | None]:
+    """(model_dir, model_uri, uri of an injected dir) after what the admission webhook injected.
+
+    Without --model-dir/--model-uri: ``MODEL_LOCALITY_MODEL_DIR`` (+ ``_URI``, for the name), or
+    the one entry of ``MODEL_LOCALITY_MODEL_DIRS`` (JSON URI -> dir). With --model-uri of a model
+    in ``MODEL_LOCALITY_MODEL_DIRS``: its mounted directory (the init container already waited).
+    """
+    one = environ.get("MODEL_LOCALITY_MODEL_DIR") or None
+    raw = environ.get("MODEL_LOCALITY_MODEL_DIRS") or None
+    dirs: dict[str, str] = {}
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+            raise ConfigError("MODEL_LOCALITY_MODEL_DIRS must be a JSON object of URI -> directory")
+        dirs = {str(k): v for k, v in parsed.items()}
+    if model_dir is None and model_uri is None:
+        if one:
+            return one, None, environ.get("MODEL_LOCALITY_MODEL_URI") or None
+        if len(dirs) == 1:
+            uri, path = next(iter(dirs.items()))
+            return path, None, uri
+        if dirs:
+            raise ConfigError(
+                f"MODEL_LOCALITY_MODEL_DIRS names {len(dirs)} models; choose one with --model-uri"
+            )
+    if model_uri is not None and model_dir is None and dirs:
+        try:
+            wanted = model_ref(model_uri).uri
+        except InvalidURI as exc:
+            raise ConfigError(f"--model-uri: {exc}") from exc
+        for uri, path in dirs.items():
+            with contextlib.suppress(InvalidURI):
+                if model_ref(uri).uri == wanted:
+                    return path, None, model_uri
+    return model_dir, model_uri, None
+
+
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
 
@@ -120,6 +165,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         raise ConfigError("MODEL_SERVE_MODEL_DIR and MODEL_SERVE_MODEL_URI are both set; keep one")
     if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
         model_dir, model_uri = args.model_dir, args.model_uri
+    model_dir, model_uri, injected_uri = _injected(model_dir, model_uri, environ)
     token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
     try:
         threads = pick("threads", "MODEL_SERVE_THREADS")
@@ -130,7 +176,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         settings = Settings(
             model_dir=Path(model_dir) if model_dir else None,
             model_uri=model_uri,
-            model_name=pick("model_name", "MODEL_SERVE_MODEL_NAME") or _default_name(model_dir, model_uri),
+            model_name=pick("model_name", "MODEL_SERVE_MODEL_NAME")
+            or _default_name(model_dir, model_uri or injected_uri),
             host=pick("host", "MODEL_SERVE_HOST") or d.host,
             port=int(pick("port", "MODEL_SERVE_PORT") or d.port),
             device=(pick("device", "MODEL_SERVE_DEVICE") or d.device).lower(),

@@ -142,10 +142,10 @@ async def registered(real_kube: RealKube, install: Install, *, wall: Any = None)
         await edge.close()
 
 
-async def until_effective(hook: Hook, timeout: float = 20.0) -> None:
+async def until_effective(hook: Hook, seconds: float = 20.0) -> None:
     """The API server picks up a new webhook configuration asynchronously: dry-run until it bites."""
     ns = hook.ns()
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + seconds
     while True:
         pod = await asyncio.to_thread(create_pod, hook.kube, ns, pod_body("probe"), dry_run=True)
         if INJECTED_ANNOTATION in pod["metadata"].get("annotations", {}):
@@ -359,7 +359,7 @@ async def test_extender_app_serves_the_webhook(real_kube: RealKube) -> None:
     await runner.setup()
     try:
         hook = Hook(real_kube, edge, f"ml-app-{suffix}", selector, None, None, port)  # type: ignore[arg-type]
-        await until_effective(hook, timeout=40.0)
+        await until_effective(hook, seconds=40.0)
     finally:
         await runner.cleanup()
         real_kube.request(
