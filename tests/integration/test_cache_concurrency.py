@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent.app import create_app
-from agent.cache import Cache
+from agent.cache import Cache, Progress
 from agent.cli import main
 from agent.config import Settings
 from agent.fetcher import RetryPolicy
@@ -184,9 +184,12 @@ async def test_gc_removes_an_idle_partial_fetch(tmp_path: Path) -> None:
     with run_origin(tmp_path / "src", faults=Faults(throttle_bps=4 * MiB)) as origin:
         cache = make_cache(tmp_path / "cache")
         started = asyncio.Event()
-        task = asyncio.create_task(
-            cache.fetch(model_ref(f"{origin.url}/{names[0]}"), lambda p: p.bytes_done and started.set())
-        )
+
+        def progress(p: Progress) -> None:
+            if p.bytes_done:
+                started.set()
+
+        task = asyncio.create_task(cache.fetch(model_ref(f"{origin.url}/{names[0]}"), progress))
         await asyncio.wait_for(started.wait(), 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
