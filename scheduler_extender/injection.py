@@ -164,7 +164,10 @@ def _wait_container(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> N
             {"name": "MODEL_LOCALITY_AGENT_URL", "value": f"http://$(HOST_IP):{install.agent_port}"},
             {"name": "MODEL_LOCALITY_TOKEN_FILE", "value": f"{install.token_dir}/token"},
         ],
-        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"cpu": "200m", "memory": "128Mi"},
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

@@ -100,7 +100,7 @@ def webhook_settings(pick: Pick) -> WebhookSettings | None:
         hosts=tuple(h.strip() for h in hosts.split(","))
         if hosts
         else (f"model-locality-extender.{namespace}.svc",),
-        cert_dir=pick("webhook_cert_dir", None),
+        cert_dir=pick("webhook_cert_dir", "MODEL_LOCALITY_WEBHOOK_CERT_DIR"),
     ).validate()
 
 

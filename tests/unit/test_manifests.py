@@ -26,6 +26,7 @@ import pytest
 
 from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
 from locality.identity import model_ref
+from scheduler_extender.injection import WAIT_CONTAINER, Install, inject
 from tests.fixtures.kustomize import DuplicateKeyError, Obj, load_all, load_one, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +34,7 @@ MANIFESTS = ROOT / "manifests"
 K8S_VERSION = "1.31.0"  # the scheduler image is v1.31.x; validate against the same minor
 AGENT_PORT = 8470
 EXTENDER_PORT = 8471
+WEBHOOK_PORT = 8473
 SERVING_PORT = 8000
 CACHE_DIR = "/var/lib/model-locality"
 TOKEN_FILE = "/etc/model-locality/token/token"
@@ -445,7 +447,57 @@ def test_extender_rbac_is_exactly_what_it_needs(base: list[Obj]) -> None:
             "update",
         },
         ("model-locality.io", "modeldistributions/status"): {"get", "patch", "update"},
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"},
+        ("", "events"): {"create"},
     }
+    hook_rule = next(
+        r
+        for r in find(base, "ClusterRole", "model-locality-extender")["rules"]
+        if "mutatingwebhookconfigurations" in r["resources"]
+    )
+    assert hook_rule["resourceNames"] == [
+        find(base, "MutatingWebhookConfiguration", "model-locality")["metadata"]["name"]
+    ]
+
+
+def test_webhook_tls_role_is_one_secret(base: list[Obj]) -> None:
+    role = find(base, "Role", "model-locality-extender-webhook-tls")
+    assert role["metadata"]["namespace"] == "model-locality"
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["model-locality-webhook-tls"],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def test_webhook_configuration(base: list[Obj]) -> None:
+    (hook,) = find(base, "MutatingWebhookConfiguration", "model-locality")["webhooks"]
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
+    assert 3 <= hook["timeoutSeconds"] <= 5
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["namespaceSelector"] == {"matchLabels": {"model-locality.io/injection": "enabled"}}
+    assert "caBundle" not in hook["clientConfig"]  # the extender publishes its own CA
+    svc_ref = hook["clientConfig"]["service"]
+    svc = find(base, "Service", svc_ref["name"])
+    assert svc["metadata"]["namespace"] == svc_ref["namespace"]
+    (sport,) = [p for p in svc["spec"]["ports"] if p["port"] == svc_ref["port"]]
+    deploy = find(base, "Deployment", "model-locality-extender")
+    ext = container(deploy, "extender")
+    named = {p["name"]: p["containerPort"] for p in ext["ports"]}
+    assert named[sport["targetPort"]] == WEBHOOK_PORT == svc_ref["port"]
+    assert f"--webhook-port={WEBHOOK_PORT}" in ext["args"]
 
 
 def test_bindings_point_at_service_accounts_that_exist(base: list[Obj]) -> None:
@@ -472,7 +524,7 @@ def test_every_container_sets_requests_and_limits(everything: list[Obj]) -> None
             res = c.get("resources", {})
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(res.get(part, {})), f"{c['name']} lacks {part}"
-    assert count >= 6
+    assert count >= 5  # the serving example's wait container is injected (checked in its contract test)
 
 
 def test_agent_memory_request_equals_limit(base: list[Obj]) -> None:
@@ -499,7 +551,7 @@ def test_hostpath_volumes_are_typed(everything: list[Obj]) -> None:
                 seen += 1
                 assert vol["hostPath"].get("type") in {"Directory", "DirectoryOrCreate"}, vol["name"]
                 assert vol["hostPath"]["path"] == CACHE_DIR
-    assert seen == 2  # the agent's cache and the serving example's read-only view of it
+    assert seen == 1  # the agent's cache; serving pods get per-model mounts from the webhook
 
 
 IMAGE = re.compile(
@@ -647,8 +699,9 @@ def test_extender_deployment_service_and_pdb(base: list[Obj]) -> None:
     deploy = find(base, "Deployment", "model-locality-extender")
     assert deploy["spec"]["replicas"] == 2
     ext = container(deploy, "extender")
-    (port,) = ext["ports"]
+    port, webhook_port = ext["ports"]
     assert port["containerPort"] == EXTENDER_PORT and "hostPort" not in port
+    assert webhook_port["containerPort"] == WEBHOOK_PORT and "hostPort" not in webhook_port
     for probe in ("readinessProbe", "livenessProbe"):
         assert probe_port(ext, ext[probe]) == EXTENDER_PORT
     assert ext["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -659,7 +712,7 @@ def test_extender_deployment_service_and_pdb(base: list[Obj]) -> None:
     assert 1 <= pdb["spec"]["minAvailable"] < deploy["spec"]["replicas"]
     svc = _service_for(base, deploy)
     assert svc["metadata"]["name"] == "model-locality-extender"
-    (sport,) = svc["spec"]["ports"]
+    sport, _ = svc["spec"]["ports"]
     assert sport["port"] == EXTENDER_PORT and sport["targetPort"] in {"http", EXTENDER_PORT}
 
 
@@ -821,8 +874,8 @@ def test_scheduler_config_semantics(base: list[Obj], examples: list[Obj]) -> Non
     assert url.port in {p["port"] for p in svc["spec"]["ports"]}
     extender = find(base, "Deployment", "model-locality-extender")
     assert _service_for(base, extender) is svc
-    # The example pods ask for this scheduler by name.
-    serving = find(examples, "Deployment", "minilm-embed")
+    # The webhook (scheduler mode) hands the example pods to this scheduler by name.
+    serving = injected(examples, base)
     assert pod_spec(serving)["schedulerName"] == profile["schedulerName"]
 
 
@@ -898,8 +951,8 @@ def test_extender_serve_flags_are_accepted(base: list[Obj]) -> None:
 
 
 def test_example_wait_and_serve_flags_are_accepted(examples: list[Obj], base: list[Obj]) -> None:
-    serving = find(examples, "Deployment", "minilm-embed")
-    wait = container(serving, "wait-for-model")
+    serving = injected(examples, base)
+    wait = container(serving, WAIT_CONTAINER)
     assert wait["command"] == ["model-agent"]
     args = _parse(_builder("agent.cli"), wait["args"])
     assert args.verb == "wait"
@@ -912,24 +965,63 @@ def test_example_wait_and_serve_flags_are_accepted(examples: list[Obj], base: li
 # ---------------------------------------------------------------- the serving example
 
 
+def injected(examples: list[Obj], base: list[Obj], mode: str = "scheduler") -> Obj:
+    """The example Deployment with its pod template as the webhook mutates it, with the install's
+    settings read from the extender's manifest (agent image, mode) and the agent's port."""
+    import copy
+
+    import jsonpatch
+
+    deploy = copy.deepcopy(find(examples, "Deployment", "minilm-embed"))
+    env = env_of(container(find(base, "Deployment", "model-locality-extender"), "extender"))
+    agent_port = container(find(base, "DaemonSet", "model-locality-agent"), "agent")["ports"][0]["hostPort"]
+    install = Install(
+        mode=mode,  # type: ignore[arg-type]
+        agent_image=env["MODEL_LOCALITY_AGENT_IMAGE"]["value"],
+        agent_port=agent_port,
+        cache_dir=CACHE_DIR,
+    )
+    assert env["MODEL_LOCALITY_INJECTION_MODE"]["value"] == "scheduler"
+    template = {"metadata": deploy["spec"]["template"]["metadata"], "spec": pod_spec(deploy)}
+    outcome = inject(template, install, {})
+    assert outcome.patch and not outcome.warnings
+    deploy["spec"]["template"] = jsonpatch.apply_patch(template, list(outcome.patch))
+    return deploy
+
+
+def test_example_is_just_the_annotation_and_a_container(examples: list[Obj]) -> None:
+    spec = pod_spec(find(examples, "Deployment", "minilm-embed"))
+    assert "initContainers" not in spec and "schedulerName" not in spec
+    assert not [v for v in spec.get("volumes", []) if "hostPath" in v or "secret" in v]
+    ns = find(examples, "Namespace", "model-serving")
+    assert ns["metadata"]["labels"]["model-locality.io/injection"] == "enabled"
+
+
 def test_serving_example_contract(examples: list[Obj], base: list[Obj]) -> None:
-    serving = find(examples, "Deployment", "minilm-embed")
+    serving = injected(examples, base)
     meta = serving["spec"]["template"]["metadata"]
     uris = [u.strip() for u in meta["annotations"][MODELS_ANNOTATION].split(",")]
     assert uris and all(model_ref(u) for u in uris)
     assert meta["annotations"][LOCALITY_ANNOTATION] in {"preferred", "required"}
-    wait = container(serving, "wait-for-model")
+    wait = container(serving, WAIT_CONTAINER)
     assert wait["args"][0] == "wait" and wait["args"][1] in uris
+    assert {"cpu", "memory"} <= set(wait["resources"]["requests"]) & set(wait["resources"]["limits"])
     env = env_of(wait)
     assert env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
     agent_port = container(find(base, "DaemonSet", "model-locality-agent"), "agent")["ports"][0]["hostPort"]
     assert env["MODEL_LOCALITY_AGENT_URL"]["value"] == f"http://$(HOST_IP):{agent_port}"
     server = container(serving, "server")
-    assert server["args"][server["args"].index("--model-uri") + 1] in uris
+    ref = model_ref(uris[0])
+    assert env_of(server)["MODEL_LOCALITY_MODEL_DIR"]["value"] == f"{CACHE_DIR}/models/{ref.id}"
     mounts = {m["name"]: m for m in server["volumeMounts"]}
-    cache_vol = next(v for v in pod_spec(serving)["volumes"] if "hostPath" in v)
-    assert mounts[cache_vol["name"]]["readOnly"] is True
-    assert mounts[cache_vol["name"]]["mountPath"] == CACHE_DIR, "the agent reports paths under its own mount"
+    host_vols = [v for v in pod_spec(serving)["volumes"] if "hostPath" in v]
+    assert {v["hostPath"]["path"] for v in host_vols} == {
+        f"{CACHE_DIR}/models/{ref.id}",
+        f"{CACHE_DIR}/records/{ref.id}.json",
+    }, "exactly this model, never the whole cache"
+    for vol in host_vols:
+        assert mounts[vol["name"]]["readOnly"] is True
+        assert mounts[vol["name"]]["mountPath"] == vol["hostPath"]["path"], "the agent's paths are valid here"
     assert "nvidia.com/gpu" in server["resources"]["limits"]
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         assert server[probe]["httpGet"]["path"] == path
@@ -945,12 +1037,13 @@ def test_network_policies_admit_the_right_callers(base: list[Obj], examples: lis
     agent_np = find(base, "NetworkPolicy", "model-locality-agent")
     (rule,) = agent_np["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [AGENT_PORT]
-    serving_labels = find(examples, "Deployment", "minilm-embed")["spec"]["template"]["metadata"]["labels"]
+    serving_labels = injected(examples, base)["spec"]["template"]["metadata"]["labels"]
     assert any(
         _selects(peer, serving_labels) and peer.get("namespaceSelector") == {} for peer in rule["from"]
     )
     ext_np = find(base, "NetworkPolicy", "model-locality-extender")
-    (rule,) = ext_np["spec"]["ingress"]
+    rule, webhook_rule = ext_np["spec"]["ingress"]
+    assert webhook_rule == {"ports": [{"port": WEBHOOK_PORT, "protocol": "TCP"}]}  # the API server
     assert [p["port"] for p in rule["ports"]] == [EXTENDER_PORT]
     sched_labels = find(base, "Deployment", "model-locality-scheduler")["spec"]["template"]["metadata"][
         "labels"
