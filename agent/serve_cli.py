@@ -133,10 +133,28 @@ def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
         last.update(state=state, at=now)
 
+    since, said = time.time(), {"at": time.monotonic()}
+
+    def retrying(why: str) -> None:
+        # No answer from the agent: say what we wait for, and since when, every 10 s.
+        now = time.monotonic()
+        if now - said["at"] >= 10:
+            at = time.strftime("%H:%M:%S", time.localtime(since))
+            print(
+                f"model-agent wait: waiting for {args.uri} since {at} ({time.time() - since:.0f}s): {why}",
+                file=sys.stderr,
+            )
+            said["at"] = now
+
     try:
         path = asyncio.run(
             wait_ready(
-                settings.agent_url, args.uri, token=settings.token, timeout=args.timeout, on_progress=progress
+                settings.agent_url,
+                args.uri,
+                token=settings.token,
+                timeout=args.timeout,
+                on_progress=progress,
+                on_retry=retrying,
             )
         )
     except AgentError as exc:

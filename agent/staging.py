@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ from agent.sources.base import RemoteFile
 from locality.records import Layout
 
 ChunkKey = tuple[str, int]
+LOCK_NOTICE_SECONDS = 10.0
+log = logging.getLogger(__name__)
 
 
 class Staging:
@@ -118,16 +122,27 @@ async def staging_lock(layout: Layout, model_id: str) -> AsyncIterator[None]:
     ``flock`` when its process dies, so a kill -9 never leaves a stale lock)."""
     layout.staging.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.staging / f"{model_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    said = 0.0
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if time.monotonic() - said >= LOCK_NOTICE_SECONDS:  # at once, then every 10 s
+                    log.warning("waiting for another fetch of model %s (%s)", model_id, _holder(fd))
+                    said = time.monotonic()
                 await asyncio.sleep(0.2)
+        os.ftruncate(fd, 0)  # who holds it, for a fetch that has to wait
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    return text or "holder unknown"
 
 
 def _manifest(uri: str, chunk_bytes: int, files: Sequence[RemoteFile]) -> dict[str, Any]:

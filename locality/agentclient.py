@@ -17,6 +17,8 @@ import aiohttp
 
 from locality.identity import InvalidURI, model_ref
 
+REQUEST_SECONDS = 10.0  # one request's limit, clipped to the time left before the deadline
+
 
 class AgentError(Exception):
     """The agent said no (failed fetch, bad request, auth) or did not answer in time."""
@@ -34,8 +36,13 @@ async def wait_ready(
     timeout: float,  # noqa: ASYNC109 - a total deadline across many requests, not one call's
     poll: float = 0.5,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_retry: Callable[[str], None] | None = None,
 ) -> Path:
-    """Have the agent at ``agent_url`` fetch ``uri``; return the model's local directory."""
+    """Have the agent at ``agent_url`` fetch ``uri``; return the model's local directory.
+
+    ``on_retry`` hears why each try did not get an answer (agent unreachable, 5xx, ...). No
+    request outlives the deadline: each one's timeout is clipped to the time left.
+    """
     try:
         ref = model_ref(uri)
     except InvalidURI as exc:
@@ -45,17 +52,22 @@ async def wait_ready(
     deadline = time.monotonic() + timeout
     last = "no answer from the agent yet"
     posted = False
-    request_timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=request_timeout) as session:
+    async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             try:
                 if not posted:
-                    await _call(session, "POST", f"{base}/v1/models", headers, {"uri": ref.uri})
+                    await _call(
+                        session, "POST", f"{base}/v1/models", headers, {"uri": ref.uri}, deadline=deadline
+                    )
                     posted = True
-                view = await _call(session, "GET", f"{base}/v1/models/{ref.id}", headers, None)
+                view = await _call(
+                    session, "GET", f"{base}/v1/models/{ref.id}", headers, None, deadline=deadline
+                )
             except _Retry as exc:
                 last = str(exc)
                 posted = posted and not exc.gone  # evicted or agent restarted: ask again
+                if on_retry is not None:
+                    on_retry(last)
             else:
                 if on_progress is not None:
                     on_progress(view)
@@ -75,11 +87,21 @@ class _Retry(Exception):
 
 
 async def _call(
-    session: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str], body: Any
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: Any,
+    *,
+    deadline: float,
 ) -> dict[str, Any]:
     """One request; ``_Retry`` for what may pass (connection, 5xx, 404), ``AgentError`` for the rest."""
     try:
-        async with session.request(method, url, headers=headers, json=body) as resp:
+        left = min(REQUEST_SECONDS, deadline - time.monotonic())
+        if left <= 0:
+            raise _Retry("no time left for another request")
+        timeout = aiohttp.ClientTimeout(total=left)
+        async with session.request(method, url, headers=headers, json=body, timeout=timeout) as resp:
             try:
                 data = await resp.json(content_type=None)
             except ValueError:

@@ -241,3 +241,42 @@ def test_read_only_verbs_create_nothing(
     expected = f"model-agent {verb[0]}: no cache at {missing}: it does not exist"
     assert last_line(err) == f"{expected} (--cache-dir or MODEL_LOCALITY_CACHE_DIR)"
     assert not missing.exists()
+
+
+def test_wait_says_what_it_waits_for_and_keeps_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    with black_hole() as port:  # an agent that accepts and never answers: each request would hang
+        start = time.monotonic()
+        code, out, err = agent(
+            capsys, "wait", "s3://models/m", "--agent-url", f"http://127.0.0.1:{port}", "--timeout", "10.5"
+        )
+        seconds = time.monotonic() - start
+    assert code == 124 and out == ""
+    assert 10.5 <= seconds < 11.0  # each request's timeout is clipped to the time left
+    waiting = [line for line in err.splitlines() if "waiting for s3://models/m since" in line]
+    assert len(waiting) == 1, err
+    assert last_line(err).startswith("model-agent wait: timed out after 10.5s waiting for s3://models/m")
+
+
+async def test_a_second_fetch_says_who_holds_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from agent.staging import staging_lock
+    from locality.records import Layout
+
+    layout = Layout(tmp_path)
+
+    async def fetch_again() -> None:
+        async with staging_lock(layout, "0123456789abcdef"):
+            pass
+
+    async with staging_lock(layout, "0123456789abcdef"):
+        second = asyncio.ensure_future(fetch_again())
+        await asyncio.sleep(0.3)
+        assert not second.done()
+    await asyncio.wait_for(second, 5)
+    waits = [r.getMessage() for r in caplog.records if "waiting for another fetch" in r.getMessage()]
+    assert waits == [
+        f"waiting for another fetch of model 0123456789abcdef (pid {os.getpid()} since " + waits[0][-9:]
+    ]
