@@ -7,7 +7,7 @@ the operations that add, each only when the user has not written it already:
   server defaults a missing one to ``default-scheduler`` before admission, so that counts as none);
   or (mode ``affinity``) one preferred nodeAffinity term per model, ``<label key> In [ready]``,
   weighted by the model's share of the pod's bytes, plus required terms for ``locality: required``;
-- the wait init container (``model-agent wait URI...``, first in ``initContainers``), with the
+- the wait init containers (``model-agent wait URI``, one per model, first in ``initContainers``), with the
   node's IP and a projected ServiceAccount token of audience ``model-locality``;
 - read-only hostPath mounts of exactly the requested models' directories and their records (never
   the whole cache), and ``MODEL_LOCALITY_MODEL_DIR`` (+ ``_URI``) or ``MODEL_LOCALITY_MODEL_DIRS``;
@@ -152,13 +152,24 @@ def _wait_container(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> N
     if not _named(p.get(("spec", "volumes")), TOKEN_VOLUME):
         p.append(("spec", "volumes"), _token_volume(install))
     names = {c.get("name") for key in ("initContainers", "containers") for c in _dicts(p.get(("spec", key)))}
-    if WAIT_CONTAINER in names:
+    if WAIT_CONTAINER in names:  # the user's own wait step
         return
-    container = {
-        "name": WAIT_CONTAINER,
+    for i, ref in enumerate(refs):  # one per model, first in line; the agent fetches them all at once
+        name = wait_name(i)
+        if name not in names:
+            p.insert(("spec", "initContainers"), i, _wait(install, name, ref))
+
+
+def wait_name(i: int) -> str:
+    return WAIT_CONTAINER if i == 0 else f"{WAIT_CONTAINER}-{i + 1}"
+
+
+def _wait(install: Install, name: str, ref: ModelRef) -> dict[str, Any]:
+    return {
+        "name": name,
         "image": install.agent_image,
         "command": ["model-agent"],
-        "args": ["wait", *(r.uri for r in refs), "--timeout", str(install.wait_timeout_seconds)],
+        "args": ["wait", ref.uri, "--timeout", str(install.wait_timeout_seconds)],
         "env": [
             {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
             {"name": "MODEL_LOCALITY_AGENT_URL", "value": f"http://$(HOST_IP):{install.agent_port}"},
@@ -176,7 +187,6 @@ def _wait_container(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> N
         },
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": install.token_dir, "readOnly": True}],
     }
-    p.insert_first(("spec", "initContainers"), container)
 
 
 def _token_volume(install: Install) -> dict[str, Any]:
@@ -204,7 +214,7 @@ def _models(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> None:
     for key in ("initContainers", "containers"):
         items = p.get(("spec", key))
         for i, container in enumerate(items if isinstance(items, list) else []):
-            if not isinstance(container, dict) or container.get("name") == WAIT_CONTAINER:
+            if not isinstance(container, dict) or str(container.get("name")).startswith(WAIT_CONTAINER):
                 continue
             _container(p, ("spec", key, i), container, mounts, env)
 
@@ -298,11 +308,13 @@ class Patcher:
         else:
             self.put(parts, [item], replace=True)
 
-    def insert_first(self, parts: Sequence[str | int], item: Any) -> None:
+    def insert(self, parts: Sequence[str | int], index: int, item: Any) -> None:
+        """Insert at ``index`` of the list at ``parts`` (created when missing)."""
         current = self.get(parts)
         if isinstance(current, list):
-            current.insert(0, copy.deepcopy(item))
-            self.ops.append({"op": "add", "path": pointer(parts) + "/0", "value": item})
+            index = min(index, len(current))
+            current.insert(index, copy.deepcopy(item))
+            self.ops.append({"op": "add", "path": f"{pointer(parts)}/{index}", "value": item})
         else:
             self.put(parts, [item], replace=True)
 

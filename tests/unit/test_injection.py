@@ -103,7 +103,12 @@ def test_several_models_get_one_json_env() -> None:
         RA.uri: f"/var/lib/model-locality/models/{RA.id}",
         RB.uri: f"/var/lib/model-locality/models/{RB.id}",
     }
-    assert out["spec"]["initContainers"][0]["args"][1:3] == [RA.uri, RB.uri]
+    inits = out["spec"]["initContainers"]
+    assert [(c["name"], c["args"][1]) for c in inits] == [
+        (WAIT_CONTAINER, RA.uri),
+        (f"{WAIT_CONTAINER}-2", RB.uri),
+    ]
+    assert all(DIRS_ENV not in env_of(c) for c in inits)
 
 
 def test_affinity_mode_weights_from_sizes() -> None:
