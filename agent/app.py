@@ -24,6 +24,7 @@ from agent.config import Settings
 from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
 from agent.owner import SOCKET_NAME, Busy, Owner, bind_socket, hold
+from agent.revision_api import REVISION_FIELDS, revision_fields
 from locality import errors
 from locality.auth import Authenticator, Rule, StaticToken, rules_table
 from locality.authmw import NoAuthenticator, auth_middleware, principal_of
@@ -78,17 +79,19 @@ STATE = web.AppKey("state", AgentState)
 
 
 async def post_model(request: web.Request) -> web.Response:
-    body = await read_json_object(request, required=("uri",), max_bytes=16 << 10)
+    body = await read_json_object(request, required=("uri",), optional=REVISION_FIELDS, max_bytes=16 << 10)
     if not isinstance(body["uri"], str):
         raise errors.Invalid("uri must be a string")
     try:
         ref = model_ref(body["uri"])
     except InvalidURI as exc:
         raise errors.Invalid(str(exc)) from exc
+    refresh, revision = revision_fields(body)
     who, gate = principal_of(request), request.app.get(ACCESS)
     if gate is not None and who is not None and who.namespace is not None:
         await gate.check(who.namespace, ref)  # before any byte is fetched
-    return web.json_response(await request.app[MANAGER].request(ref), status=202)
+    answer = await request.app[MANAGER].request(ref, refresh=refresh, revision=revision)
+    return web.json_response(answer, status=202)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -243,6 +246,9 @@ def _start_tasks(
     settings: Settings, deps: Deps, manager: ModelManager, state: AgentState, metrics: AgentMetrics
 ) -> list[asyncio.Task[None]]:
     tasks = [supervised("model-manager", manager.run)]
+    if settings.refresh_seconds > 0:
+        seconds = settings.refresh_seconds
+        tasks.append(supervised("refresh", lambda: manager.refresher.run(seconds)))
     if state.standalone:
         log.info("standalone mode: no Kubernetes API or no node name; node labels are not written")
         _mark_ready(state, metrics)

@@ -28,7 +28,6 @@ from agent.durable import fsync_dir, save_record
 from agent.eviction import Candidate, Plan, plan_eviction
 from agent.fetcher import ByteCounter, Fetcher, RetryPolicy
 from agent.inventory import (
-    ID,
     Partial,
     Quarantined,
     allocated_bytes,
@@ -42,11 +41,13 @@ from agent.inventory import (
     wanted,
 )
 from agent.recovery import read_record, recover, remove_staging
+from agent.revisions import revision_of
 from agent.sources import RemoteFile, Source, SourceError, Timeouts, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
+from agent.switch import new_dir, same_revision, superseded
 from locality.digests import verify_files
 from locality.identity import ModelRef
-from locality.records import Layout, ModelRecord
+from locality.records import RECORD_KEY, FileRecord, Layout, ModelRecord
 
 log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2
@@ -144,13 +145,13 @@ class Cache:
             unreadable: dict[str, Quarantined] = {}
             for path in sorted(self.layout.records.glob("*.json")) if self.layout.records.is_dir() else []:
                 model_id = path.name.removesuffix(".json")
-                if not ID.match(model_id):
+                if not RECORD_KEY.match(model_id):
                     continue
                 record, problem = read_record(self.layout, model_id)
                 if problem is not None:
                     where = self.layout.model(model_id)
                     unreadable[model_id] = Quarantined(model_id, model_id, problem, 0, where)
-                elif record is not None and self.layout.model(model_id).is_dir():
+                elif record is not None and (self.layout.models / record.dir_name).is_dir():
                     records[model_id] = record
             self._records = records
             self._load_extras()
@@ -181,7 +182,13 @@ class Cache:
         return self._records.get(model_id)
 
     def model_path(self, model_id: str) -> Path:
-        return self.layout.model(model_id)
+        """The directory of a committed model's current revision (``models/<id>`` or ``<id>@<rev8>``)."""
+        record = self._records.get(model_id)
+        return self.layout.models / (record.dir_name if record is not None else model_id)
+
+    def revisions(self, model_id: str) -> list[ModelRecord]:
+        """The superseded revisions of ``model_id`` still on disk (kept while pods pin them)."""
+        return [r for r in self.records() if r.superseded and r.model_id == model_id]
 
     def usage(self) -> tuple[int, int]:
         """``(used, quota)``: committed bytes, fetches in flight (their full size), the allocated
@@ -246,8 +253,15 @@ class Cache:
         remove_tree(trash)
         self._on_change(model_id)
 
-    async def fetch(self, ref: ModelRef, progress: Callable[[Progress], None] | None = None) -> ModelRecord:
-        """Fetch and commit ``ref`` (or return its record at once); resumes; safe to cancel."""
+    async def fetch(
+        self,
+        ref: ModelRef,
+        progress: Callable[[Progress], None] | None = None,
+        *,
+        expect: str | None = None,
+    ) -> ModelRecord:
+        """Fetch and commit ``ref`` (or return its record at once); resumes; safe to cancel.
+        ``expect``: fail unless the origin holds that revision."""
         self._ensure()
         known = self._records.get(ref.id) is not None
         if known and (record := await asyncio.to_thread(self.confirm, ref.id)) is not None:
@@ -256,9 +270,37 @@ class Cache:
             record = await asyncio.to_thread(self._adopt, ref.id)
             if record is not None:
                 return record
-            record = await self._fetch_locked(ref, progress or (lambda p: None))
+            record = await self._fetch_locked(ref, progress or (lambda p: None), expect=expect)
         self._on_change(ref.id)
         return record
+
+    async def refresh(
+        self,
+        ref: ModelRef,
+        progress: Callable[[Progress], None] | None = None,
+        *,
+        expect: str | None = None,
+    ) -> ModelRecord | None:
+        """Re-check the origin (one listing); when its revision changed, fetch it beside the
+        current one and switch once verified. The new record, or None when nothing changed."""
+        self._ensure()
+        async with self._locks.setdefault(ref.id, asyncio.Lock()), staging_lock(self.layout, ref.id):
+            current = await asyncio.to_thread(self._adopt, ref.id)
+            record = await self._fetch_locked(
+                ref, progress or (lambda p: None), current=current, expect=expect
+            )
+        if record is current:
+            return None
+        self._on_change(ref.id)
+        return record
+
+    async def origin_revision(self, ref: ModelRef) -> str:
+        """The revision ``ref``'s origin holds now (one listing, retried like a fetch's)."""
+        source = await asyncio.to_thread(self._sources, ref)
+        try:
+            return revision_of(await self._list(source))
+        finally:
+            await source.close()
 
     def want(self, ref: ModelRef) -> None:
         """Remember a fetch accepted over REST, so that a restart resumes it."""
@@ -339,7 +381,7 @@ class Cache:
             if (record := self._records.get(model_id)) is not None:
                 return record
             record, _ = read_record(self.layout, model_id)
-            if record is None or not self.model_path(model_id).is_dir():
+            if record is None or not (self.layout.models / record.dir_name).is_dir():
                 return None
             self._records[model_id] = record
             self._partials.pop(model_id, None)
@@ -361,8 +403,10 @@ class Cache:
             set_pending_pins(self.layout, model_id, pending | {reason} if add else pending - {reason})
 
     def _candidates(self, skip: str | None = None) -> list[Candidate]:
+        # A superseded revision no pod pins goes first: nothing can ask for it any more.
         models = [
-            Candidate(r.id, r.total_bytes, r.last_used, bool(r.pins)) for r in list(self._records.values())
+            Candidate(r.id, r.total_bytes, 0.0 if r.superseded else r.last_used, bool(r.pins))
+            for r in list(self._records.values())
         ]
         idle = [
             Candidate(p.id, p.allocated, p.mtime, bool(pending_pins(self.layout, p.id)))
@@ -450,11 +494,27 @@ class Cache:
             else:
                 self._partials[model_id] = partial
 
-    async def _fetch_locked(self, ref: ModelRef, progress: Callable[[Progress], None]) -> ModelRecord:
+    async def _fetch_locked(
+        self,
+        ref: ModelRef,
+        progress: Callable[[Progress], None],
+        *,
+        current: ModelRecord | None = None,
+        expect: str | None = None,
+    ) -> ModelRecord:
+        """List, then (unless ``current`` already holds the origin's revision) stage, fetch, commit."""
         source = await asyncio.to_thread(self._sources, ref)  # an S3 client takes a second to build
         staging = Staging(self.layout, ref.id)
         try:
             files = await self._list(source)
+            revision = revision_of(files)
+            if expect is not None and not same_revision(revision, expect):
+                raise FetchFailed(
+                    f"{ref.uri}: the origin holds revision {revision}, not the requested {expect} "
+                    "(only the origin's current revision can be fetched)"
+                )
+            if current is not None and current.revision == revision:
+                return current
             try:
                 done = await asyncio.to_thread(self._stage, ref, staging, files)
                 done = await self._run_fetcher(
@@ -530,7 +590,11 @@ class Cache:
         return done
 
     async def _commit_whole(
-        self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging
+        self,
+        ref: ModelRef,
+        files: list[RemoteFile],
+        done: dict[ChunkKey, str],
+        staging: Staging,
     ) -> ModelRecord:
         """Commit in a thread; a cancel arriving meanwhile waits for the (short) commit, then applies."""
         commit = asyncio.ensure_future(asyncio.to_thread(self._commit, ref, files, done, staging))
@@ -543,7 +607,11 @@ class Cache:
             raise
 
     def _commit(
-        self, ref: ModelRef, files: list[RemoteFile], done: dict[ChunkKey, str], staging: Staging
+        self,
+        ref: ModelRef,
+        files: list[RemoteFile],
+        done: dict[ChunkKey, str],
+        staging: Staging,
     ) -> ModelRecord:
         try:
             checked = prepare_commit(ref, files, done, staging, chunk_bytes=self.settings.chunk_bytes)
@@ -551,11 +619,43 @@ class Cache:
             staging.remove()
             raise VerificationFailed(str(exc)) from exc
         with self._mutex:  # the record merges pending pins: no pin may slip in between
-            record = finish_commit(self.layout, ref, files, checked, staging, now=self._now())
+            record = self._switch(ref, files, checked, staging)
             self._records[ref.id] = record
             self._partials.pop(ref.id, None)
             unwant(self.layout, ref.id)
         staging.remove()
+        return record
+
+    def _switch(
+        self, ref: ModelRef, files: list[RemoteFile], checked: list[FileRecord], staging: Staging
+    ) -> ModelRecord:
+        """Under the lock: commit into a directory no record names; a current revision (if still
+        here) first becomes ``records/<id>@<rev8>.json`` with its directory and pod pins, then the
+        new record replaces ``records/<id>.json`` (the atomic switch), then the files move in."""
+        current = self._records.get(ref.id)
+        taken = {r.dir_name for r in self._records.values() if r.model_id == ref.id}
+        old = superseded(current, set(self._records)) if current is not None else None
+        if old is not None:
+            save_record(self.layout, old)
+            log.info("switching %s from revision %s to %s", ref.uri, old.revision, revision_of(files))
+        dir_name = new_dir(ref.id, revision_of(files), taken)
+        try:
+            record = finish_commit(
+                self.layout,
+                ref,
+                files,
+                checked,
+                staging,
+                now=self._now(),
+                dir_name=dir_name,
+                pins=current.pins if current is not None else frozenset(),
+            )
+        except BaseException:
+            if old is not None:  # not switched: the old revision is still the current one
+                self.layout.record(old.id).unlink(missing_ok=True)
+            raise
+        if old is not None:
+            self._records[old.id] = old
         return record
 
 

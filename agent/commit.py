@@ -92,9 +92,13 @@ def finish_commit(
     staging: Staging,
     *,
     now: float,
+    dir_name: str | None = None,
+    pins: frozenset[str] = frozenset(),
 ) -> ModelRecord:
-    """Write the record, rename the files into ``models/<id>``: the short half, run under the
-    cache's lock (it merges the pending pins, which a pin arriving meanwhile would change)."""
+    """Write the record, rename the files into ``models/<dir_name or id>``: the short half, run
+    under the cache's lock (it merges the pending pins, which a pin arriving meanwhile would change).
+    Writing the record is the switch when it replaces an older revision's (``agent.switch``)."""
+    dir_name = dir_name or ref.id
     record = ModelRecord(
         id=ref.id,
         uri=ref.uri,
@@ -104,13 +108,14 @@ def finish_commit(
         etag=model_etag(list(files)),
         fetched_at=now,
         last_used=now,
-        pins=frozenset(pending_pins(layout, ref.id)),
+        pins=frozenset(pending_pins(layout, ref.id)) | pins,
         revision=revision_of(files),
+        dir=None if dir_name == ref.id else dir_name,
     )
     save_record(layout, record)
-    target = layout.model(ref.id)
-    if target.exists():  # debris of an unrecorded dir: never merge into it
-        os.rename(target, layout.trash / f"{ref.id}.{uuid.uuid4().hex[:8]}")
+    target = layout.models / dir_name
+    if target.exists():  # debris of an unrecorded dir (the caller picked a name no record has)
+        os.rename(target, layout.trash / f"{dir_name}.{uuid.uuid4().hex[:8]}")
     os.rename(staging.files_dir, target)
     fsync_dir(layout.models)
     layout.pending_pins(ref.id).unlink(missing_ok=True)

@@ -37,6 +37,7 @@ class Settings:
     connect_timeout: float = 10.0  # seconds to open a connection to a model's origin
     read_timeout: float = 30.0  # seconds without a byte from the origin before a request fails
     attempts: int = 6  # tries of one listing or chunk on transient errors (first try included)
+    refresh_seconds: float = 600.0  # re-check every model's origin this often (0: never)
 
     def validate(self) -> Settings:
         if not 0 < self.low_watermark < self.high_watermark <= 1:
@@ -53,6 +54,8 @@ class Settings:
             raise ConfigError("--connect-timeout and --read-timeout must be between 0 and 3600 seconds")
         if not 1 <= self.attempts <= 100:
             raise ConfigError("--retries must be between 0 and 99")
+        if not 0 <= self.refresh_seconds <= 7 * 86400:
+            raise ConfigError("--refresh-interval must be between 0 (never) and 604800 seconds")
         return self
 
 
@@ -95,6 +98,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-name", help="this node's name (env NODE_NAME, from the downward API)")
     parser.add_argument("--kubeconfig", help="kubeconfig path (env KUBECONFIG; default: in-cluster)")
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 25)")
+    parser.add_argument(
+        "--refresh-interval",
+        help="seconds between re-checks of each model's origin for a new revision; 0: never "
+        "(env MODEL_LOCALITY_REFRESH_SECONDS, default 600)",
+    )
 
 
 def add_client_args(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +149,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or defaults.agent_url).rstrip("/"),
             grace_seconds=pick.as_float(
                 "grace_seconds", "MODEL_LOCALITY_GRACE_SECONDS", default=defaults.grace_seconds
+            ),
+            refresh_seconds=pick.as_float(
+                "refresh_interval", "MODEL_LOCALITY_REFRESH_SECONDS", default=defaults.refresh_seconds
             ),
         )
     except ValueError as exc:

@@ -31,6 +31,7 @@ class Job:
     task: asyncio.Task[None] | None = None
     attempts: int = 0
     failed_at: float = 0.0
+    expect: str | None = None  # the revision the request pinned (the fetch fails on any other)
 
     def view(self) -> dict[str, Any]:
         return {

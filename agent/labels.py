@@ -42,6 +42,7 @@ class ModelState:
     label_key: str
     state: str
     bytes: int = 0  # total bytes, 0 while unknown
+    revision: str | None = None  # the committed revision (ready models)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ def desired_metadata(
             if failed >= max_failed:
                 continue
             failed += 1
-        entry = ModelEntry(m.uri, m.bytes, m.state).as_json()
+        entry = ModelEntry(m.uri, m.bytes, m.state, m.revision).as_json()
         cost = len(_compact({m.id: entry})) - 1  # minus the braces, plus a comma
         if size + cost > max_bytes:
             break

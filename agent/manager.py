@@ -30,6 +30,7 @@ from agent.jobs import (
 from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.pinning import Pins, Wanted
+from agent.refresher import Refresher
 from agent.views import partial_view, quarantined_view, record_view
 from locality import errors
 from locality.identity import ModelRef, model_ref
@@ -60,6 +61,7 @@ class ModelManager:
         self._deleting: set[str] = set()
         self.pins = Pins(self.cache)
         self._closing = False
+        self.refresher = Refresher(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class ModelManager:
     async def close(self, grace: float) -> None:
         """Stop taking work, cancel running fetches (the cache checkpoints them), wait <= ``grace``."""
         self._closing = True
+        await self.refresher.close()
         tasks = [job.task for job in self._jobs.values() if job.task and not job.task.done()]
         for task in tasks:
             task.cancel()
@@ -92,11 +95,20 @@ class ModelManager:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def request(self, ref: ModelRef) -> dict[str, Any]:
-        """Make sure ``ref`` is (being) fetched; idempotent. Returns ``{"id", "label", "state"}``."""
+    async def request(
+        self, ref: ModelRef, *, refresh: bool = False, revision: str | None = None
+    ) -> dict[str, Any]:
+        """Make sure ``ref`` is (being) fetched; idempotent. Returns ``{"id", "label", "state"}``.
+        ``refresh``: re-check the origin of a cached model now; ``revision``: the origin must hold
+        that revision (``agent.refresher``)."""
         if self._closing:
             raise errors.Unavailable("agent is shutting down")
         job = self._jobs.get(ref.id)
+        if job is None and (refresh or revision is not None):
+            answer = await self.refresher.request(ref, refresh=refresh, revision=revision)
+            if answer is not None:
+                return answer
+            job = self._jobs.get(ref.id)
         if job is not None and job.state == "evicting":
             raise errors.Conflict("model is being removed; retry when the removal is done")
         if job is None and self.cache.get(ref.id) is not None:
@@ -108,7 +120,7 @@ class ModelManager:
             self.metrics.verification_failures.inc()
             job = self._jobs.get(ref.id)  # another request may have started it meanwhile
         if job is None or job.state == "failed":
-            job = self._start(ref, job, persist=True)
+            job = self._start(ref, job, persist=True, expect=revision)
         return {"id": ref.id, "label": ref.label_key, "state": job.state}
 
     def view(self, model_id: str) -> dict[str, Any]:
@@ -117,14 +129,14 @@ class ModelManager:
             return job.view()
         for view in self._cache_views():
             if view["id"] == model_id:
-                return view
+                return self.refresher.annotate(view)
         raise errors.NotFound(f"unknown model {model_id}")
 
     def views(self) -> list[dict[str, Any]]:
         """Every model: jobs over committed over partial over quarantined (one view per id)."""
         views: dict[str, dict[str, Any]] = {}
         for view in self._cache_views():
-            views.setdefault(view["id"], view)
+            views.setdefault(view["id"], self.refresher.annotate(view))
         views.update({mid: job.view() for mid, job in self._jobs.items()})
         return [views[mid] for mid in sorted(views)]
 
@@ -204,9 +216,11 @@ class ModelManager:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def _start(self, ref: ModelRef, previous: Job | None, *, persist: bool = False) -> Job:
+    def _start(
+        self, ref: ModelRef, previous: Job | None, *, persist: bool = False, expect: str | None = None
+    ) -> Job:
         """Start a fetch task; ``persist``: remember it on disk first, so a restart resumes it."""
-        job = Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1)
+        job = Job(ref=ref, attempts=(previous.attempts if previous else 0) + 1, expect=expect)
         self._jobs[ref.id] = job
         job.task = asyncio.create_task(self._fetch(job, persist), name=f"fetch-{ref.id}")
         self._changed()
@@ -220,7 +234,9 @@ class ModelManager:
             async with self._sem:
                 job.state = "fetching"
                 self._changed()
-                record = await self.cache.fetch(ref, progress=lambda p: self._progress(job, p))
+                record = await self.cache.fetch(
+                    ref, progress=lambda p: self._progress(job, p), expect=job.expect
+                )
             outcome = "ready"
             self._known_ready.add(ref.id)
             if self._jobs.get(ref.id) is job:
@@ -266,6 +282,25 @@ class ModelManager:
         job.bytes_done = progress.bytes_done
         job.bytes_total = progress.bytes_total
 
+    # -- for the refresher --------------------------------------------------------------------
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        return self._sem
+
+    def busy(self) -> set[str]:
+        """Models with a fetch, failure or removal in flight (not to be refreshed now)."""
+        return set(self._jobs)
+
+    def notify(self) -> None:
+        self._changed()
+
+    async def after_switch(self, model_id: str) -> None:
+        """A model switched to a new revision: publish, re-pin, and let eviction run."""
+        self._changed()
+        await self.pins.apply_all()
+        await self._gc()
+
     async def _gc(self) -> None:
         try:
             await asyncio.to_thread(self.cache.gc)
@@ -303,8 +338,16 @@ class ModelManager:
 
     def model_states(self) -> list[ModelState]:
         states = {
-            r.id: ModelState(id=r.id, uri=r.uri, label_key=r.label, state="ready", bytes=r.total_bytes)
+            r.id: ModelState(
+                id=r.id,
+                uri=r.uri,
+                label_key=r.label,
+                state="ready",
+                bytes=r.total_bytes,
+                revision=r.revision,
+            )
             for r in self.cache.records()
+            if not r.superseded  # ready = the URI's current revision is ready
         }
         for mid, job in self._jobs.items():
             states[mid] = ModelState(

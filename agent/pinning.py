@@ -2,7 +2,9 @@
 
 The watchers report the full wanted set after every change; ``Pins.apply`` makes the cache's
 watcher-owned pins of a model equal to it. Other pins (e.g. set by hand with the CLI) are left
-alone. Until the first report nothing is touched: unpinning before the informers listed once
+alone. A superseded revision (``<id>@<rev8>``) keeps the pod pins it had at the switch until those
+pods are gone, and gains none: pods that start later read the current revision.
+Until the first report nothing is touched: unpinning before the informers listed once
 could let eviction remove a model that a running pod reads.
 """
 
@@ -13,6 +15,7 @@ import logging
 
 from agent.cache import Cache, CacheError, UnknownModel
 from locality.identity import ModelRef
+from locality.records import base_id
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,13 @@ class Pins:
         """Make the cache's watcher-owned pins of ``model_id`` equal the wanted reasons."""
         if not self.known:
             return
-        want = self.reasons(model_id)
+        want = self.reasons(base_id(model_id))
         record = self.cache.get(model_id)
         have = self._applied.get(model_id, frozenset())
         if record is not None:
             have = frozenset(p for p in record.pins if p.startswith(PIN_PREFIXES))
+            if record.superseded:
+                want = want & have
         try:
             for reason in sorted(want - have):
                 await asyncio.to_thread(self.cache.pin, model_id, reason)

@@ -2,7 +2,10 @@
 
 Cases, by what a crash can leave behind (commit order: fsync files, record, rename, cleanup):
 
-- record + ``models/<id>``: a committed model;
+- record + ``models/<dir>``: a committed model (``dir``: the record's id unless it names another,
+  e.g. ``<id>@<rev8>`` for a later revision); a superseded revision's ``records/<id>@<rev8>.json``
+  is one too, except when it names the current record's directory (a crash during the switch:
+  the superseded copy goes);
 - record, no model dir, complete ``staging/<id>/files``: crash between record and rename, so
   the rename is done now (the record was written only after every file was verified and synced);
 - record and nothing else: the model was being deleted; the record goes;
@@ -19,17 +22,15 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
 
 from agent.durable import fsync_dir
 from agent.inventory import quarantine
-from locality.records import Layout, ModelRecord, record_from_json
+from locality.records import RECORD_KEY, Layout, ModelRecord, record_from_json
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 def recover(layout: Layout) -> list[ModelRecord]:
@@ -39,7 +40,7 @@ def recover(layout: Layout) -> list[ModelRecord]:
     records = []
     for path in sorted(layout.records.glob("*.json")):
         model_id = path.name.removesuffix(".json")
-        if not _ID.match(model_id):
+        if not RECORD_KEY.match(model_id):
             continue  # pending pins (<id>.pins.json) and foreign files
         record, problem = read_record(layout, model_id)
         if problem is not None:
@@ -50,15 +51,30 @@ def recover(layout: Layout) -> list[ModelRecord]:
             path.unlink(missing_ok=True)
     for path in layout.records.glob(".*.tmp"):
         path.unlink(missing_ok=True)
+    records = _drop_duplicates(layout, records)
     known = {r.id for r in records}
+    dirs = {r.dir_name for r in records}
     for path in layout.models.iterdir():
-        if path.name not in known:
+        if path.name not in dirs:
             log.warning("removing %s: a model directory without a record", path)
             _remove_via_trash(layout, path)
     for path in layout.staging.iterdir():
         if path.is_dir() and (path.name in known or not (path / "manifest.json").exists()):
             _remove_unlocked(layout, path)
     return records
+
+
+def _drop_duplicates(layout: Layout, records: list[ModelRecord]) -> list[ModelRecord]:
+    """Drop a superseded record naming a directory a current record names (a torn switch)."""
+    current = {r.dir_name for r in records if not r.superseded}
+    kept = []
+    for record in records:
+        if record.superseded and record.dir_name in current:
+            log.warning("dropping %s: a torn switch left it naming the current directory", record.id)
+            layout.record(record.id).unlink(missing_ok=True)
+        else:
+            kept.append(record)
+    return kept
 
 
 def read_record(layout: Layout, model_id: str) -> tuple[ModelRecord | None, str | None]:
@@ -76,12 +92,16 @@ def read_record(layout: Layout, model_id: str) -> tuple[ModelRecord | None, str 
 
 
 def _settle(layout: Layout, record: ModelRecord) -> bool:
-    model_dir = layout.model(record.id)
+    model_dir = layout.models / record.dir_name
     if model_dir.is_dir():
         return True
     staged = layout.stage(record.id) / "files"
-    if staged.is_dir() and all(
-        (staged / f.path).is_file() and (staged / f.path).stat().st_size == f.size for f in record.files
+    if (
+        not record.superseded
+        and staged.is_dir()
+        and all(
+            (staged / f.path).is_file() and (staged / f.path).stat().st_size == f.size for f in record.files
+        )
     ):
         log.info("finishing the commit of %s (%s)", record.id, record.uri)
         os.rename(staged, model_dir)

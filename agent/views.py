@@ -16,7 +16,7 @@ def record_view(record: ModelRecord, path: Path) -> dict[str, Any]:
         "id": record.id,
         "uri": record.uri,
         "label": record.label,
-        "state": READY,
+        "state": "superseded" if record.superseded else READY,
         "bytes_total": record.total_bytes,
         "bytes_done": record.total_bytes,
         "path": str(path),

@@ -44,9 +44,13 @@ class ModelEntry:
     uri: str
     bytes: int | None
     state: str
+    revision: str | None = None  # what the origin said the committed content is (agent.revisions)
 
     def as_json(self) -> dict[str, object]:
-        return {"uri": self.uri, "bytes": max(0, self.bytes or 0), "state": self.state}
+        entry: dict[str, object] = {"uri": self.uri, "bytes": max(0, self.bytes or 0), "state": self.state}
+        if self.revision:
+            entry["revision"] = self.revision
+        return entry
 
 
 def parse_models_annotation(raw: object) -> tuple[dict[str, ModelEntry], str | None]:
@@ -85,7 +89,13 @@ def _model_entry(entry: object) -> ModelEntry | None:
     if not isinstance(state, str) or state not in MODEL_STATES or not isinstance(uri, str):
         return None
     valid_size = isinstance(size, int) and not isinstance(size, bool) and size >= 0
-    return ModelEntry(uri=uri, bytes=size if valid_size else None, state=state)
+    revision = entry.get("revision")
+    return ModelEntry(
+        uri=uri,
+        bytes=size if valid_size else None,
+        state=state,
+        revision=revision if isinstance(revision, str) else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,10 @@
 Layout under the cache root::
 
     models/<id>/...        committed models, files exactly as at the source, nothing else
-    records/<id>.json      one metadata record per committed model (tmp + fsync + rename)
+    models/<id>@<rev8>/    a later revision of the same URI (the record's ``dir``)
+    records/<id>.json      one metadata record per committed model (tmp + fsync + rename): the
+                           URI's current revision; its ``dir`` names its directory
+    records/<id>@<rev8>.json  a superseded revision, kept while a pod pins it (then evictable)
     records/<id>.pins.json pins given before the model was committed (merged at commit)
     staging/<id>/          a fetch in progress: files/ (renamed to models/<id>), manifest, journal
     trash/                 models being deleted (renamed here first, so removal is atomic)
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,14 @@ from typing import Any
 from locality.digests import DIGEST_SCHEME, verify_files
 
 log = logging.getLogger(__name__)
+
+# A record's key: a model id (the URI's current revision) or ``<id>@<rev8>[.<n>]`` (a superseded one).
+RECORD_KEY = re.compile(r"^[0-9a-f]{16}(@[0-9a-f]{8}(\.[0-9]+)?)?$")
+
+
+def base_id(key: str) -> str:
+    """The model id of a record key (``<id>@<rev8>`` -> ``<id>``)."""
+    return key.split("@", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,20 @@ class ModelRecord:
     last_used: float
     pins: frozenset[str]
     revision: str | None = None  # what the origin says the content is (older records: None)
+    dir: str | None = None  # its directory under models/ (None: the record's id)
+
+    @property
+    def dir_name(self) -> str:
+        return self.dir or self.id
+
+    @property
+    def superseded(self) -> bool:
+        """A former revision of its URI (key ``<id>@<rev8>``), kept only while pinned."""
+        return "@" in self.id
+
+    @property
+    def model_id(self) -> str:
+        return base_id(self.id)
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,7 @@ def record_to_json(record: ModelRecord) -> dict[str, Any]:
         "last_used": record.last_used,
         "pins": sorted(record.pins),
         "revision": record.revision,
+        **({"dir": record.dir} if record.dir else {}),
         "files": [
             {
                 "path": f.path,
@@ -166,7 +193,16 @@ def record_from_json(data: dict[str, Any]) -> ModelRecord:
         last_used=float(data["last_used"]),
         pins=frozenset(str(p) for p in data.get("pins", [])),
         revision=data.get("revision"),
+        dir=_dir_of(data.get("dir")),
     )
+
+
+def _dir_of(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not RECORD_KEY.match(value):
+        raise ValueError(f"record names an unusable directory {str(value)[:40]!r}")
+    return value
 
 
 def load_record(layout: Layout, model_id: str) -> ModelRecord | None:
@@ -182,13 +218,27 @@ def load_record(layout: Layout, model_id: str) -> ModelRecord | None:
     return record if record.id == model_id else None
 
 
+def record_for_dir(layout: Layout, name: str) -> ModelRecord | None:
+    """The record whose directory is ``models/<name>`` (current or superseded revision), or None."""
+    if not RECORD_KEY.match(name):
+        return None
+    record = load_record(layout, name)
+    if record is not None and record.dir_name == name:
+        return record
+    for path in sorted(layout.records.glob(f"{base_id(name)}*.json")):
+        key = path.name.removesuffix(".json")
+        if RECORD_KEY.match(key) and (other := load_record(layout, key)) and other.dir_name == name:
+            return other
+    return None
+
+
 def verify_model_dir(model_dir: Path) -> list[str] | None:
     """For the serving process: re-hash a committed ``<root>/models/<id>``; None if not in a cache."""
     model_dir = Path(model_dir).resolve()
     layout = Layout(model_dir.parent.parent)
     if model_dir.parent.name != "models":
         return None
-    record = load_record(layout, model_dir.name)
+    record = record_for_dir(layout, model_dir.name)
     if record is None:
         return None
     return verify_files(model_dir, record)

@@ -19,7 +19,7 @@ from pathlib import Path
 import xxhash
 
 from locality.digests import hash_chunk
-from locality.records import FileRecord, Layout, ModelRecord, load_record
+from locality.records import FileRecord, Layout, ModelRecord, record_for_dir
 from serving.integrity import Header, IntegrityError, read_header, weight_files
 
 PLAIN_SEGMENT = 32 * 2**20  # read unit of a file that has no record (no chunks to follow)
@@ -60,7 +60,7 @@ def cache_record(model_dir: Path) -> ModelRecord | None:
     model_dir = model_dir.resolve()
     if model_dir.parent.name != "models":
         return None
-    return load_record(Layout(model_dir.parent.parent), model_dir.name)
+    return record_for_dir(Layout(model_dir.parent.parent), model_dir.name)
 
 
 def plan(model_dir: Path, *, check: bool) -> Plan:
