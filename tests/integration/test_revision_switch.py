@@ -54,7 +54,7 @@ async def test_changed_s3_object_switches_and_old_revision_stays_while_pinned(
     assert v2.pins == {"pod:ns/reader", "distribution:keep"}
     (old,) = cache.revisions(ref.id)
     assert old.revision == v1.revision and old.pins == {"pod:ns/reader"}  # pod pins only
-    assert old.dir_name == old_dir.name and old.id == f"{ref.id}@{v1.revision[:8]}"
+    assert old.dir_name == old_dir.name and old.id == f"{ref.id}@{(v1.revision or '')[:8]}"
     # A restart keeps both; serving finds each directory's own record.
     again = make_cache(tmp_path / "cache", quota=5000)
     assert {r.id for r in again.scan()} == {ref.id, old.id}
@@ -170,7 +170,7 @@ async def until(
 ) -> dict[str, Any]:
     deadline, view = time.monotonic() + within, {}
     while time.monotonic() < deadline:
-        view = await (await client.get(f"/v1/models/{model_id}")).json()
+        view = dict(await (await client.get(f"/v1/models/{model_id}")).json())
         if done(view):
             return view
         await asyncio.sleep(0.05)
