@@ -60,3 +60,12 @@ def test_apply_manifests_creates_then_replaces(real_kube: RealKube, real_kube_cl
     read = client.CoreV1Api(real_kube_client).read_namespaced_config_map("fixture-cm", "fixture-ns")
     assert read.data == {"a": "2"}
     assert client.CoreV1Api(real_kube_client).read_namespace("fixture-ns").metadata.labels["team"] == "ml"
+
+
+def test_service_account_keeps_its_namespace_labels(real_kube: RealKube, real_kube_client: Any) -> None:
+    real_kube.create_namespace("fixture-sa-ns", {"model-locality.io/injection": "enabled"})
+    real_kube.create_service_account("fixture-sa-ns", "default")
+    labels = client.CoreV1Api(real_kube_client).read_namespace("fixture-sa-ns").metadata.labels
+    assert labels["model-locality.io/injection"] == "enabled"
+    real_kube.create_service_account("fixture-sa-new", "default")  # a missing namespace is made
+    assert client.CoreV1Api(real_kube_client).read_namespaced_service_account("default", "fixture-sa-new")
