@@ -3,11 +3,16 @@
 ``wait_ready`` POSTs the URI (idempotent on the agent), then polls ``GET /v1/models/{id}`` until
 the state is ``ready`` (returns the local path) or ``failed`` (raises with the agent's error).
 A refused connection is retried until the deadline: the agent may still be starting.
+
+The bearer token is the pod's projected ServiceAccount token (audience ``model-locality``), which
+the kubelet rotates: ``token_source`` is called for every request, and ``file_token`` re-reads
+the file each time rather than keeping the first token for a wait that may outlive it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +21,13 @@ from typing import Any
 import aiohttp
 
 from locality.identity import InvalidURI, model_ref
+from locality.settings import read_token_file
 
 REQUEST_SECONDS = 10.0  # one request's limit, clipped to the time left before the deadline
+# Where the install's projected ServiceAccount token lands in a serving pod (the webhook's
+# injection mounts it there): clients use it when no token file is configured and it exists.
+DEFAULT_TOKEN_FILE = "/var/run/secrets/model-locality/token"
+TokenSource = Callable[[], str | None]
 
 
 class AgentError(Exception):
@@ -28,11 +38,33 @@ class AgentError(Exception):
         self.timed_out = timed_out
 
 
+def client_token_file(configured: str | None, default: str = DEFAULT_TOKEN_FILE) -> str | None:
+    """The token file a client sends from: the configured one, else ``default`` if it exists."""
+    if configured:
+        return configured
+    return default if os.path.isfile(default) else None
+
+
+def file_token(path: str) -> TokenSource:
+    """A token source that reads ``path`` on every call (the kubelet swaps it atomically)."""
+
+    def read() -> str | None:
+        try:
+            return read_token_file(path)
+        except OSError as exc:
+            raise AgentError(f"cannot read token file {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise AgentError(str(exc)) from exc
+
+    return read
+
+
 async def wait_ready(
     agent_url: str,
     uri: str,
     *,
-    token: str | None,
+    token: str | None = None,
+    token_source: TokenSource | None = None,
     timeout: float,  # noqa: ASYNC109 - a total deadline across many requests, not one call's
     poll: float = 0.5,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
@@ -41,14 +73,15 @@ async def wait_ready(
     """Have the agent at ``agent_url`` fetch ``uri``; return the model's local directory.
 
     ``on_retry`` hears why each try did not get an answer (agent unreachable, 5xx, ...). No
-    request outlives the deadline: each one's timeout is clipped to the time left.
+    request outlives the deadline: each one's timeout is clipped to the time left. The token is
+    ``token_source()`` when given (asked before every request), else the fixed ``token``.
     """
     try:
         ref = model_ref(uri)
     except InvalidURI as exc:
         raise AgentError(str(exc)) from exc
     base = agent_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    source: TokenSource = token_source if token_source is not None else (lambda: token)
     deadline = time.monotonic() + timeout
     last = "no answer from the agent yet"
     posted = False
@@ -57,11 +90,16 @@ async def wait_ready(
             try:
                 if not posted:
                     await _call(
-                        session, "POST", f"{base}/v1/models", headers, {"uri": ref.uri}, deadline=deadline
+                        session,
+                        "POST",
+                        f"{base}/v1/models",
+                        _auth(source),
+                        {"uri": ref.uri},
+                        deadline=deadline,
                     )
                     posted = True
                 view = await _call(
-                    session, "GET", f"{base}/v1/models/{ref.id}", headers, None, deadline=deadline
+                    session, "GET", f"{base}/v1/models/{ref.id}", _auth(source), None, deadline=deadline
                 )
             except _Retry as exc:
                 last = str(exc)
@@ -78,6 +116,11 @@ async def wait_ready(
                 last = f"state {view.get('state')}"
             await asyncio.sleep(max(0.0, min(poll, deadline - time.monotonic())))
     raise AgentError(f"timed out after {timeout:g}s waiting for {ref.uri} ({last})", timed_out=True)
+
+
+def _auth(source: TokenSource) -> dict[str, str]:
+    token = source()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class _Retry(Exception):

@@ -27,7 +27,7 @@ from tests.fixtures.realkube import SKIP_REASON, RealKube, assets_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-CRD = "modeldistributions.model-locality.io"
+CRDS = ("modeldistributions.model-locality.io", "modelaccesspolicies.model-locality.io")
 # kubectl's client-side apply reports these "configured" on every run though nothing changes.
 ALWAYS_PATCHED = {"poddisruptionbudget.policy/model-locality-extender"}
 
@@ -91,10 +91,13 @@ def _versions(kube: RealKube, overlay: Path) -> dict[str, tuple[str, int | None]
 
 def test_second_apply_changes_nothing(own_kube: RealKube, tmp_path: Path) -> None:
     overlay = _overlay(tmp_path)
-    # The CRD first: the examples' ModelDistributions need it established.
-    crd = _kubectl(own_kube, "apply", "-f", str(MANIFESTS / "crd-modeldistributions.yaml"))
+    # The CRDs first (manifests/README.md): the examples' ModelDistributions and the base's
+    # default ModelAccessPolicy need them established.
+    files = [arg for name in CRDS for arg in ("-f", str(MANIFESTS / f"crd-{name.split('.')[0]}.yaml"))]
+    crd = _kubectl(own_kube, "apply", *files)
     assert crd.returncode == 0, crd.stderr
-    established = _kubectl(own_kube, "wait", "--for=condition=Established", f"crd/{CRD}", "--timeout=60s")
+    waits = [f"crd/{name}" for name in CRDS]
+    established = _kubectl(own_kube, "wait", "--for=condition=Established", *waits, "--timeout=60s")
     assert established.returncode == 0, established.stderr
 
     first = _kubectl(own_kube, "apply", "-k", str(overlay))

@@ -431,6 +431,9 @@ def test_agent_rbac_is_exactly_what_it_needs(base: list[Obj]) -> None:
         ("", "nodes"): {"get", "list", "watch", "patch"},
         ("", "pods"): {"list", "watch"},
         ("model-locality.io", "modeldistributions"): {"get", "list", "watch"},
+        # the ModelAccessPolicy gate (agent/access.py): an informer, and one namespace's labels
+        ("model-locality.io", "modelaccesspolicies"): {"list", "watch"},
+        ("", "namespaces"): {"get"},
     }
 
 
