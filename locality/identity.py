@@ -26,7 +26,7 @@ SLUG_MAX = 40
 _MODEL_LABEL = re.compile(r"^model-locality\.io/[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\.[0-9a-f]{8}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
-_SCHEMES = ("s3", "http", "https")
+_SCHEMES = ("s3", "http", "https", "hf")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -44,8 +44,8 @@ class ModelRef:
 
     uri: str
     scheme: str
-    authority: str  # S3 bucket, or HTTP host[:port]
-    path: str  # S3 prefix/key without leading "/", or the HTTP path with query
+    authority: str  # S3 bucket, HTTP host[:port], or the Hugging Face org
+    path: str  # S3 prefix/key without leading "/", the HTTP path with query, or REPO[@REV][?globs]
     id: str
     slug: str
     label_key: str
@@ -56,6 +56,8 @@ def model_ref(uri: str) -> ModelRef:
     normalized, scheme, authority, path = normalize_uri(uri)
     model_id = model_id_of(normalized)
     last = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or authority
+    if scheme == "hf":
+        last = path.split("?", 1)[0].split("@", 1)[0]
     slug = slugify(last)
     return ModelRef(
         uri=normalized,
@@ -104,11 +106,18 @@ def normalize_uri(uri: str) -> tuple[str, str, str, str]:
         raise InvalidURI(f"model URI cannot be parsed: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise InvalidURI(f"unsupported scheme {parts.scheme!r}: use s3://, http:// or https://")
+        raise InvalidURI(f"unsupported scheme {parts.scheme!r}: use s3://, http://, https:// or hf://")
     if parts.fragment:
         raise InvalidURI("model URI must not carry a #fragment")
     if scheme == "s3":
         return _normalize_s3(parts.netloc, parts.path, parts.query)
+    if scheme == "hf":
+        from locality.hfuri import normalize_hf
+
+        try:
+            return normalize_hf(parts.netloc, parts.path, parts.query)
+        except ValueError as exc:
+            raise InvalidURI(str(exc)) from exc
     return _normalize_http(scheme, parts)
 
 

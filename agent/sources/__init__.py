@@ -1,4 +1,4 @@
-"""Model sources: list a model URI's files and say how to GET their bytes (S3 or HTTP)."""
+"""Model sources: list a model URI's files and say how to GET their bytes (S3, HTTP, Hugging Face)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ def open_source(ref: ModelRef, timeouts: Timeouts | None = None) -> Source:
         from agent.sources.s3 import S3Source
 
         return S3Source(ref, timeouts)
+    if ref.scheme == "hf":
+        from agent.sources.hf import HfSource
+
+        return HfSource(ref, timeouts)
     from agent.sources.http import HttpSource
 
     return HttpSource(ref, timeouts)

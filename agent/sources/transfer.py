@@ -15,7 +15,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urljoin, urlsplit
 
 import xxhash
@@ -106,7 +106,7 @@ class RangeReader:
         self, target: HttpTarget, job: ChunkJob, etag: str | None, on_bytes: Callable[[int], None]
     ) -> None:
         """Fill ``job`` from its ``received`` mark to its end; raise ``SourceError`` or ``Stopped``."""
-        url = target.url
+        url, first = target.url, target
         for _ in range(6):
             resp = self._request(url, target, job)
             if resp.status not in _REDIRECTS:
@@ -114,10 +114,11 @@ class RangeReader:
             location = resp.getheader("Location") or ""
             self._drop(url)
             url = urljoin(url, location)
+            target = _redirected(first, url)
         else:
             raise SourceError(f"{target.url}: too many redirects", permanent=True)
         try:
-            self._check(url, resp, job, etag)
+            self._check(url, resp, job, etag, redirected=url != first.url)
             self._stream(resp, job, on_bytes)
         except LocalWriteError:
             self._drop(url)
@@ -177,12 +178,23 @@ class RangeReader:
                     raise SourceError(f"{_redact(url)}: {why}", permanent=untrusted) from exc
         raise AssertionError("unreachable")
 
-    def _check(self, url: str, resp: http.client.HTTPResponse, job: ChunkJob, etag: str | None) -> None:
+    def _check(
+        self,
+        url: str,
+        resp: http.client.HTTPResponse,
+        job: ChunkJob,
+        etag: str | None,
+        *,
+        redirected: bool = False,
+    ) -> None:
         status = resp.status
         if status >= 300:
             body = resp.read(512).decode("utf-8", "replace").strip().replace("\n", " ")
             detail = f"{_redact(url)}: origin answered HTTP {status}" + (f" ({body[:200]})" if body else "")
-            raise SourceError(detail, permanent=status in PERMANENT_STATUSES)
+            # A 403 at the end of a redirect is a signed URL that expired: the next try follows
+            # the redirect afresh (a new URL) and keeps what this chunk already staged.
+            expired = redirected and status in (401, 403, 410)
+            raise SourceError(detail, permanent=status in PERMANENT_STATUSES and not expired)
         got = resp.getheader("ETag")
         if etag and got and got.strip('"') != etag.strip('"'):
             raise SourceError(
@@ -287,6 +299,14 @@ class RangeReader:
         if conn is not None:
             conn.close()
         self._active = None
+
+
+def _redirected(first: HttpTarget, url: str) -> HttpTarget:
+    """The target after a redirect: to another host, without the first host's credentials."""
+    if urlsplit(url).netloc == urlsplit(first.url).netloc:
+        return first
+    headers = tuple((k, v) for k, v in first.headers if k.lower() not in ("authorization", "cookie"))
+    return replace(first, url=url, headers=headers)
 
 
 def _redact(url: str) -> str:

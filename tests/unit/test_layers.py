@@ -23,6 +23,7 @@ PACKAGES = ("locality", "agent", "scheduler_extender", "serving")
 SERVICES = ("agent", "scheduler_extender", "serving")
 CORES = (
     "locality.identity",
+    "locality.hfuri",
     "locality.contract",
     "locality.errors",
     "locality.backoff",
@@ -53,6 +54,7 @@ ONLY_IN = {
     "kubernetes": ("locality.kube",),
     "boto3": ("agent.sources.s3",),
     "botocore": ("agent.sources.s3",),
+    "huggingface_hub": ("agent.sources.hf",),
 }
 
 
