@@ -633,9 +633,12 @@ class Cache:
         here) first becomes ``records/<id>@<rev8>.json`` with its directory and pod pins, then the
         new record replaces ``records/<id>.json`` (the atomic switch), then the files move in."""
         current = self._records.get(ref.id)
-        taken = {r.dir_name for r in self._records.values() if r.model_id == ref.id}
-        old = superseded(current, set(self._records)) if current is not None else None
+        # Keys and directory names share one namespace, so a superseded record's key never names
+        # another record's directory (quarantine moves ``models/<key>`` along with a bad record).
+        taken = set(self._records) | {r.dir_name for r in self._records.values()}
+        old = superseded(current, taken - {current.dir_name}) if current is not None else None
         if old is not None:
+            taken.add(old.id)
             save_record(self.layout, old)
             log.info("switching %s from revision %s to %s", ref.uri, old.revision, revision_of(files))
         dir_name = new_dir(ref.id, revision_of(files), taken)
