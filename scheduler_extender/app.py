@@ -87,7 +87,9 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
         from scheduler_extender.webhook import webhook_runner
 
         sizes = lambda: cache.index.sizes  # noqa: E731
-        app.cleanup_ctx.append(webhook_runner(settings.webhook, deps.kube, sizes, host=settings.host))
+        counted = lambda result: metrics.webhook_requests.labels(result).inc()  # noqa: E731
+        runner = webhook_runner(settings.webhook, deps.kube, sizes, host=settings.host, on_result=counted)
+        app.cleanup_ctx.append(runner)
     prefix = settings.url_prefix
     app.router.add_post(f"{prefix}/filter", filter_handler, name="filter")
     app.router.add_post(f"{prefix}/prioritize", prioritize_handler, name="prioritize")

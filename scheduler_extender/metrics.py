@@ -75,6 +75,14 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.webhook_requests = Counter(
+            "model_locality_extender_webhook_requests",
+            "Admission reviews by result: mutated, skipped (nothing asked), failed (not mutated)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("mutated", "skipped", "failed"):  # every series from the first scrape
+            self.webhook_requests.labels(result)
         self.status_writes = Counter(
             "model_locality_extender_status_writes",
             "ModelDistribution status writes, by result",

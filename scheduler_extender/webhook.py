@@ -42,6 +42,13 @@ MAX_WARNING = 256  # the API server may truncate longer warnings
 EVENT_REASON = "ModelLocalityNotInjected"
 
 PostEvent = Callable[[str, dict[str, Any]], Awaitable[object]]
+# How one review ended: patched, nothing to do (no annotation, not a pod CREATE, already
+# injected), or not mutated though asked (bad annotation, bad review, internal error).
+RESULTS = ("mutated", "skipped", "failed")
+
+
+def _ignore(_result: str) -> None:
+    pass
 
 
 @dataclass
@@ -53,6 +60,7 @@ class WebhookContext:
     post_event: PostEvent | None = None
     wall: Callable[[], float] = time.time
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    on_result: Callable[[str], None] = _ignore  # one of RESULTS per review (the metrics counter)
 
 
 CONTEXT = web.AppKey("webhook", WebhookContext)
@@ -121,8 +129,13 @@ def warning_event(request: Mapping[str, Any], reason: str, now: float) -> tuple[
 
 async def mutate(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    review = decode_json(await read_body(request, MAX_REVIEW_BYTES))
-    answer, reason = review_response(review, ctx.install, ctx.sizes())
+    try:
+        review = decode_json(await read_body(request, MAX_REVIEW_BYTES))
+        answer, reason = review_response(review, ctx.install, ctx.sizes())
+    except Exception:
+        ctx.on_result("failed")
+        raise
+    ctx.on_result("failed" if reason else "mutated" if "patch" in answer["response"] else "skipped")
     if reason:
         admission = review["request"]
         log.warning("pod in %s not mutated: %s", admission.get("namespace"), reason)
@@ -190,6 +203,7 @@ def webhook_runner(
     *,
     host: str = "0.0.0.0",
     wall: Callable[[], float] = time.time,
+    on_result: Callable[[str], None] = _ignore,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A ``cleanup_ctx`` entry of the extender app that runs the webhook listener beside it."""
     if kube is None and ws.cert_dir is None:
@@ -204,7 +218,9 @@ def webhook_runner(
         cert_dir=Path(ws.cert_dir) if ws.cert_dir else None,
         wall=wall,
     )
-    ctx = WebhookContext(ws.install, sizes, kube.create_event if kube is not None else None, wall)
+    ctx = WebhookContext(
+        ws.install, sizes, kube.create_event if kube is not None else None, wall, on_result=on_result
+    )
 
     async def run(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.ensure_future(_serve(keeper, ctx, host, ws.port))
