@@ -20,6 +20,7 @@ from serving import startup
 from serving.batcher import Batcher, QueueFull
 from serving.config import Settings
 from serving.metrics import Metrics
+from serving.openai_errors import openai_error, openai_error_middleware
 from serving.policy import FIELDS, Limits, parse_request, render_response
 from serving.startup import Embedder, Loaded, StartupError
 
@@ -61,7 +62,8 @@ STATE = web.AppKey("state", State)
 
 def create_app(settings: Settings, deps: Deps) -> web.Application:
     app = web.Application(
-        middlewares=[_count_middleware, error_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[_count_middleware, error_middleware, openai_error_middleware],
+        client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[DEPS] = deps
@@ -161,13 +163,17 @@ async def embeddings(request: web.Request) -> web.Response:
         raise errors.Unavailable("shutting down" if state.draining else "model is not ready yet")
     body = await read_json_object(request, optional=FIELDS, max_bytes=settings.max_body_bytes)
     limits = Limits(
-        settings.model_name, state.loaded.embedder.dimension, settings.max_inputs, settings.max_chars
+        settings.model_name,
+        state.loaded.embedder.dimension,
+        settings.max_inputs,
+        settings.max_chars,
+        settings.model_aliases,
     )
     parsed = parse_request(body, limits)
     try:
         futures = state.batcher.submit(parsed.texts)
     except QueueFull as exc:
-        return json_error(429, str(exc), {"Retry-After": str(exc.retry_after)})
+        return openai_error(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
     start = time.perf_counter()
     state.in_flight += 1
     state.idle.clear()
@@ -188,13 +194,15 @@ async def embeddings(request: web.Request) -> web.Response:
     tokens = sum(count for _, count in results)
     metrics.tokens.inc(tokens)
     vectors = [vector for vector, _ in results]
-    return web.json_response(render_response(vectors, tokens, parsed.encoding, settings.model_name))
+    model = parsed.model or settings.model_name
+    return web.json_response(render_response(vectors, tokens, parsed.encoding, model))
 
 
 async def models(request: web.Request) -> web.Response:
-    name = request.app[SETTINGS].model_name
-    entry = {"id": name, "object": "model", "created": 0, "owned_by": "model-locality"}
-    return web.json_response({"object": "list", "data": [entry]})
+    settings = request.app[SETTINGS]
+    names = (settings.model_name, *settings.model_aliases)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "model-locality"} for name in names]
+    return web.json_response({"object": "list", "data": data})
 
 
 async def readyz(request: web.Request) -> web.Response:

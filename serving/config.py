@@ -14,6 +14,7 @@ from pathlib import Path
 
 from locality.identity import InvalidURI, model_ref
 from locality.settings import ConfigError, flag_or_env, load_token
+from serving.naming import default_name, parse_names
 
 DEFAULT_PORT = 8000
 DEFAULT_AGENT_URL = "http://127.0.0.1:8470"
@@ -30,6 +31,7 @@ class Settings:
     model_dir: Path | None = None
     model_uri: str | None = None
     model_name: str = "model"  # the name answered in ``model``; requests naming another get 404
+    model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b)
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     device: str = "auto"  # auto: CUDA when torch sees one, else CPU
@@ -76,18 +78,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``model-serve``; defaults are applied in ``settings_from_args``."""
     src = parser.add_mutually_exclusive_group()
     src.add_argument(
-        "--model-dir", help="model directory, e.g. the node cache path (env MODEL_SERVE_MODEL_DIR)"
+        "--model-dir", help="model directory, e.g. the node cache path (env MODEL_LOCALITY_SERVE_MODEL_DIR)"
     )
-    src.add_argument("--model-uri", help="model URI; the local agent fetches it (env MODEL_SERVE_MODEL_URI)")
+    src.add_argument(
+        "--model-uri", help="model URI; the local agent fetches it (env MODEL_LOCALITY_SERVE_MODEL_URI)"
+    )
     parser.add_argument(
-        "--model-name", help="name answered as `model` (default: last segment of the URI/dir)"
+        "--served-model-name",
+        "--model-name",
+        dest="model_name",
+        help="name(s) the model answers to, comma-separated, the first answered as `model` "
+        "(env MODEL_LOCALITY_SERVE_MODEL_NAME; default: the URI's last segment, from the agent's "
+        "record for a cache directory, else config.json's _name_or_path, else the directory name)",
     )
-    parser.add_argument("--host", help="listen address (env MODEL_SERVE_HOST, default 0.0.0.0)")
+    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_SERVE_HOST, default 0.0.0.0)")
     parser.add_argument(
-        "--port", type=int, help=f"listen port (env MODEL_SERVE_PORT, default {DEFAULT_PORT})"
+        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_SERVE_PORT, default {DEFAULT_PORT})"
     )
-    parser.add_argument("--device", help="auto | cpu | cuda (env MODEL_SERVE_DEVICE, default auto)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (env MODEL_SERVE_THREADS)")
+    parser.add_argument("--device", help="auto | cpu | cuda (env MODEL_LOCALITY_SERVE_DEVICE, default auto)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (env MODEL_LOCALITY_SERVE_THREADS)")
     parser.add_argument("--max-batch", type=int, help="inputs per forward pass (default 32)")
     parser.add_argument("--max-wait-ms", type=float, help="wait for a fuller batch, ms (default 5)")
     parser.add_argument("--max-queue", type=int, help="queued inputs before 429 (default 1024)")
@@ -96,20 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         help="stream (default: check digests while loading, one pass) | full (re-hash first) | off"
-        " (env MODEL_SERVE_VERIFY)",
+        " (env MODEL_LOCALITY_SERVE_VERIFY)",
     )
     parser.add_argument("--no-verify", action="store_true", help="the same as --verify off")
     parser.add_argument(
         "--agent-url", help=f"agent REST URL (env MODEL_LOCALITY_AGENT_URL, {DEFAULT_AGENT_URL})"
     )
-    parser.add_argument("--token-file", help="agent bearer token file (env MODEL_LOCALITY_TOKEN_FILE)")
+    parser.add_argument("--token-file", help="agent bearer token file (env MODEL_LOCALITY_SERVE_TOKEN_FILE)")
     parser.add_argument("--wait-timeout", type=float, help="seconds to wait for the cache (default 1800)")
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain period (default 25)")
-
-
-def _default_name(model_dir: str | None, model_uri: str | None) -> str:
-    source = (model_uri or model_dir or "model").rstrip("/")
-    return source.rsplit("/", 1)[-1] or "model"
 
 
 def _injected(
@@ -159,39 +163,73 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
     pick = flag_or_env(args, environ)
     d = Settings()
-    model_dir = pick("model_dir", "MODEL_SERVE_MODEL_DIR")
-    model_uri = pick("model_uri", "MODEL_SERVE_MODEL_URI")
+    model_dir = pick("model_dir", "MODEL_LOCALITY_SERVE_MODEL_DIR", "MODEL_SERVE_MODEL_DIR")
+    model_uri = pick("model_uri", "MODEL_LOCALITY_SERVE_MODEL_URI", "MODEL_SERVE_MODEL_URI")
     if model_dir and model_uri and args.model_dir is None and args.model_uri is None:
-        raise ConfigError("MODEL_SERVE_MODEL_DIR and MODEL_SERVE_MODEL_URI are both set; keep one")
+        raise ConfigError(
+            "MODEL_LOCALITY_SERVE_MODEL_DIR and MODEL_LOCALITY_SERVE_MODEL_URI are both set; keep one"
+        )
     if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
         model_dir, model_uri = args.model_dir, args.model_uri
     model_dir, model_uri, injected_uri = _injected(model_dir, model_uri, environ)
-    token = load_token(pick("token_file", "MODEL_LOCALITY_TOKEN_FILE"))
+    token = load_token(pick("token_file", "MODEL_LOCALITY_SERVE_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
+    names = parse_names(
+        pick("model_name", "MODEL_LOCALITY_SERVE_MODEL_NAME", "MODEL_SERVE_MODEL_NAME") or ""
+    ) or (default_name(model_dir, model_uri or injected_uri),)
     try:
-        threads = pick("threads", "MODEL_SERVE_THREADS")
-        wait_ms = pick("max_wait_ms", "MODEL_SERVE_MAX_WAIT_MS")
+        thread_envs = ("MODEL_LOCALITY_SERVE_THREADS", "MODEL_SERVE_THREADS")
+        threads = pick.as_int("threads", *thread_envs, default=0) if pick("threads", *thread_envs) else None
+        wait_ms = pick.as_float(
+            "max_wait_ms",
+            "MODEL_LOCALITY_SERVE_MAX_WAIT_MS",
+            "MODEL_SERVE_MAX_WAIT_MS",
+            default=d.max_wait * 1000,
+        )
         verify = (
-            "off" if getattr(args, "no_verify", False) else pick("verify", "MODEL_SERVE_VERIFY") or d.verify
+            "off"
+            if getattr(args, "no_verify", False)
+            else pick("verify", "MODEL_LOCALITY_SERVE_VERIFY", "MODEL_SERVE_VERIFY") or d.verify
         )
         settings = Settings(
             model_dir=Path(model_dir) if model_dir else None,
             model_uri=model_uri,
-            model_name=pick("model_name", "MODEL_SERVE_MODEL_NAME")
-            or _default_name(model_dir, model_uri or injected_uri),
-            host=pick("host", "MODEL_SERVE_HOST") or d.host,
-            port=int(pick("port", "MODEL_SERVE_PORT") or d.port),
-            device=(pick("device", "MODEL_SERVE_DEVICE") or d.device).lower(),
-            threads=int(threads) if threads else None,
-            max_batch=int(pick("max_batch", "MODEL_SERVE_MAX_BATCH") or d.max_batch),
-            max_wait=float(wait_ms) / 1000 if wait_ms is not None else d.max_wait,
-            max_queue=int(pick("max_queue", "MODEL_SERVE_MAX_QUEUE") or d.max_queue),
-            max_inputs=int(pick("max_inputs", "MODEL_SERVE_MAX_INPUTS") or d.max_inputs),
-            max_chars=int(pick("max_chars", "MODEL_SERVE_MAX_CHARS") or d.max_chars),
+            model_name=names[0],
+            model_aliases=names[1:],
+            host=pick("host", "MODEL_LOCALITY_SERVE_HOST", "MODEL_SERVE_HOST") or d.host,
+            port=pick.as_int("port", "MODEL_LOCALITY_SERVE_PORT", "MODEL_SERVE_PORT", default=d.port),
+            device=(pick("device", "MODEL_LOCALITY_SERVE_DEVICE", "MODEL_SERVE_DEVICE") or d.device).lower(),
+            threads=threads,
+            max_batch=pick.as_int(
+                "max_batch", "MODEL_LOCALITY_SERVE_MAX_BATCH", "MODEL_SERVE_MAX_BATCH", default=d.max_batch
+            ),
+            max_wait=wait_ms / 1000,
+            max_queue=pick.as_int(
+                "max_queue", "MODEL_LOCALITY_SERVE_MAX_QUEUE", "MODEL_SERVE_MAX_QUEUE", default=d.max_queue
+            ),
+            max_inputs=pick.as_int(
+                "max_inputs",
+                "MODEL_LOCALITY_SERVE_MAX_INPUTS",
+                "MODEL_SERVE_MAX_INPUTS",
+                default=d.max_inputs,
+            ),
+            max_chars=pick.as_int(
+                "max_chars", "MODEL_LOCALITY_SERVE_MAX_CHARS", "MODEL_SERVE_MAX_CHARS", default=d.max_chars
+            ),
             verify=verify.lower(),
             agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or d.agent_url).rstrip("/"),
             token=token,
-            wait_timeout=float(pick("wait_timeout", "MODEL_SERVE_WAIT_TIMEOUT") or d.wait_timeout),
-            grace_seconds=float(pick("grace_seconds", "MODEL_SERVE_GRACE_SECONDS") or d.grace_seconds),
+            wait_timeout=pick.as_float(
+                "wait_timeout",
+                "MODEL_LOCALITY_SERVE_WAIT_TIMEOUT",
+                "MODEL_SERVE_WAIT_TIMEOUT",
+                default=d.wait_timeout,
+            ),
+            grace_seconds=pick.as_float(
+                "grace_seconds",
+                "MODEL_LOCALITY_SERVE_GRACE_SECONDS",
+                "MODEL_SERVE_GRACE_SECONDS",
+                default=d.grace_seconds,
+            ),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

@@ -15,6 +15,21 @@ FIELDS = ("input", "model", "encoding_format", "dimensions", "user")
 ENCODINGS = ("float", "base64")
 
 
+class BadParam(errors.Invalid):
+    """A 400 that names the request field at fault (OpenAI's ``param``)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(errors.NotFound):
+    """The request names a model this server does not serve (OpenAI: 404 ``model_not_found``)."""
+
+    param = "model"
+    code = "model_not_found"
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one request may ask for."""
@@ -23,12 +38,18 @@ class Limits:
     dimension: int
     max_inputs: int
     max_chars: int
+    aliases: tuple[str, ...] = ()  # more names than ``model_name`` that requests may use
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        return (self.model_name, *self.aliases)
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     texts: tuple[str, ...]
     encoding: str = "float"
+    model: str | None = None  # the name the request used (answered back as ``model``)
 
 
 def parse_request(body: Mapping[str, Any], limits: Limits) -> EmbeddingRequest:
@@ -38,35 +59,37 @@ def parse_request(body: Mapping[str, Any], limits: Limits) -> EmbeddingRequest:
     OpenAI and vLLM answer), so a client routed to the wrong deployment hears about it.
     """
     model = body.get("model")
-    if model is not None and model != limits.model_name:
-        raise errors.NotFound(f"model {model!r} is not served here; this server serves {limits.model_name!r}")
+    if model is not None and model not in limits.served:
+        served = ", ".join(repr(name) for name in limits.served)
+        raise ModelNotFound(f"model {model!r} is not served here; served: {served}")
     encoding = body.get("encoding_format", "float")
     if encoding not in ENCODINGS:
-        raise errors.Invalid(f"encoding_format must be one of {', '.join(ENCODINGS)}")
+        raise BadParam(f"encoding_format must be one of {', '.join(ENCODINGS)}", "encoding_format")
     dims = body.get("dimensions")
     if dims is not None and dims != limits.dimension:
-        raise errors.Invalid(f"dimensions: this model answers {limits.dimension} dimensions only")
+        raise BadParam(f"dimensions: this model answers {limits.dimension} dimensions only", "dimensions")
     if "user" in body and not isinstance(body["user"], str):
-        raise errors.Invalid("user must be a string")
-    return EmbeddingRequest(texts=_texts(body.get("input"), limits), encoding=encoding)
+        raise BadParam("user must be a string", "user")
+    texts = _texts(body.get("input"), limits)
+    return EmbeddingRequest(texts=texts, encoding=encoding, model=model if isinstance(model, str) else None)
 
 
 def _texts(value: Any, limits: Limits) -> tuple[str, ...]:
     if value is None:
-        raise errors.Invalid("missing field: input (a string or a list of strings)")
+        raise BadParam("missing field: input (a string or a list of strings)", "input")
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
-        raise errors.Invalid("input must be a string or a non-empty list of strings")
+        raise BadParam("input must be a string or a non-empty list of strings", "input")
     if len(items) > limits.max_inputs:
-        raise errors.Invalid(f"input has {len(items)} items; at most {limits.max_inputs} per request")
+        raise BadParam(f"input has {len(items)} items; at most {limits.max_inputs} per request", "input")
     for i, item in enumerate(items):
         if not isinstance(item, str):
             kind = "token arrays are not supported" if isinstance(item, (int, list)) else "not a string"
-            raise errors.Invalid(f"input[{i}]: {kind}; send strings")
+            raise BadParam(f"input[{i}]: {kind}; send strings", "input")
         if not item.strip():
-            raise errors.Invalid(f"input[{i}] is empty")
+            raise BadParam(f"input[{i}] is empty", "input")
         if len(item) > limits.max_chars:
-            raise errors.Invalid(f"input[{i}] has {len(item)} characters; at most {limits.max_chars}")
+            raise BadParam(f"input[{i}] has {len(item)} characters; at most {limits.max_chars}", "input")
     return tuple(items)
 
 

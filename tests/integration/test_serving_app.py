@@ -155,7 +155,7 @@ async def test_readiness_flips_only_after_warm_up(
         assert (await client.get("/readyz")).status == 503
         assert (await client.get("/healthz")).status == 200  # alive while starting
         resp = await client.post("/v1/embeddings", json={"input": "too early"})
-        assert resp.status == 503 and "not ready" in (await resp.json())["error"]
+        assert resp.status == 503 and "not ready" in (await resp.json())["error"]["message"]
         assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "load"}) >= 0
         assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "warmup"}) == 0
         assert await metric(client, "model_locality_serving_ready") == 0
@@ -186,7 +186,7 @@ async def test_queue_full_answers_429_with_retry_after(
         resp = await client.post("/v1/embeddings", json={"input": "one too many"})
         assert resp.status == 429
         assert int(resp.headers["Retry-After"]) >= 1
-        assert "queue full" in (await resp.json())["error"]
+        assert "queue full" in (await resp.json())["error"]["message"]
         assert await metric(client, "model_locality_serving_in_flight_requests") == 2
     finally:
         gated.open.set()
@@ -232,8 +232,9 @@ async def test_bad_bodies_get_400_with_a_reason(
     for name, body in BAD_BODIES.items():
         resp = await client.post("/v1/embeddings", data=body, headers={"Content-Type": "application/json"})
         assert resp.status == 400, name
-        error = (await resp.json())["error"]
-        assert error and "Traceback" not in error, name
+        error = (await resp.json())["error"]  # OpenAI's shape on /v1/ routes
+        assert error["type"] == "invalid_request_error", name
+        assert error["message"] and "Traceback" not in error["message"], name
     assert await metric(client, "model_locality_serving_requests_total", {"code": "400"}) == len(BAD_BODIES)
     assert 'code="500"' not in await (await client.get("/metrics")).text()
 
@@ -244,7 +245,7 @@ async def test_other_model_name_is_404_and_size_limit_413(
     s = settings(minilm, max_body_bytes=4096)
     client = await ready_client(aiohttp_client, s, deps(minilm, embedder))
     resp = await client.post("/v1/embeddings", json={"input": "a", "model": "text-embedding-3-small"})
-    assert resp.status == 404 and "all-MiniLM-L6-v2" in (await resp.json())["error"]
+    assert resp.status == 404 and "all-MiniLM-L6-v2" in (await resp.json())["error"]["message"]
     resp = await client.post("/v1/embeddings", json={"input": "a" * 5000})
     assert resp.status == 413
     listed = await (await client.get("/v1/models")).json()
@@ -324,7 +325,7 @@ async def test_drain_refuses_new_work_and_lets_admitted_requests_finish(
         draining = asyncio.create_task(drain(client.app, grace_seconds=30))
         await until(lambda: _status(client, "/readyz", 503))
         resp = await client.post("/v1/embeddings", json={"input": "after the signal"})
-        assert resp.status == 503 and "shutting down" in (await resp.json())["error"]
+        assert resp.status == 503 and "shutting down" in (await resp.json())["error"]["message"]
         assert not draining.done()  # still waiting for the admitted request
     finally:
         gated.open.set()

@@ -59,7 +59,7 @@ def test_parse_request_accepts(body: dict[str, Any], texts: tuple[str, ...], enc
         ),
         pytest.param({"input": "x", "dimensions": 2}, errors.Invalid, "4 dimensions", id="dimensions"),
         pytest.param({"input": "x", "user": 5}, errors.Invalid, "user", id="user not a string"),
-        pytest.param({"input": "x", "model": "gpt"}, errors.NotFound, "serves 'mini'", id="other model"),
+        pytest.param({"input": "x", "model": "gpt"}, errors.NotFound, "served: 'mini'", id="other model"),
     ],
 )
 def test_parse_request_refuses(body: dict[str, Any], error: type[Exception], fragment: str) -> None:
