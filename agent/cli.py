@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 
-from agent import cache_cli, demo, serve_cli
+from agent import cache_cli, demo, refresh_cli, serve_cli
 from locality.cli import add_common_flags, run_verb
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Node agent of model-locality: keeps model weights on local disk.",
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (serve_cli, cache_cli, demo):
+    for module in (serve_cli, cache_cli, refresh_cli, demo):
         module.register(sub)
     add_common_flags(parser)
     return parser
