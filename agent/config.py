@@ -24,6 +24,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
     token: str | None = None
+    token_file: str | None = None  # where ``token`` came from (clients re-read it per request)
     node_name: str | None = None
     kubeconfig: str | None = None
     quota_bytes: int | None = None  # None: the filesystem size of cache_dir
@@ -108,7 +109,11 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
 def add_client_args(parser: argparse.ArgumentParser) -> None:
     """Flags of verbs that talk to a running agent (``wait``)."""
     parser.add_argument("--agent-url", help="agent REST base URL (env MODEL_LOCALITY_AGENT_URL)")
-    parser.add_argument("--token-file", help="bearer token file (env MODEL_LOCALITY_AGENT_TOKEN_FILE)")
+    parser.add_argument(
+        "--token-file",
+        help="bearer token file, read again for every request (the pod's projected ServiceAccount "
+        "token; env MODEL_LOCALITY_TOKEN_FILE; default /var/run/secrets/model-locality/token when it exists)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
@@ -117,7 +122,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     defaults = Settings()
     quota = pick("quota", "MODEL_LOCALITY_QUOTA")
     chunk = pick("chunk_size", "MODEL_LOCALITY_CHUNK_SIZE")
-    token = load_token(pick("token_file", "MODEL_LOCALITY_AGENT_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
+    token_file = pick("token_file", "MODEL_LOCALITY_AGENT_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE")
+    token = load_token(token_file)
     try:
         settings = Settings(
             cache_dir=Path(pick("cache_dir", "MODEL_LOCALITY_CACHE_DIR") or DEFAULT_CACHE_DIR),
@@ -126,6 +132,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
                 "port", "MODEL_LOCALITY_AGENT_PORT", "MODEL_LOCALITY_PORT", default=defaults.port
             ),
             token=token,
+            token_file=token_file,
             node_name=pick("node_name", "NODE_NAME"),
             kubeconfig=pick("kubeconfig", "KUBECONFIG"),
             quota_bytes=parse_size(quota) if quota else None,

@@ -115,7 +115,7 @@ def _check_cache_dir(root: Path) -> None:
 
 
 def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from locality.agentclient import AgentError, wait_ready
+    from locality.agentclient import AgentError, client_token_file, file_token, wait_ready
 
     settings = settings_from_args(args, environ)
     if args.timeout <= 0:
@@ -146,12 +146,14 @@ def run_wait(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             )
             said["at"] = now
 
+    # The pod's projected ServiceAccount token, re-read for every request (the kubelet rotates it).
+    token_file = client_token_file(settings.token_file)
     try:
         path = asyncio.run(
             wait_ready(
                 settings.agent_url,
                 args.uri,
-                token=settings.token,
+                token_source=file_token(token_file) if token_file else None,
                 timeout=args.timeout,
                 on_progress=progress,
                 on_retry=retrying,

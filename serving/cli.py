@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from locality.agentclient import AgentError, wait_ready
+from locality.agentclient import AgentError, client_token_file, file_token, wait_ready
 from locality.cli import add_common_flags, verbosity
 from locality.httpkit import QuietProbeAccessLogger
 from locality.settings import setup_logging
@@ -73,9 +73,14 @@ def default_deps(settings: Settings) -> Deps:
 async def wait_for_agent(settings: Settings) -> Path:
     """Ask the node agent to fetch ``model_uri`` and wait until it is committed; return its path."""
     assert settings.model_uri is not None
+    token_file = client_token_file(settings.token_file)
     try:
         path = await wait_ready(
-            settings.agent_url, settings.model_uri, token=settings.token, timeout=settings.wait_timeout
+            settings.agent_url,
+            settings.model_uri,
+            # The pod's projected ServiceAccount token, re-read per request (the kubelet rotates it).
+            token_source=file_token(token_file) if token_file else None,
+            timeout=settings.wait_timeout,
         )
     except AgentError as exc:
         raise StartupError(f"waiting for {settings.model_uri} via {settings.agent_url}: {exc}") from exc

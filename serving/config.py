@@ -47,6 +47,7 @@ class Settings:
     verify: str = "stream"
     agent_url: str = DEFAULT_AGENT_URL
     token: str | None = None
+    token_file: str | None = None  # where ``token`` came from: re-read for every agent request
     wait_timeout: float = 1800.0
     grace_seconds: float = 25.0
 
@@ -111,7 +112,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--agent-url", help=f"agent REST URL (env MODEL_LOCALITY_AGENT_URL, {DEFAULT_AGENT_URL})"
     )
-    parser.add_argument("--token-file", help="agent bearer token file (env MODEL_LOCALITY_SERVE_TOKEN_FILE)")
+    parser.add_argument(
+        "--token-file",
+        help="agent bearer token file, read again for every request (env MODEL_LOCALITY_SERVE_TOKEN_FILE "
+        "or MODEL_LOCALITY_TOKEN_FILE; default /var/run/secrets/model-locality/token when it exists)",
+    )
     parser.add_argument("--wait-timeout", type=float, help="seconds to wait for the cache (default 1800)")
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain period (default 25)")
 
@@ -172,7 +177,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
         model_dir, model_uri = args.model_dir, args.model_uri
     model_dir, model_uri, injected_uri = _injected(model_dir, model_uri, environ)
-    token = load_token(pick("token_file", "MODEL_LOCALITY_SERVE_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
+    token_file = pick("token_file", "MODEL_LOCALITY_SERVE_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE")
+    token = load_token(token_file)
     names = parse_names(
         pick("model_name", "MODEL_LOCALITY_SERVE_MODEL_NAME", "MODEL_SERVE_MODEL_NAME") or ""
     ) or (default_name(model_dir, model_uri or injected_uri),)
@@ -218,6 +224,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             verify=verify.lower(),
             agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or d.agent_url).rstrip("/"),
             token=token,
+            token_file=token_file,
             wait_timeout=pick.as_float(
                 "wait_timeout",
                 "MODEL_LOCALITY_SERVE_WAIT_TIMEOUT",
