@@ -166,6 +166,7 @@ def test_label_only_after_commit_and_removed_on_delete(
         "uri": ref.uri,
         "bytes": agent.call("GET", f"/v1/models/{ref.id}")[1]["bytes_total"],
         "state": "ready",
+        "revision": agent.call("GET", f"/v1/models/{ref.id}")[1]["revision"],  # what is served
     }
     cache_note = json.loads(node_meta(fake_kube)[1][CACHE_ANNOTATION])
     assert cache_note["quota_bytes"] == 1 << 30 and cache_note["used_bytes"] > 0
