@@ -5,6 +5,7 @@ annotations land on its own Node; any other Node, label or field is refused."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,7 +53,33 @@ def cluster(real_kube: RealKube, tmp_path_factory: pytest.TempPathFactory) -> tu
             real_kube.request("DELETE", f"/api/v1/nodes/{name}")
         real_kube.create_gpu_node(name, labels={"pool": "gpu"}, annotations={"team": "ml"})
     token = agent_token(real_kube, "agent-node-a")
-    return real_kube, kubeconfig_file(real_kube, tmp_path_factory.mktemp("agent"), token, "agent")
+    kubeconfig = kubeconfig_file(real_kube, tmp_path_factory.mktemp("agent"), token, "agent")
+    wait_policy_enforced(kubeconfig)
+    return real_kube, kubeconfig
+
+
+def wait_policy_enforced(kubeconfig: Path, timeout: float = 15.0) -> None:
+    """A new ValidatingAdmissionPolicy takes effect a moment after it is created: dry-run a
+    write it refuses until it does."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                body = {"metadata": {"labels": {A.label_key: "ready"}}}
+                client.CoreV1Api(api).patch_node("agent-node-b", body, dry_run="All")
+            except client.ApiException as err:
+                if err.status == 403 and "ValidatingAdmissionPolicy" in str(err.body):
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the node-scope policy is not enforced after {timeout}s")
+            time.sleep(0.1)
+    finally:
+        api.close()
+        api.rest_client.pool_manager.clear()
 
 
 @pytest.fixture()
