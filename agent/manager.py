@@ -120,7 +120,11 @@ class ModelManager:
             self.metrics.verification_failures.inc()
             job = self._jobs.get(ref.id)  # another request may have started it meanwhile
         if job is None or job.state == "failed":
-            job = self._start(ref, job, persist=True, expect=revision)
+            # Durable before the 202: a restart resumes what was accepted (a kill -9 included).
+            await asyncio.to_thread(self.cache.want, ref)
+            job = self._jobs.get(ref.id)  # a concurrent request may have started it meanwhile
+        if job is None or job.state == "failed":
+            job = self._start(ref, job, expect=revision)
         return {"id": ref.id, "label": ref.label_key, "state": job.state}
 
     def view(self, model_id: str) -> dict[str, Any]:
