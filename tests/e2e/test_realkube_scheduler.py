@@ -7,7 +7,9 @@ No kubelet: pods are bound, never run."""
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,7 @@ def cluster(real_kube: RealKube, tmp_path: Path) -> Iterator[dict[str, Any]]:
         def logs() -> str:
             return f"{procs.logs()}\n--- kube-scheduler\n{real.log('kube-scheduler')}"
 
-        yield {"real": real, "logs": logs}
+        yield {"real": real, "logs": logs, "url": url}
     finally:
         real.stop_process("kube-scheduler")
         procs.stop()
@@ -124,6 +126,13 @@ def test_annotated_pods_land_on_the_warm_node(cluster: dict[str, Any]) -> None:
     for name in ("serve-0", "serve-1"):
         node = until(f"{name} bound", lambda n=name: pod(real, n)["spec"].get("nodeName"), logs)
         assert node == "gpu-warm", logs()
+    # ... because kube-scheduler asked the extender (all three nodes offered each time).
+    with urllib.request.urlopen(f"{cluster['url']}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    prioritized = re.search(
+        r'model_locality_extender_requests_total\{[^}]*verb="prioritize"[^}]*\} (\S+)', metrics
+    )
+    assert prioritized and float(prioritized.group(1)) >= 2, metrics
 
 
 def test_required_pod_for_a_model_no_node_holds_stays_pending_with_the_reason(
