@@ -175,3 +175,19 @@ async def until(
             return view
         await asyncio.sleep(0.05)
     raise AssertionError(f"model {model_id} never got there: {view}")
+
+
+async def test_scheduled_refresh_switches_without_a_request(
+    aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    write_safetensors(tmp_path / "src" / "m.bin", MiB, seed=1)
+    settings = Settings(
+        cache_dir=tmp_path / "cache", token=TOKEN, chunk_bytes=MiB, refresh_seconds=0.2
+    ).validate()
+    client = await aiohttp_client(create_app(settings))
+    with run_origin(tmp_path / "src") as origin:
+        uri = f"{origin.url}/m.bin"
+        first = await until_ready(client, uri)
+        write_safetensors(tmp_path / "src" / "m.bin", MiB + 1, seed=2)
+        view = await until(client, model_ref(uri).id, lambda v: v.get("revision") != first["revision"])
+    assert view["state"] == "ready" and view["path"] != first["path"]
