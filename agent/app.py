@@ -25,6 +25,7 @@ from agent.manager import ModelManager
 from agent.metrics import AgentMetrics
 from agent.owner import SOCKET_NAME, Busy, Owner, bind_socket, hold
 from agent.revision_api import REVISION_FIELDS, revision_fields
+from agent.views import public
 from locality import errors
 from locality.auth import Authenticator, Rule, StaticToken, rules_table
 from locality.authmw import NoAuthenticator, auth_middleware, principal_of
@@ -91,16 +92,16 @@ async def post_model(request: web.Request) -> web.Response:
     if gate is not None and who is not None and who.namespace is not None:
         await gate.check(who.namespace, ref)  # before any byte is fetched
     answer = await request.app[MANAGER].request(ref, refresh=refresh, revision=revision)
-    return web.json_response(answer, status=202)
+    return web.json_response(public(answer), status=202)
 
 
 async def list_models(request: web.Request) -> web.Response:
     # A bare list, like `model-agent ls --json` (DESIGN.md section 3: "GET /v1/models -> list").
-    return web.json_response(request.app[MANAGER].views())
+    return web.json_response([public(v) for v in request.app[MANAGER].views()])
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(request.app[MANAGER].view(request.match_info["id"]))
+    return web.json_response(public(request.app[MANAGER].view(request.match_info["id"])))
 
 
 async def delete_model(request: web.Request) -> web.Response:

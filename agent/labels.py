@@ -24,7 +24,7 @@ from locality.contract import (
     mapping,
     str_map,
 )
-from locality.identity import is_model_label
+from locality.identity import is_model_label, redact_uri
 
 # The models annotation shares the 256 KiB metadata limit with every other writer on the Node.
 MAX_MODELS_ANNOTATION_BYTES = 64 * 1024
@@ -88,7 +88,8 @@ def desired_metadata(
             if failed >= max_failed:
                 continue
             failed += 1
-        entry = ModelEntry(m.uri, m.bytes, m.state, m.revision).as_json()
+        # Node annotations are world-readable: no credentials or signed query strings in them.
+        entry = ModelEntry(redact_uri(m.uri), m.bytes, m.state, m.revision).as_json()
         cost = len(_compact({m.id: entry})) - 1  # minus the braces, plus a comma
         if size + cost > max_bytes:
             break

@@ -7,7 +7,19 @@ from typing import Any
 
 from agent.inventory import Partial, Quarantined
 from locality.contract import READY
+from locality.identity import redact_text, redact_uri
 from locality.records import ModelRecord
+
+
+def public(view: dict[str, Any]) -> dict[str, Any]:
+    """A view as the REST answers it (unauthenticated GETs): the URI's credentials and signed
+    query values, and any URI in the error, redacted."""
+    out = dict(view)
+    if out.get("uri") is not None:
+        out["uri"] = redact_uri(out["uri"])
+    if out.get("error") is not None:
+        out["error"] = redact_text(out["error"])
+    return out
 
 
 def record_view(record: ModelRecord, path: Path) -> dict[str, Any]:

@@ -225,6 +225,15 @@ def redact_uri(uri: object) -> str:
     return head + question + query + (f"#{REDACTED}" if hashmark and fragment else hashmark)
 
 
+# A URI in free text ends before spaces and quotes, and never on the punctuation after it.
+_URI_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*[^\s'\"<>.,;:)\]]")
+
+
+def redact_text(text: object) -> str:
+    """``text`` with every URI in it passed through ``redact_uri`` (log lines, error messages)."""
+    return _URI_IN_TEXT.sub(lambda m: redact_uri(m.group(0)), str(text))
+
+
 def _redact_param(part: str) -> str:
     name, eq, _value = part.partition("=")
     return f"{name}={REDACTED}" if eq and _SECRET_PARAM.search(name) else part

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from locality.identity import redact_text
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -113,8 +115,9 @@ _SECRET = re.compile(
 
 
 def redact(text: str) -> str:
-    """``text`` with AWS access key ids, bearer tokens and SigV4 credentials replaced by ``***``."""
-    return _SECRET.sub(lambda m: (m.group("bearer") or m.group("cred") or "") + "***", text)
+    """``text`` with AWS access key ids, bearer tokens and SigV4 credentials replaced by ``***``,
+    and the credentials and signed query parameters of any URI in it by ``REDACTED``."""
+    return redact_text(_SECRET.sub(lambda m: (m.group("bearer") or m.group("cred") or "") + "***", text))
 
 
 class RedactingFilter(logging.Filter):
