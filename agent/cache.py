@@ -41,6 +41,7 @@ from agent.inventory import (
     wanted,
 )
 from agent.recovery import read_record, recover, remove_staging
+from agent.render import human_size
 from agent.revisions import revision_of
 from agent.sources import RemoteFile, Source, SourceError, Timeouts, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
@@ -422,7 +423,7 @@ class Cache:
         for model_id in model_ids:
             record = self._records.get(model_id)
             if record is not None and not record.pins:
-                log.info("evicting model %s", model_id)
+                log.info("evicting %s (id %s, %s)", record.uri, model_id, human_size(record.total_bytes))
                 trash.append(self._unlink(model_id))
                 evicted.append(model_id)
             elif (

@@ -16,6 +16,7 @@ from agent.config import add_cache_args, settings_from_args
 from agent.local_client import LocalAgent, error_of
 from agent.manager import cache_views
 from agent.owner import Busy, Daemon, open_for_cli
+from agent.render import ls_table, usage_line
 from locality.cli import CliError
 from locality.identity import InvalidURI, model_ref
 
@@ -147,20 +148,9 @@ def run_ls(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.json:
         print(json.dumps(views, indent=1))
         return 0
-    for view in views:
-        print(_ls_line(view))
+    if views:
+        print(ls_table(views))
     return 0
-
-
-def _ls_line(view: dict[str, Any]) -> str:
-    """``id  bytes  pins-or-state  uri``; a partial shows ``done/total``, a quarantined one its reason."""
-    state = view.get("state")
-    if state == "ready":
-        pins = ",".join(view.get("pins") or []) or "-"
-        return f"{view['id']}  {view['bytes_total']:>14}  {pins:<24}  {view['uri']}"
-    done, total = view.get("bytes_done") or 0, view.get("bytes_total")
-    size = f"{done}/{total if total is not None else '?'}" if state != "quarantined" else str(total)
-    return f"{view['id']}  {size:>14}  {state!s:<24}  {view.get('uri') or view.get('error') or ''}"
 
 
 def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -218,5 +208,5 @@ def run_gc(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             used, quota = cache.usage()
     for model_id in evicted:
         print(f"evicted {model_id}")
-    print(f"{len(evicted)} evicted; {used} of {quota} bytes in use")
+    print(usage_line(len(evicted), used, quota))
     return 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.render import human_size
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -72,11 +74,12 @@ def plan_eviction(
     if fits:
         return Plan(evict=tuple(evict), fits=True)
     if incoming == 0:  # gc of an over-full cache: getting closer to the quota still helps
-        return Plan(evict=tuple(evict), fits=False, reason=f"{used - freed} bytes remain over the quota")
+        over = human_size(used - freed)
+        return Plan(evict=tuple(evict), fits=False, reason=f"{over} still in use, over the quota")
     pinned = sum(m.bytes for m in models if m.pinned)
     reason = (
-        f"need {incoming} bytes: {used} bytes in use of a {quota}-byte quota"
-        + (f", {free} bytes free on disk" if free is not None else "")
-        + f", and {pinned} bytes are pinned"
+        f"need {human_size(incoming)}: {human_size(used)} in use of a {human_size(quota)} quota"
+        + (f", {human_size(free)} free on disk" if free is not None else "")
+        + f", and {human_size(pinned)} of it pinned"
     )
     return Plan(evict=(), fits=False, reason=reason)

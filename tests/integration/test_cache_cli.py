@@ -65,7 +65,7 @@ def test_fetch_ls_verify_rm_gc(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, out, _ = cli(capsys, "gc", *flags, "--quota", "2Mi")  # 2 MiB > 0.9 * 2 MiB: a goes
     assert code == 0 and f"evicted {a_id}" in out
     code, out, _ = cli(capsys, "ls", *flags)
-    assert code == 0 and out == ""
+    assert code == 0 and out == ""  # no models, no table
     code, _, err = cli(capsys, "verify", a_id, *flags)
     assert code != 0 and "no model" in err
 

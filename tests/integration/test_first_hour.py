@@ -280,3 +280,26 @@ async def test_a_second_fetch_says_who_holds_the_model(
     assert waits == [
         f"waiting for another fetch of model 0123456789abcdef (pid {os.getpid()} since " + waits[0][-9:]
     ]
+
+
+def test_ls_prints_a_table_people_read_and_json_keeps_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tests.fixtures.models import write_safetensors
+    from tests.fixtures.origin import run_origin
+
+    src = tmp_path / "src"
+    write_safetensors(src / "w.safetensors", 3 * 2**20, seed=3)
+    flags = ["--cache-dir", str(tmp_path / "cache"), "--chunk-size", "1Mi"]
+    with run_origin(src) as origin:
+        uri = f"{origin.url}/w.safetensors"
+        assert agent(capsys, "fetch", uri, *flags)[0] == 0
+    code, out, _ = agent(capsys, "ls", *flags)
+    header, row = out.splitlines()
+    assert code == 0 and header.split() == ["ID", "STATE", "SIZE", "PINS", "URI"]
+    assert " ready " in row and " MiB " in row and row.endswith(uri)
+    code, out, _ = agent(capsys, "ls", "--json", *flags)
+    [view] = json.loads(out)
+    assert view["bytes_total"] == (src / "w.safetensors").stat().st_size  # exact bytes, not units

@@ -38,6 +38,7 @@ CORES = (
     "scheduler_extender.certs",
     "agent.eviction",
     "agent.labels",
+    "agent.render",
 )
 IO_MODULES = (
     "aiohttp",

@@ -1,0 +1,57 @@
+"""Output people read: human sizes and the ``model-agent ls`` table (pure; ``--json`` keeps bytes).
+
+One function renders the table from REST views, so any state (``ready``, ``partial``,
+``quarantined``, ``fetching``, ...) passes through the same columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+HEADER = ("ID", "STATE", "SIZE", "PINS", "URI")
+
+
+def human_size(n: int | float | None) -> str:
+    """``1536`` -> ``1.5 KiB``; ``91_000_000`` -> ``86.8 MiB``; bytes below 1 KiB as ``512 B``."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def size_cell(view: Mapping[str, Any]) -> str:
+    """The SIZE column: the total once ready; ``done / total`` while bytes are still missing."""
+    done, total = view.get("bytes_done"), view.get("bytes_total")
+    if view.get("state") in ("ready", "quarantined") or done is None or done == total:
+        return human_size(total if total is not None else done)
+    return f"{human_size(done)} / {human_size(total)}"
+
+
+def ls_row(view: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    pins = ",".join(view.get("pins") or []) or "-"
+    where = view.get("uri") or view.get("error") or ""
+    return (str(view.get("id", "")), str(view.get("state") or "-"), size_cell(view), pins, str(where))
+
+
+def ls_table(views: Sequence[Mapping[str, Any]]) -> str:
+    """The ``ls`` table: a header, then one aligned row per model (URI last, never cut)."""
+    rows = [HEADER, *(ls_row(v) for v in views)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER) - 1)]
+    lines = []
+    for row in rows:
+        head = zip(row[:-1], widths, strict=True)
+        cells = [cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(head)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def usage_line(evicted: int, used: int, quota: int) -> str:
+    """``gc``'s summary: ``2 evicted; 3.1 GiB of 10.0 GiB in use (31%)``."""
+    share = f" ({100 * used / quota:.0f}%)" if quota > 0 else ""
+    return f"{evicted} evicted; {human_size(used)} of {human_size(quota)} in use{share}"
