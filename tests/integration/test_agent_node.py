@@ -246,7 +246,7 @@ def test_pod_bound_to_node_triggers_fetch_and_pins(
     fake_kube.set_pod_phase("ml", "embed-0", "Succeeded")
     until(lambda: agent.call("DELETE", f"/v1/models/{ref.id}")[0] == 202, "unpin after pod ended", agent)
     until(lambda: ref.label_key not in node_meta(fake_kube)[0], "label removal", agent)
-    assert "skipping model URI 'nope://bad'" in agent.logs()
+    assert "skipping invalid model URI 'nope://bad'" in agent.logs()
 
 
 def test_distribution_targeting_node_triggers_fetch_after_dropped_watch(

@@ -315,8 +315,11 @@ async def test_readyz_waits_for_cache_sync(aiohttp_client: Client) -> None:
     assert (await client.get("/readyz")).status == 200
 
 
-async def test_distributions_standalone_is_a_clear_error(standalone: TestClient[Any, Any]) -> None:
-    resp = await standalone.post("/v1/distributions", json={"uri": A.uri})
+async def test_distributions_standalone_is_a_clear_error(aiohttp_client: Client) -> None:
+    client = await aiohttp_client(create_app(Settings(token="t0k3n")))
+    anonymous = await client.post("/v1/distributions", json={"uri": A.uri})
+    assert anonymous.status == 401  # fail closed: no caller gets past auth, API or not
+    resp = await client.post("/v1/distributions", json={"uri": A.uri}, headers={"Authorization": "Bearer t0k3n"})
     assert resp.status == 503
     assert "standalone" in (await resp.json())["error"]
 
