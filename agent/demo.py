@@ -188,6 +188,20 @@ def _run_demo(demo: Demo, environ: Mapping[str, str], deadline: float) -> None:
     _summary(demo.root, agent_url, serve_url, accepted["label"], model_dir)
 
 
+# README.md, "Install on a cluster": the overlay replaces the placeholder token both services refuse.
+CLUSTER_INSTALL = """\
+mkdir -p my-cluster && openssl rand -hex 32 > my-cluster/token.txt
+cat > my-cluster/kustomization.yaml <<'EOF'
+resources: [../manifests]     # CRD, agent DaemonSet, extender, model-locality-scheduler, RBAC
+secretGenerator:              # replaces the placeholder token of the base
+  - {name: model-locality-token, namespace: model-locality, behavior: replace,
+     files: [token=token.txt], options: {disableNameSuffixHash: true}}
+EOF
+kubectl apply -f manifests/crd-modeldistributions.yaml -f manifests/crd-modelaccesspolicies.yaml
+kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=model-locality
+kubectl apply -k my-cluster/"""
+
+
 def _summary(root: Path, agent_url: str, serve_url: str, label: str, model_dir: str) -> None:
     print(
         f"""
@@ -197,9 +211,10 @@ Where everything is
   model files   {model_dir}
   serving       {serve_url}/v1/embeddings metrics {serve_url}/metrics
 
-On a cluster
-  kubectl apply -k manifests/                      # agent DaemonSet, extender, scheduler, CRD
-  curl -H "Authorization: Bearer $TOKEN" -d '{{"uri": "{URI}", "replicas": 2}}' \\
+On a cluster (README.md, "Install on a cluster"; the base's placeholder token is refused, so
+install through an overlay that brings your own; paste as it stands):
+{CLUSTER_INSTALL}
+  curl -H "Authorization: Bearer $(cat my-cluster/token.txt)" -d '{{"uri": "{URI}", "replicas": 2}}' \\
        http://model-locality-extender.model-locality.svc:8471/v1/distributions
   # serving pods: schedulerName: model-locality-scheduler and the annotation
   #   model-locality.io/models: {URI}
