@@ -47,6 +47,22 @@ def filter_wanted(wanted: Wanted, allowed: Callable[[str, ModelRef], bool]) -> t
     return kept, refused
 
 
+def without_credentials(decision: Decision) -> Decision:
+    """Fail closed on ``spec.credentialsSecretRef``: this agent cannot fetch with a policy's own
+    credentials yet, and fetching with its own instead (its IRSA role, often wider) would be the
+    confused deputy the policy exists to prevent. So such a policy allows nothing, and says why."""
+    if not decision.allowed or decision.credentials_secret is None:
+        return decision
+    return Decision(
+        False,
+        f"ModelAccessPolicy {decision.policy} names credentialsSecretRef "
+        f"{decision.credentials_secret!r}, which this agent does not support yet; it refuses "
+        "rather than fetch with its own credentials",
+        decision.policy,
+        decision.credentials_secret,
+    )
+
+
 class AccessGate:
     """Policies by informer, namespace labels by cached ``get``; ``check`` raises when refused."""
 
@@ -97,7 +113,9 @@ class AccessGate:
     async def decide(self, namespace: str, ref: ModelRef) -> Decision:
         if not self.informer.synced.is_set():
             raise errors.Unavailable("ModelAccessPolicies not loaded yet; try again shortly")
-        return decide(self.policies(), namespace, await self.labels_of(namespace), ref.uri)
+        return without_credentials(
+            decide(self.policies(), namespace, await self.labels_of(namespace), ref.uri)
+        )
 
     async def check(self, namespace: str, ref: ModelRef) -> Decision:
         """The decision that allows ``namespace`` to fetch ``ref``, or ``Forbidden``."""
