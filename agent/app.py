@@ -92,11 +92,13 @@ async def post_model(request: web.Request) -> web.Response:
     if gate is not None and who is not None and who.namespace is not None:
         await gate.check(who.namespace, ref)  # before any byte is fetched
     answer = await request.app[MANAGER].request(ref, refresh=refresh, revision=revision)
+    with contextlib.suppress(errors.NotFound):  # the same object GET /v1/models/{id} answers
+        answer = {**request.app[MANAGER].view(ref.id), **answer}
     return web.json_response(public(answer), status=202)
 
 
 async def list_models(request: web.Request) -> web.Response:
-    # A bare list, like `model-agent ls --json` (DESIGN.md section 3: "GET /v1/models -> list").
+    # A bare list, the same as `model-agent ls --json`.
     return web.json_response([public(v) for v in request.app[MANAGER].views()])
 
 

@@ -112,7 +112,8 @@ def add_client_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file",
         help="bearer token file, read again for every request (the pod's projected ServiceAccount "
-        "token; env MODEL_LOCALITY_TOKEN_FILE; default /var/run/secrets/model-locality/token when it exists)",
+        "token; env MODEL_LOCALITY_AGENT_TOKEN_FILE; default /var/run/secrets/model-locality/token when it "
+        "exists)",
     )
 
 

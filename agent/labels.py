@@ -2,8 +2,8 @@
 
 Pure: no I/O, no clock. ``nodesync`` applies the patch through the Kubernetes edge.
 
-Contract (DESIGN.md section 3): the Node carries ``<label key>: "ready"`` for every committed
-model and no other model label of ours; ``model-locality.io/models`` holds compact JSON
+Contract (the node contract, ``locality.contract``): the Node carries ``<label key>: "ready"``
+for every committed model and no other model label of ours; ``model-locality.io/models`` holds compact JSON
 ``{id: {"uri", "bytes", "state"}}``; ``model-locality.io/cache`` holds
 ``{"used_bytes", "quota_bytes"}`` for the extender's free-space estimate. Byte progress is not
 part of either annotation, so they change only when a model changes state.

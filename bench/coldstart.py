@@ -17,7 +17,7 @@ Rows, each the median of ``--repeats`` runs (the S3 rows of the synthetic model 
 * The floor: reading the same bytes raw (warm and cold), and the digest check serving runs first.
 
 S3 is moto's server (started here). Stock moto re-reads a whole object on every GET and is 20-60x
-slower than a real origin (MEASURED.md), so the S3 rows are an upper bound, not S3's speed; boto3
+slower than a real origin, so the S3 rows are an upper bound, not S3's speed; boto3
 fetches each object with one GET here, since a ranged GET costs moto the whole object.
 """
 
@@ -291,7 +291,7 @@ def h2d_floor(nbytes: int, repeats: int) -> float:
 
 
 def bench_loaders(label: str, cached: Path, repeats: int, device: str, rows: list[tuple[str, ...]]) -> None:
-    """Cold page cache each time, interleaved raw / load_file / ours per repeat (MEASURED.md)."""
+    """Cold page cache each time, interleaved raw / load_file / ours per repeat."""
     ways: dict[str, Callable[[], float]] = {
         "floor: raw read, cold": lambda: raw_read(cached),
         f"safetensors load_file to {device}, cold": lambda: load_tensors(cached, device),

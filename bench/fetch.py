@@ -1,7 +1,7 @@
 """Benchmark: fetch a synthetic 4 x 1 GiB model from one local origin with several clients.
 
 Origin: nginx as a read-only, path-style S3 endpoint (bucket = directory, ``sendfile on``); it
-serves HEAD and ranged GETs, which is all a download needs (MEASURED.md). It cannot list, so
+serves HEAD and ranged GETs, which is all a download needs. It cannot list, so
 every client gets the object list: ours through an injected listing (HEAD per object), boto3 by
 key, ``aws s3 cp`` per object, s5cmd through ``s5cmd run`` with one ``cp`` line per object.
 

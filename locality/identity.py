@@ -1,7 +1,8 @@
 """Model identity: URI normalisation, model id, slug, label key and safe relative paths.
 
 This is the single place that turns a user's model URI into the names every component agrees on
-(DESIGN.md section 2, a contract). It is pure: no I/O, no clock, no settings.
+(a contract: agents, extender and serving must derive the same names). It is pure: no I/O, no
+clock, no settings.
 """
 
 from __future__ import annotations

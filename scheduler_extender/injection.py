@@ -173,7 +173,7 @@ def _wait(install: Install, name: str, ref: ModelRef) -> dict[str, Any]:
         "env": [
             {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
             {"name": "MODEL_LOCALITY_AGENT_URL", "value": f"http://$(HOST_IP):{install.agent_port}"},
-            {"name": "MODEL_LOCALITY_TOKEN_FILE", "value": f"{install.token_dir}/token"},
+            {"name": "MODEL_LOCALITY_AGENT_TOKEN_FILE", "value": f"{install.token_dir}/token"},
         ],
         "resources": {
             "requests": {"cpu": "10m", "memory": "64Mi"},

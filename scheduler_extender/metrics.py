@@ -1,6 +1,6 @@
 """Prometheus metrics of the extender, one registry per app instance.
 
-Names follow DESIGN.md (``model_locality_*`` with unit suffixes).
+Names are ``model_locality_*`` with Prometheus unit suffixes (``_seconds``, ``_bytes``, ``_total``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Node state as the extender sees it: parsed once per Node event from labels and annotations.
 
-A Node's agent writes (DESIGN.md section 3, contract) one label ``<label key>: "ready"`` per
+A Node's agent writes (the node contract, ``locality.contract``) one label ``<label key>: "ready"`` per
 committed model and the annotation ``model-locality.io/models`` =
 ``{"<id>": {"uri", "bytes", "state"}}``; optionally ``model-locality.io/cache`` =
 ``{"used_bytes", "quota_bytes"}``. The label is the truth for "ready" (it is what kube-scheduler

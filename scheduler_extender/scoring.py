@@ -1,6 +1,6 @@
 """Locality scoring and filtering: pure functions from a pod's model request and node state.
 
-A pod asks for models with the annotations (DESIGN.md section 4, contract)
+A pod asks for models with the annotations (the pod contract, ``locality.contract``)
 ``model-locality.io/models`` (comma-separated URIs) and ``model-locality.io/locality``
 (``preferred``, the default, or ``required``).
 

@@ -1,6 +1,6 @@
 """HTTP handlers of the scheduler verbs ``filter`` and ``prioritize``.
 
-Node modes (DESIGN.md section 4):
+Node modes (the extender's ``nodeCacheCapable`` setting):
 
 * ``nodeCacheCapable: true`` (``NodeNames``): nodes are looked up in the watch-backed node
   cache. A well-formed name the cache has not seen (a Node created a moment ago, or any name

@@ -2,8 +2,8 @@
 
 Endpoint, region and credentials come from boto3's standard chain (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, IRSA, instance profile, ...), so any S3-compatible store works. boto3 is
-CPU-heavy per byte (MEASURED.md), so it never carries the data: each ranged GET goes to a
-presigned URL through the shared lean data path.
+CPU-heavy per byte (``bench/fetch.py``: 2-3x the CPU seconds of ours), so it never carries the
+data: each ranged GET goes to a presigned URL through the shared lean data path.
 """
 
 from __future__ import annotations

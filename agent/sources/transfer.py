@@ -1,7 +1,7 @@
 """The lean data path: a blocking ranged GET that reads into a reused buffer, ``pwrite``s and hashes.
 
-MEASURED.md: ``readinto`` a reused buffer + ``os.pwrite`` reaches the page-cache ceiling from
-Python, while boto3 and aiohttp's stream readers are CPU-bound at a third to a half of it. So the
+``readinto`` a reused buffer + ``os.pwrite`` reaches the page-cache ceiling from Python, while
+boto3 and aiohttp's stream readers are CPU-bound at a third to a half of it (``bench/fetch.py``). So the
 bytes of every source go through here, one ``RangeReader`` per fetch thread, each keeping its
 keep-alive connections and its buffer (memory per fetch = concurrency x buffer, whatever the model).
 """

@@ -5,6 +5,7 @@ Every test runs the real CLI (``main(argv)`` or a subprocess) and asserts what t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,3 +305,32 @@ def test_ls_prints_a_table_people_read_and_json_keeps_bytes(
     code, out, _ = agent(capsys, "ls", "--json", *flags)
     [view] = json.loads(out)
     assert view["bytes_total"] == (src / "w.safetensors").stat().st_size  # exact bytes, not units
+
+
+async def test_post_and_get_of_a_model_answer_the_same_object(
+    aiohttp_client: Any, tmp_path: Path, s3_env: dict[str, str], s3_server: Any
+) -> None:
+    import uuid
+
+    from agent.app import create_app
+    from agent.config import Settings
+    from locality.identity import model_ref
+    from tests.fixtures.models import synthetic_model
+
+    local = synthetic_model(tmp_path / "src", shards=1, shard_bytes=64 << 10)
+    prefix = f"first-hour/{uuid.uuid4().hex[:8]}/tiny"
+    s3_server.upload_dir(local, "models", prefix)
+    uri = f"s3://models/{prefix}"
+    settings = Settings(cache_dir=tmp_path / "cache", token="t0k3n", quota_bytes=1 << 30).validate()
+    client = await aiohttp_client(create_app(settings))
+    auth = {"Authorization": "Bearer t0k3n"}
+    posted = await client.post("/v1/models", json={"uri": uri}, headers=auth)
+    got = await client.get(f"/v1/models/{model_ref(uri).id}")
+    assert posted.status == 202 and got.status == 200
+    assert set((await posted.json()).keys()) == set((await got.json()).keys())
+    deadline = time.monotonic() + 30
+    while (await (await client.get(f"/v1/models/{model_ref(uri).id}")).json())["state"] != "ready":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    again = await (await client.post("/v1/models", json={"uri": uri}, headers=auth)).json()
+    assert again == await (await client.get(f"/v1/models/{model_ref(uri).id}")).json()

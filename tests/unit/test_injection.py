@@ -67,7 +67,7 @@ def test_scheduler_mode_one_model() -> None:
     env = env_of(wait)
     assert env["HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert env["MODEL_LOCALITY_AGENT_URL"] == "http://$(HOST_IP):8470"
-    assert env["MODEL_LOCALITY_TOKEN_FILE"] == "/var/run/secrets/model-locality/token"
+    assert env["MODEL_LOCALITY_AGENT_TOKEN_FILE"] == "/var/run/secrets/model-locality/token"
     assert wait["volumeMounts"] == [
         {"name": TOKEN_VOLUME, "mountPath": "/var/run/secrets/model-locality", "readOnly": True}
     ]

@@ -425,7 +425,7 @@ def _grants(base: list[Obj], role: str) -> dict[tuple[str, str], set[str]]:
 
 
 def test_agent_rbac_is_exactly_what_it_needs(base: list[Obj]) -> None:
-    # DESIGN.md section 4: the extender is the single writer of distribution status, so the agent
+    # The extender is the single writer of distribution status, so the agent
     # gets no modeldistributions/status access at all.
     assert _grants(base, "model-locality-agent") == {
         ("", "nodes"): {"get", "list", "watch", "patch"},
@@ -942,7 +942,7 @@ def test_agent_serve_flags_are_accepted(base: list[Obj]) -> None:
     assert args.verb == "serve"
     assert (args.host, int(args.port)) == ("0.0.0.0", AGENT_PORT)
     assert str(args.cache_dir) == CACHE_DIR and str(args.token_file) == TOKEN_FILE
-    assert env_of(agent)["MODEL_LOCALITY_TOKEN_FILE"]["value"] == TOKEN_FILE
+    assert env_of(agent)["MODEL_LOCALITY_AGENT_TOKEN_FILE"]["value"] == TOKEN_FILE
 
 
 def test_extender_serve_flags_are_accepted(base: list[Obj]) -> None:

@@ -220,7 +220,7 @@ def test_injected_wait_container_sends_a_projected_token_of_our_audience(
 ) -> None:
     serving = injected(examples, base)
     wait = container(serving, WAIT_CONTAINER)
-    token_file = {e["name"]: e.get("value") for e in wait["env"]}["MODEL_LOCALITY_TOKEN_FILE"]
+    token_file = {e["name"]: e.get("value") for e in wait["env"]}["MODEL_LOCALITY_AGENT_TOKEN_FILE"]
     assert token_file == DEFAULT_TOKEN_FILE, "the client's default finds it even without the env"
     (mount,) = [m for m in wait["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
     (volume,) = [v for v in pod_spec(serving)["volumes"] if v["name"] == mount["name"]]
