@@ -14,6 +14,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from urllib.parse import urljoin, urlsplit
@@ -164,16 +165,20 @@ class RangeReader:
         for attempt in (0, 1):  # a kept-alive connection the server closed: one fresh try
             reused = (parts.scheme, parts.netloc) in self._conns
             conn = self._conn(parts.scheme, parts.netloc, target, proxy)
+            started, connected = time.monotonic(), conn.sock is not None
             try:
+                if not connected:
+                    conn.connect()  # on its own, so that a timeout can say which phase ran out
+                    connected, started = True, time.monotonic()
                 conn.request("GET", path, headers=headers)
                 return conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                why = self._why(exc, connected=conn.sock is not None)
+                why = self._why(exc, connected=connected, waited=time.monotonic() - started)
                 self._drop(url)
                 untrusted = isinstance(exc, ssl.SSLCertVerificationError)  # retrying will not help
                 if untrusted:
                     why += f" (CA bundle: {target.ca_setting}={target.ca_file or '<system default>'})"
-                timed_out = isinstance(exc, (TimeoutError, BlockingIOError))
+                timed_out = "timeout)" in why
                 if attempt or not reused or timed_out or untrusted or self._stop.is_set():
                     raise SourceError(f"{_redact(url)}: {why}", permanent=untrusted) from exc
         raise AssertionError("unreachable")
@@ -284,10 +289,12 @@ class RangeReader:
         self._active = conn
         return conn
 
-    def _why(self, exc: BaseException, *, connected: bool) -> str:
-        """One line for a failed request; timeouts say which one ran out (a kernel read timeout on
-        a blocking socket surfaces as EAGAIN, i.e. ``BlockingIOError``)."""
-        if isinstance(exc, (TimeoutError, BlockingIOError)):
+    def _why(self, exc: BaseException, *, connected: bool, waited: float = 0.0) -> str:
+        """One line for a failed request; timeouts say which one ran out. A kernel read timeout on
+        a blocking socket surfaces as EAGAIN (``BlockingIOError``) in a body read, and as an empty
+        status line (``RemoteDisconnected``) while http.client reads the headers."""
+        silent = isinstance(exc, http.client.RemoteDisconnected) and waited >= 0.9 * self._timeout
+        if isinstance(exc, (TimeoutError, BlockingIOError)) or silent:
             if not connected:
                 return f"no connection within {self._connect_timeout:g}s (connect timeout)"
             return f"no answer within {self._timeout:g}s (read timeout)"

@@ -334,3 +334,61 @@ async def test_post_and_get_of_a_model_answer_the_same_object(
         await asyncio.sleep(0.05)
     again = await (await client.post("/v1/models", json={"uri": uri}, headers=auth)).json()
     assert again == await (await client.get(f"/v1/models/{model_ref(uri).id}")).json()
+
+
+@contextlib.contextmanager
+def answers_head_then_goes_silent(size: int) -> Iterator[int]:
+    """An origin that answers HEAD (size, ranges) and then never answers a GET."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn = server.accept()[0]
+            except (TimeoutError, OSError):
+                continue
+            held.append(conn)
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                request = conn.recv(65536)
+                if request.startswith(b"HEAD"):
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: bytes\r\n"
+                        b'ETag: "e1"\r\nConnection: close\r\n\r\n' % size
+                    )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_chunk_from_a_silent_origin_fails_within_the_read_timeout(tmp_path: Path) -> None:
+    with answers_head_then_goes_silent(2**20) as port:
+        code, out, err, seconds = run_cli(
+            "fetch",
+            f"http://127.0.0.1:{port}/w.bin",
+            "--cache-dir",
+            str(tmp_path),
+            "--read-timeout",
+            "0.5",
+            "--retries",
+            "1",
+        )
+    assert code == 1 and out == "" and seconds < 20
+    retry = [line for line in err.splitlines() if "WARNING" in line and "retrying w.bin chunk 0" in line]
+    assert len(retry) == 1 and "after try 1/2" in retry[0], err
+    assert "no answer within 0.5s (read timeout)" in last_line(err) and "gave up after 2 tries" in last_line(
+        err
+    )
