@@ -36,11 +36,6 @@ def register(sub: Any) -> None:
     )
     add_server_args(serve)
     add_cache_args(serve)
-    serve.add_argument(
-        "--insecure-no-auth",
-        action="store_true",
-        help="allow running without --token-file (POST/DELETE unauthenticated; development only)",
-    )
     serve.set_defaults(func=run_serve)
 
     wait: argparse.ArgumentParser = sub.add_parser(

@@ -276,34 +276,6 @@ class Kube:
     async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call(self._core.create_namespaced_event, namespace, body)
 
-    # The admission webhook's own objects: its TLS Secret, its configuration's caBundle, Events.
-
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
-        return await self._call(self._core.read_namespaced_secret, name, namespace)
-
-    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a Secret (``Conflict`` when the name is taken: another replica was first)."""
-        return await self._call(self._core.create_namespaced_secret, namespace, body)
-
-    async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Update a Secret; ``Conflict`` when ``body``'s resourceVersion is stale."""
-        return await self._call(self._core.replace_namespaced_secret, name, namespace, body)
-
-    async def get_mutating_webhook(self, name: str) -> dict[str, Any]:
-        """One MutatingWebhookConfiguration."""
-        api = k8s.AdmissionregistrationV1Api(self._api)
-        return await self._call(api.read_mutating_webhook_configuration, name)
-
-    async def json_patch_mutating_webhook(self, name: str, ops: Any) -> dict[str, Any]:
-        """RFC 6902 patch (a list of operations) of a MutatingWebhookConfiguration; a failed
-        ``test`` operation is a 422 ``KubeError``."""
-        api = k8s.AdmissionregistrationV1Api(self._api)
-        patch = api.patch_mutating_webhook_configuration
-        return await self._call(patch, name, ops, _content_type=JSON_PATCH)
-
-    async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call(self._core.create_namespaced_event, namespace, body)
-
     def watch(
         self,
         kind: Kind,

@@ -57,8 +57,6 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             await kube.close()
 
         app.on_cleanup.append(close_kube)
-    if settings.token is None:
-        log.warning("no --token-file: the distribution REST is open to anyone who can reach it")
     web.run_app(
         app,
         sock=listen_socket(settings.host, settings.port),
