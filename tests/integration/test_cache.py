@@ -18,8 +18,8 @@ from agent.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, UnknownMo
 from agent.config import Settings
 from agent.fetcher import RetryPolicy
 from agent.views import record_view
-from locality.records import verify_model_dir
 from locality.identity import model_ref
+from locality.records import verify_model_dir
 from tests.fixtures.models import synthetic_model, write_safetensors
 from tests.fixtures.origin import Faults, run_origin
 from tests.fixtures.s3server import S3Server

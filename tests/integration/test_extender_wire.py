@@ -319,7 +319,8 @@ async def test_distributions_standalone_is_a_clear_error(aiohttp_client: Client)
     client = await aiohttp_client(create_app(Settings(token="t0k3n")))
     anonymous = await client.post("/v1/distributions", json={"uri": A.uri})
     assert anonymous.status == 401  # fail closed: no caller gets past auth, API or not
-    resp = await client.post("/v1/distributions", json={"uri": A.uri}, headers={"Authorization": "Bearer t0k3n"})
+    auth = {"Authorization": "Bearer t0k3n"}
+    resp = await client.post("/v1/distributions", json={"uri": A.uri}, headers=auth)
     assert resp.status == 503
     assert "standalone" in (await resp.json())["error"]
 
