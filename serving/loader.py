@@ -1,8 +1,11 @@
 """One pass from the node cache to the device: parallel large reads, hashed as read, tensors in place.
 
 Each shard is read into one buffer by several worker threads (a task is one record chunk, so
-each read is large and sequential and each chunk is hashed by the thread that read it). On CPU
-the buffer is the tensors' memory: every tensor is ``torch.frombuffer`` over its byte range, no
+each read is large and sequential and each chunk is hashed by the thread that read it). Pages
+not in the page cache are read with ``O_DIRECT`` straight into the destination, cached ones are
+copied from the cache (``Source``). On CPU the buffer is the tensors' memory: one
+anonymous private map per shard (page-aligned for ``O_DIRECT``, no zero-fill: its pages are
+first touched by the read) and every tensor is ``torch.frombuffer`` over its byte range, no
 second copy. On CUDA each worker reads into two pinned host buffers in turn and copies each to
 the shard's device buffer with ``non_blocking`` on its own stream while it reads the next
 (double buffering); tensors are views of the device buffer. Imported by ``serving.model`` only.
@@ -13,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import os
+import mmap
 import queue
 import threading
 import time
@@ -25,6 +28,7 @@ import torch
 
 from serving import weights
 from serving.integrity import IntegrityError, TensorEntry
+from serving.reads import ALIGN, Source
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,11 @@ def load_state_dict(
     weights.check_other_files(plan)
     target = torch.device(device)
     if target.type == "cuda":
-        buffers: list[torch.Tensor | bytearray] = [
+        buffers: list[torch.Tensor | mmap.mmap] = [
             torch.empty(s.header.size, dtype=torch.uint8, device=target) for s in plan.shards
         ]
     else:
-        buffers = [bytearray(s.header.size) for s in plan.shards]
+        buffers = [_host_buffer(s.header.size) for s in plan.shards]
     _read_all(plan, buffers, target, workers, block_bytes)
     tensors: dict[str, torch.Tensor] = {}
     for shard, buf in zip(plan.shards, buffers, strict=True):
@@ -82,26 +86,29 @@ def load_state_dict(
 
 def _read_all(
     plan: weights.Plan,
-    buffers: list[torch.Tensor | bytearray],
+    buffers: list[torch.Tensor | mmap.mmap],
     target: torch.device,
     workers: int,
     block: int,
 ) -> None:
     """Run the segments on ``workers`` threads; the first failure stops the others and is raised."""
     segs = weights.segments(plan)
-    fds = [os.open(s.header.path, os.O_RDONLY) for s in plan.shards]
+    sources: list[Source] = []
     try:
-        for fd in fds:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        run = _Run(plan, buffers, fds, segs, block)
+        sources.extend(Source(s.header.path) for s in plan.shards)
+        run = _Run(plan, buffers, sources, segs, block)
         work = run.cuda_worker if target.type == "cuda" else run.cpu_worker
         n = max(1, min(workers, len(segs)))
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="serving-load") as pool:
             futures = [pool.submit(run.guarded, work) for _ in range(n)]
         failures = [exc for exc in (f.exception() for f in futures) if exc is not None]
+    except OSError as exc:
+        raise IntegrityError(
+            f"{exc.filename or plan.model_dir}: cannot read ({exc.strerror or exc})"
+        ) from exc
     finally:
-        for fd in fds:
-            os.close(fd)
+        for source in sources:
+            source.close()
     if failures:
         raise failures[0]
 
@@ -112,12 +119,12 @@ class _Run:
     def __init__(
         self,
         plan: weights.Plan,
-        buffers: list[torch.Tensor | bytearray],
-        fds: list[int],
+        buffers: list[torch.Tensor | mmap.mmap],
+        sources: list[Source],
         segs: list[weights.Segment],
         block: int,
     ) -> None:
-        self.plan, self.buffers, self.fds, self.block = plan, buffers, fds, block
+        self.plan, self.buffers, self.sources, self.block = plan, buffers, sources, block
         self.todo: queue.SimpleQueue[weights.Segment] = queue.SimpleQueue()
         for seg in segs:
             self.todo.put(seg)
@@ -140,13 +147,12 @@ class _Run:
             return None
 
     def read(self, seg: weights.Segment, sink: weights.Sink, filled: weights.Filled) -> None:
-        path = self.plan.shards[seg.shard].header.path
-        fd = self.fds[seg.shard]
-        weights.read_segment(fd, path, seg, sink=sink, filled=filled, block=self.block, stop=self.stop)
+        source = self.sources[seg.shard]
+        weights.read_segment(source, seg, sink=sink, filled=filled, block=self.block, stop=self.stop)
 
     def cpu_worker(self) -> None:
         """Read straight into the shard's buffer: that memory becomes the tensors."""
-        views = [memoryview(b) for b in self.buffers if isinstance(b, bytearray)]
+        views = [memoryview(b) for b in self.buffers if isinstance(b, mmap.mmap)]
         while (seg := self.next()) is not None:
             self.read(seg, _slicer(views[seg.shard]), _nothing)
 
@@ -185,9 +191,15 @@ class _Run:
             stream.synchronize()  # no copy may outlive its pinned buffer
 
 
+def _host_buffer(size: int) -> mmap.mmap:
+    """Private anonymous memory for one shard, rounded up to whole pages (a direct read of the
+    file's tail fills its last page). Unlike ``bytearray`` nothing is zeroed up front."""
+    return mmap.mmap(-1, max(1, -(-size // ALIGN) * ALIGN), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
 def _slicer(view: memoryview) -> weights.Sink:
-    def sink(offset: int, n: int) -> memoryview:
-        return view[offset : offset + n]
+    def sink(offset: int, _n: int) -> memoryview:
+        return view[offset:]  # to the buffer's end: room for a direct read's rounded-up tail
 
     return sink
 
@@ -201,7 +213,7 @@ def _writable(t: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_ubyte * t.numel()).from_address(t.data_ptr())).cast("B")
 
 
-def _tensor(buf: torch.Tensor | bytearray, data_start: int, e: TensorEntry, path: Path) -> torch.Tensor:
+def _tensor(buf: torch.Tensor | mmap.mmap, data_start: int, e: TensorEntry, path: Path) -> torch.Tensor:
     """The tensor over its bytes in ``buf`` (no copy), or an aligned copy when its offset is odd."""
     name = TORCH_DTYPES.get(e.dtype)
     dtype = getattr(torch, name, None) if name else None

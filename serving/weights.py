@@ -21,6 +21,7 @@ import xxhash
 from locality.digests import hash_chunk
 from locality.records import FileRecord, Layout, ModelRecord, record_for_dir
 from serving.integrity import Header, IntegrityError, read_header, weight_files
+from serving.reads import Source
 
 PLAIN_SEGMENT = 32 * 2**20  # read unit of a file that has no record (no chunks to follow)
 
@@ -108,8 +109,7 @@ Filled = Callable[[int, int, memoryview], None]  # a block has been read (and ha
 
 
 def read_segment(
-    fd: int,
-    path: Path,
+    source: Source,
     seg: Segment,
     *,
     sink: Sink,
@@ -119,7 +119,8 @@ def read_segment(
 ) -> None:
     """Read ``seg`` in blocks of at most ``block`` bytes, hashing as it goes; check the digest.
 
-    ``preadv`` and xxh3 release the GIL, so several workers read and hash in parallel.
+    ``preadv`` and xxh3 release the GIL, so several workers read and hash in parallel; each
+    worker hashes what it read while its bytes are still in the CPU cache.
     """
     h = xxhash.xxh3_128() if seg.digest is not None else None
     done = 0
@@ -128,21 +129,14 @@ def read_segment(
             return
         n = min(block, seg.length - done)
         view = sink(seg.offset + done, n)
-        got = 0
-        while got < n:
-            r = os.preadv(fd, [view[got:n]], seg.offset + done + got)
-            if r <= 0:
-                raise IntegrityError(
-                    f"{path}: ended at byte {seg.offset + done + got} while loading (truncated?)"
-                )
-            got += r
+        source.fill(view, n, seg.offset + done)
         if h is not None:
             h.update(view[:n])
         filled(seg.offset + done, n, view)
         done += n
     if h is not None and h.hexdigest() != seg.digest:
         raise IntegrityError(
-            f"{path}: chunk {seg.chunk} (bytes {seg.offset}..{seg.offset + seg.length}) does not match"
+            f"{source.path}: chunk {seg.chunk} (bytes {seg.offset}..{seg.offset + seg.length}) does not match"
             " the node cache record"
         )
 

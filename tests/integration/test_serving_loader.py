@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from serving.integrity import IntegrityError, read_header
 from serving.loader import load_state_dict
+from serving.reads import Source
 from tests.fixtures.cached import commit_copy
 from tests.fixtures.models import synthetic_model
 
@@ -100,6 +101,55 @@ def test_tensors_outlive_the_dict_and_share_the_read_buffer(tmp_path: Path) -> N
 def test_directory_outside_a_cache_loads_without_digests(tmp_path: Path) -> None:
     model_dir = mixed_model(tmp_path / "plain")
     assert_same(load_state_dict(model_dir), reference(model_dir))
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cached_pages(path: Path) -> bool:
+    """Whether any page of the file is in the page cache (``mincore``: asking reads nothing)."""
+    source = Source(path)
+    try:
+        return any(source.cached(at, 1) for at in range(0, source.size, 4096))
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize(
+    ("warm_bytes", "workers", "block"),
+    [
+        pytest.param(0, 4, 1 << 20, id="all pages cold"),
+        pytest.param(0, 3, 8192, id="all cold, small blocks"),
+        pytest.param(100_003, 2, 8192, id="first 100 kB cached, the rest cold"),
+    ],
+)
+def test_cold_pages_load_the_same_tensors(tmp_path: Path, warm_bytes: int, workers: int, block: int) -> None:
+    """Cold pages are read around the page cache (O_DIRECT) into the tensors, tails and all."""
+    model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
+    want = {k: t.clone() for k, t in reference(model_dir).items()}  # no file map left to pin pages
+    shards = sorted(model_dir.glob("*.safetensors"))
+    for path in shards:
+        evict(path)
+        with path.open("rb") as f:
+            f.read(warm_bytes)
+    evictable = not cached_pages(shards[0])
+    assert_same(load_state_dict(model_dir, workers=workers, block_bytes=block), want)
+    # Where pages can be dropped (not tmpfs), the cold read bypassed the cache: past the first
+    # chunk, since reading the header reads ahead a little. Only with blocks larger than that
+    # readahead: a block it covers whole is copied from the cache, and that read reads ahead too.
+    if evictable and not warm_bytes and block > CHUNK:
+        for path in shards:
+            source = Source(path)
+            try:
+                assert not any(source.cached(at, 1) for at in range(CHUNK, source.size, 4096)), path
+            finally:
+                source.close()
 
 
 @pytest.mark.parametrize(
