@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-HEADER = ("ID", "STATE", "SIZE", "PINS", "URI")
+HEADER = ("ID", "STATE", "SIZE", "REVISION", "PINS", "URI")
+REVISION_CHARS = 12  # enough to tell revisions apart; ``ls --json`` and the REST keep the whole string
 
 
 def human_size(n: int | float | None) -> str:
@@ -33,15 +34,22 @@ def size_cell(view: Mapping[str, Any]) -> str:
     return f"{human_size(done)} / {human_size(total)}"
 
 
-def ls_row(view: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+def revision_cell(view: Mapping[str, Any]) -> str:
+    """The REVISION column: the first 12 characters of the revision, ``-`` when there is none yet."""
+    revision = view.get("revision")
+    return str(revision)[:REVISION_CHARS] if revision else "-"
+
+
+def ls_row(view: Mapping[str, Any]) -> tuple[str, ...]:
     pins = ",".join(view.get("pins") or []) or "-"
     where = view.get("uri") or view.get("error") or ""
-    return (str(view.get("id", "")), str(view.get("state") or "-"), size_cell(view), pins, str(where))
+    state = str(view.get("state") or "-")
+    return (str(view.get("id", "")), state, size_cell(view), revision_cell(view), pins, str(where))
 
 
 def ls_table(views: Sequence[Mapping[str, Any]]) -> str:
     """The ``ls`` table: a header, then one aligned row per model (URI last, never cut)."""
-    rows = [HEADER, *(ls_row(v) for v in views)]
+    rows: list[tuple[str, ...]] = [HEADER, *(ls_row(v) for v in views)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER) - 1)]
     lines = []
     for row in rows:

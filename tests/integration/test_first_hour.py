@@ -300,11 +300,12 @@ def test_ls_prints_a_table_people_read_and_json_keeps_bytes(
         assert agent(capsys, "fetch", uri, *flags)[0] == 0
     code, out, _ = agent(capsys, "ls", *flags)
     header, row = out.splitlines()
-    assert code == 0 and header.split() == ["ID", "STATE", "SIZE", "PINS", "URI"]
+    assert code == 0 and header.split() == ["ID", "STATE", "SIZE", "REVISION", "PINS", "URI"]
     assert " ready " in row and " MiB " in row and row.endswith(uri)
     code, out, _ = agent(capsys, "ls", "--json", *flags)
     [view] = json.loads(out)
     assert view["bytes_total"] == (src / "w.safetensors").stat().st_size  # exact bytes, not units
+    assert view["revision"] and f" {view['revision'][:12]} " in row  # the table shows it short
 
 
 async def test_post_and_get_of_a_model_answer_the_same_object(

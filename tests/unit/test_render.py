@@ -32,6 +32,7 @@ def test_ls_table_has_a_header_and_every_state_passes_through() -> None:
             "bytes_done": 90_868_376,
             "pins": ["pod/ns/a"],
             "uri": "s3://models/sentence-transformers/all-MiniLM-L6-v2",
+            "revision": "3f1e5c0a9b2d47e8a6c1d0f9e8b7a6c5d4e3f2a1",
         },
         {
             "id": "0123456789abcdef",
@@ -52,12 +53,13 @@ def test_ls_table_has_a_header_and_every_state_passes_through() -> None:
         {"id": "00000000000000aa", "state": "a-state-added-later", "bytes_total": None, "bytes_done": 0},
     ]
     lines = ls_table(views).splitlines()
-    assert lines[0].split() == ["ID", "STATE", "SIZE", "PINS", "URI"]
+    assert lines[0].split() == ["ID", "STATE", "SIZE", "REVISION", "PINS", "URI"]
     assert lines[1].split() == [
         "b1b39b0c6e8b5743",
         "ready",
         "86.7",
         "MiB",
+        "3f1e5c0a9b2d",
         "pod/ns/a",
         "s3://models/sentence-transformers/all-MiniLM-L6-v2",
     ]
@@ -69,6 +71,22 @@ def test_ls_table_has_a_header_and_every_state_passes_through() -> None:
     words = ["STATE", "ready", "partial", "quarantined"]
     starts = {line.index(word) for line, word in zip(lines[:4], words, strict=True)}
     assert len(starts) == 1  # the STATE column is aligned
+    assert lines[1].index("3f1e5c0a9b2d ") == lines[0].index("REVISION")  # 12 characters, aligned
+    assert lines[2].split()[-3] == "-"  # no revision yet (a partial fetch)
+
+
+@pytest.mark.parametrize(
+    ("revision", "cell"),
+    [
+        pytest.param("9a7b3c1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b", "9a7b3c1d2e4f", id="commit sha"),
+        pytest.param("short", "short", id="shorter than 12"),
+        pytest.param(None, "-", id="none (a record from before revisions)"),
+        pytest.param("", "-", id="empty"),
+    ],
+)
+def test_ls_revision_column(revision: str | None, cell: str) -> None:
+    view = {"id": "b1b39b0c6e8b5743", "state": "ready", "bytes_total": 1, "revision": revision}
+    assert ls_table([view]).splitlines()[1].split()[4] == cell  # ID STATE 1 B REVISION
 
 
 def test_gc_summary_in_human_sizes() -> None:
