@@ -57,7 +57,6 @@ def load_state_dict(
     """
     start = time.perf_counter()
     plan = weights.plan(model_dir, check=check)
-    weights.check_other_files(plan)
     target = torch.device(device)
     if target.type == "cuda":
         buffers: list[torch.Tensor | mmap.mmap] = [
@@ -65,7 +64,7 @@ def load_state_dict(
         ]
     else:
         buffers = [_host_buffer(s.header.size) for s in plan.shards]
-    _read_all(plan, buffers, target, workers, block_bytes)
+    _read_all(plan, buffers, target, workers, block_bytes, meanwhile=lambda: weights.check_other_files(plan))
     tensors: dict[str, torch.Tensor] = {}
     for shard, buf in zip(plan.shards, buffers, strict=True):
         for entry in shard.header.tensors:
@@ -90,8 +89,11 @@ def _read_all(
     target: torch.device,
     workers: int,
     block: int,
+    *,
+    meanwhile: Callable[[], None],
 ) -> None:
-    """Run the segments on ``workers`` threads; the first failure stops the others and is raised."""
+    """Run the segments on ``workers`` threads and ``meanwhile`` on this one (the small files'
+    check, overlapped with the weights' reads); the first failure stops the others and is raised."""
     segs = weights.segments(plan)
     sources: list[Source] = []
     try:
@@ -101,6 +103,7 @@ def _read_all(
         n = max(1, min(workers, len(segs)))
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="serving-load") as pool:
             futures = [pool.submit(run.guarded, work) for _ in range(n)]
+            run.guarded(meanwhile)
         failures = [exc for exc in (f.exception() for f in futures) if exc is not None]
     except OSError as exc:
         raise IntegrityError(
