@@ -16,6 +16,11 @@ Rows, each the median of ``--repeats`` runs (the S3 rows of the synthetic model 
   cache (warm/cold) and after a boto3 download from S3.
 * The floor: reading the same bytes raw (warm and cold), and the digest check serving runs first.
 
+``--loaders GIB...`` runs only the loader rows, cold, interleaved per repeat: three plain reads
+(1 thread ``readinto``, 4 threads ``preadv``, 4 threads ``O_DIRECT``; each into a reused
+buffer), ``load_file`` (+ clone on CPU) and ``serving.loader``; the fastest plain read of the run
+is the floor the ratios use (bench/README.md, "Loader").
+
 S3 is moto's server (started here). Stock moto re-reads a whole object on every GET and is 20-60x
 slower than a real origin, so the S3 rows are an upper bound, not S3's speed; boto3
 fetches each object with one GET here, since a ranged GET costs moto the whole object.
@@ -86,14 +91,27 @@ def raw_read(model_dir: Path) -> float:
     return time.perf_counter() - start
 
 
-def raw_parallel(model_dir: Path, *, direct: bool, threads: int = 4, block: int = 16 << 20) -> float:
+def raw_parallel(
+    model_dir: Path, *, direct: bool, threads: int = 4, block: int = 16 << 20, fresh: bool = False
+) -> float:
     """Seconds to read every byte once with ``threads`` readers of 32 MiB ranges, ``preadv`` into
     one reused buffer each (page-aligned; ``O_DIRECT``: around the page cache). No destination
-    memory is touched: the fastest plain read of the bytes, the loader's floor."""
+    memory is touched: the fastest plain read of the bytes, the loader's floor. ``fresh``: into
+    new memory instead, one private anonymous map per file (what any loader that hands out tensors
+    in memory of their own pays on top: first touch of every page), but no hashing, no tensors."""
     import mmap
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    dest = {
+        p: memoryview(
+            mmap.mmap(
+                -1, -(-p.stat().st_size // 4096) * 4096 or 1, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            )
+        )
+        for p in files_of(model_dir)
+        if fresh
+    }
     ranges = [
         (p, o, min(CHUNK, p.stat().st_size - o))
         for p in files_of(model_dir)
@@ -116,7 +134,8 @@ def raw_parallel(model_dir: Path, *, direct: bool, threads: int = 4, block: int 
                 done = 0
                 while done < n:  # O_DIRECT: whole pages, so the file's tail is read rounded up
                     want = min(block, -(-(n - done) // 4096) * 4096) if direct else min(block, n - done)
-                    r = os.preadv(fd, [buf[:want]], offset + done)
+                    into = dest[path][offset + done : offset + done + want] if fresh else buf[:want]
+                    r = os.preadv(fd, [into], offset + done)
                     if r <= 0:
                         break
                     done += r
@@ -339,6 +358,9 @@ def bench_loaders(label: str, cached: Path, repeats: int, device: str, rows: lis
         "raw read, 1 thread, 8 MiB readinto, cold": lambda: raw_read(cached),
         "raw read, 4 threads, preadv 16 MiB, cold": lambda: raw_parallel(cached, direct=False),
         "raw read, 4 threads, O_DIRECT 16 MiB, cold": lambda: raw_parallel(cached, direct=True),
+        "not a floor: raw read into new memory, 4 threads, O_DIRECT, cold": lambda: raw_parallel(
+            cached, direct=True, fresh=True
+        ),
         f"safetensors load_file to {device}, cold": lambda: load_tensors(cached, device),
         f"ours (serving.loader, digests checked) to {device}, cold": lambda: load_ours(cached, device),
     }
