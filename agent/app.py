@@ -53,6 +53,7 @@ class Deps:
     # None: the static token of settings.token if any, else every protected call is refused.
     authenticator: Authenticator | None = None
     access: Any = None  # agent.access.AccessGate (in a cluster), or None: no ModelAccessPolicy
+    restart_delay: float = 5.0  # seconds before the supervisor restarts a crashed background task
 
 
 # The RBAC check of each protected route (locality.auth.Rule); a protected route missing here is refused.
@@ -248,10 +249,11 @@ def _lifecycle(settings: Settings, deps: Deps) -> Callable[[web.Application], As
 def _start_tasks(
     settings: Settings, deps: Deps, manager: ModelManager, state: AgentState, metrics: AgentMetrics
 ) -> list[asyncio.Task[None]]:
-    tasks = [supervised("model-manager", manager.run)]
+    delay = deps.restart_delay
+    tasks = [supervised("model-manager", manager.run, restart_delay=delay)]
     if settings.refresh_seconds > 0:
         seconds = settings.refresh_seconds
-        tasks.append(supervised("refresh", lambda: manager.refresher.run(seconds)))
+        tasks.append(supervised("refresh", lambda: manager.refresher.run(seconds), restart_delay=delay))
     if state.standalone:
         log.info("standalone mode: no Kubernetes API or no node name; node labels are not written")
         _mark_ready(state, metrics)
@@ -263,7 +265,10 @@ def _start_tasks(
         deps.kube, settings.node_name, manager, metrics, resync_seconds=deps.resync_seconds
     )
     manager.subscribe(state.nodesync.poke)
-    tasks.append(supervised("cluster", lambda: _cluster(settings, deps, manager, state, metrics)))
+    cluster = supervised(
+        "cluster", lambda: _cluster(settings, deps, manager, state, metrics), restart_delay=delay
+    )
+    tasks.append(cluster)
     return tasks
 
 
