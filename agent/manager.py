@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.cache import Cache, CacheError, Pinned, Progress, UnknownModel
@@ -31,6 +31,7 @@ from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.pinning import Pins, Wanted
 from agent.refresher import Refresher
+from agent.switch import same_revision
 from agent.views import partial_view, quarantined_view, record_view
 from locality import errors
 from locality.identity import ModelRef, model_ref
@@ -62,6 +63,8 @@ class ModelManager:
         self.pins = Pins(self.cache)
         self._closing = False
         self.refresher = Refresher(self)
+        self._revisions: dict[str, str] = {}  # model id -> revision its distribution pins
+        self._asked: dict[str, str] = {}  # model id -> revision last refreshed to for that pin
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -313,8 +316,10 @@ class ModelManager:
 
     # -- models wanted by the watchers -------------------------------------------------------
 
-    def set_wanted(self, wanted: Wanted) -> None:
-        """The watchers' answer: models this node must hold, with their pin reasons."""
+    def set_wanted(self, wanted: Wanted, revisions: Mapping[str, str] | None = None) -> None:
+        """The watchers' answer: models this node must hold, with their pin reasons, and the
+        revision a ModelDistribution pins for some of them (fetched at that revision only)."""
+        self._revisions = dict(revisions or {})
         self.pins.set(wanted)
 
     async def run(self) -> None:
@@ -326,17 +331,29 @@ class ModelManager:
             if self._closing or not self.pins.known:
                 continue
             for model_id, (ref, reasons) in self.pins.wanted.items():
-                job = self._jobs.get(model_id)
-                if job is None and self.cache.get(model_id) is None:
+                job, expect = self._jobs.get(model_id), self._revisions.get(model_id)
+                record = self.cache.get(model_id)
+                if job is None and record is None:
                     log.info("fetching %s for %s", ref.uri, ", ".join(sorted(reasons)))
-                    self._start(ref, None)
+                    self._start(ref, None, expect=expect)
                 elif (
                     job is not None
                     and job.state == "failed"
-                    and self._clock() - job.failed_at >= retry_delay(job.attempts)
+                    and (job.expect != expect or self._clock() - job.failed_at >= retry_delay(job.attempts))
                 ):
-                    self._start(ref, job)
+                    self._start(ref, job, expect=expect)
+                elif job is None and record is not None and expect is not None:
+                    self._follow_revision(ref, record.revision, expect)
             await self.pins.apply_all()
+
+    def _follow_revision(self, ref: ModelRef, have: str | None, expect: str) -> None:
+        """A cached model whose distribution pins another revision: refresh it to that revision
+        once per pinned value (a failure stays in the view's ``refresh`` until the pin changes)."""
+        if same_revision(have, expect) or self._asked.get(ref.id) == expect:
+            return
+        self._asked[ref.id] = expect
+        log.info("refreshing %s to revision %s pinned by its distribution", ref.uri, expect)
+        self.refresher.start(ref, expect=expect)
 
     # -- state for labels and metrics --------------------------------------------------------
 

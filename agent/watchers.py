@@ -65,6 +65,23 @@ def wanted_models(
     return {mid: (refs[mid], frozenset(r)) for mid, r in sorted(reasons.items())}
 
 
+def wanted_revisions(distributions: Iterable[Mapping[str, Any]], node_name: str) -> dict[str, str]:
+    """Model id -> ``spec.revision`` of the ModelDistributions that target ``node_name`` and name
+    one (the agent fetches such a model only at that revision). Two distributions of one model
+    naming different revisions: the first by name wins (the other cannot be served beside it)."""
+    out: dict[str, str] = {}
+    ordered = sorted(distributions, key=lambda d: str(mapping(d.get("metadata")).get("name", "")))
+    for dist in ordered:
+        dref, spec = distribution_ref(dist), mapping(dist.get("spec"))
+        targets = mapping(dist.get("status")).get("targets")
+        revision = spec.get("revision")
+        if dref is None or not isinstance(targets, list) or node_name not in targets:
+            continue
+        if isinstance(revision, str) and revision and dref.id not in out:
+            out[dref.id] = revision
+    return out
+
+
 def distribution_ref(dist: Mapping[str, Any]) -> ModelRef | None:
     """The model of a ModelDistribution, or None when ``spec.uri`` is missing or invalid."""
     uri = mapping(dist.get("spec")).get("uri")
@@ -83,7 +100,7 @@ def _pod_key(meta: Mapping[str, Any]) -> str:
 class WantSink(Protocol):
     """What the watchers drive: the model manager."""
 
-    def set_wanted(self, wanted: Wanted) -> None: ...
+    def set_wanted(self, wanted: Wanted, revisions: Mapping[str, str] | None = None) -> None: ...
 
 
 def _values(informer: Informer) -> list[Mapping[str, Any]]:
@@ -149,10 +166,11 @@ class Watchers:
             while True:
                 await self._until(self._changed.wait(), tasks)
                 self._changed.clear()
-                wanted = wanted_models(_values(self.pods), _values(self.distributions), self.node_name)
+                dists = _values(self.distributions)
+                wanted = wanted_models(_values(self.pods), dists, self.node_name)
                 if self._gate is not None:
                     wanted = await self._gate.filter(wanted)
-                self._sink.set_wanted(wanted)
+                self._sink.set_wanted(wanted, wanted_revisions(dists, self.node_name))
         finally:
             for task in tasks:
                 task.cancel()

@@ -2,7 +2,8 @@
 
 The object (``model-locality.io/v1alpha1``, cluster-scoped, CRD in ``manifests/``)::
 
-    spec:   {uri, nodeSelector: {label: value} (optional), replicas: N >= 1 | "all" (default "all")}
+    spec:   {uri, nodeSelector: {label: value} (optional), replicas: N >= 1 | "all" (default "all"),
+             revision (optional: the revision the origin must hold, e.g. a commit sha)}
     status: {modelId, label, targets: [node], desired, ready, observedGeneration, conditions}
 
 The extender is the only writer of ``status``. Per-node state is not stored in the object (a
@@ -21,10 +22,11 @@ from locality.identity import InvalidURI, ModelRef, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.targets import ALL, Want, choose_targets, eligible
 
-SPEC_FIELDS = ("uri", "nodeSelector", "replicas")
+SPEC_FIELDS = ("uri", "nodeSelector", "replicas", "revision")
 MAX_SELECTOR = 32
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_REVISION = re.compile(r"^[0-9A-Za-z._-]{1,128}$")  # the agent's POST /v1/models ``revision``
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -39,12 +41,14 @@ class Spec:
     ref: ModelRef
     node_selector: Mapping[str, str]
     replicas: int | str
+    revision: str | None = None  # None: the origin's latest
 
     def want(self, model_bytes: int | None) -> Want:
         return Want(self.ref.id, self.ref.label_key, self.replicas, self.node_selector, model_bytes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uri": self.ref.uri, "nodeSelector": dict(self.node_selector), "replicas": self.replicas}
+        out = {"uri": self.ref.uri, "nodeSelector": dict(self.node_selector), "replicas": self.replicas}
+        return out if self.revision is None else {**out, "revision": self.revision}
 
 
 def parse_spec(spec: object) -> Spec:
@@ -60,7 +64,16 @@ def parse_spec(spec: object) -> Spec:
         ref = model_ref(spec["uri"])
     except InvalidURI as exc:
         raise InvalidSpec(str(exc)) from None
-    return Spec(ref, _selector(spec.get("nodeSelector")), _replicas(spec.get("replicas", ALL)))
+    selector, replicas = _selector(spec.get("nodeSelector")), _replicas(spec.get("replicas", ALL))
+    return Spec(ref, selector, replicas, _revision(spec.get("revision")))
+
+
+def _revision(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _REVISION.match(value):
+        raise InvalidSpec("revision must be 1-128 characters of [0-9A-Za-z._-] (e.g. a commit sha)")
+    return value
 
 
 def _replicas(value: object) -> int | str:

@@ -62,10 +62,18 @@ def test_the_examples_are_admitted(crd: RealKube) -> None:
         pytest.param({"uri": "s3://b/m", "replicas": -1}, "spec.replicas", id="replicas-negative"),
         pytest.param({"uri": "s3://b/m", "replicas": "some"}, "spec.replicas", id="replicas-other-word"),
         pytest.param({"uri": "s3://b/m", "nodeSelector": {"a": 1}}, "spec.nodeSelector", id="selector-value"),
+        pytest.param({"uri": "s3://b/m", "revision": ""}, "spec.revision", id="revision-empty"),
+        pytest.param({"uri": "s3://b/m", "revision": "a b"}, "spec.revision", id="revision-space"),
     ],
 )
 def test_schema_refuses_bad_specs(crd: RealKube, spec: dict[str, Any], field: str) -> None:
     assert field in refused(crd.request, "POST", MD, md("bad", spec))
+
+
+def test_a_revision_is_admitted_as_written(crd: RealKube) -> None:
+    spec = {"uri": "hf://org/model", "revision": "9a7b3c1d2e4f"}
+    made = crd.request("POST", MD, md("pinned", spec))
+    assert made["spec"] == spec  # no default, nothing pruned
 
 
 def test_missing_spec_is_refused(crd: RealKube) -> None:

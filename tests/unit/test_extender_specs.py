@@ -55,6 +55,42 @@ def test_parse_spec_rejects(name: str, spec: dict[str, Any], message: str) -> No
         parse_spec(spec)
 
 
+SHA = "9a7b3c1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b"
+
+
+@pytest.mark.parametrize(
+    ("spec", "revision"),
+    [
+        pytest.param({"uri": A.uri}, None, id="omitted: the latest"),
+        pytest.param({"uri": A.uri, "revision": None}, None, id="null"),
+        pytest.param({"uri": A.uri, "revision": SHA}, SHA, id="commit sha"),
+        pytest.param({"uri": A.uri, "revision": "9a7b3c1"}, "9a7b3c1", id="prefix"),
+        pytest.param({"uri": A.uri, "revision": "v1.0_rc-2"}, "v1.0_rc-2", id="tag-like"),
+    ],
+)
+def test_parse_spec_revision(spec: dict[str, Any], revision: str | None) -> None:
+    parsed = parse_spec(spec)
+    assert parsed.revision == revision
+    assert parse_spec(parsed.as_dict()) == parsed  # what the REST writes into the object round-trips
+    assert ("revision" in parsed.as_dict()) == (revision is not None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("a b", id="space"),
+        pytest.param("../x", id="slash"),
+        pytest.param("a" * 129, id="too long"),
+        pytest.param(7, id="number"),
+        pytest.param(["x"], id="list"),
+    ],
+)
+def test_parse_spec_rejects_a_bad_revision(value: object) -> None:
+    with pytest.raises(InvalidSpec, match="revision must be 1-128 characters"):
+        parse_spec({"uri": A.uri, "revision": value})
+
+
 def gpu(name: str, **kw: Any) -> NodeState:
     return NodeState(name, gpus=8, **kw)
 

@@ -263,7 +263,8 @@ def test_crd_schema_is_structural_and_strict(base: list[Obj]) -> None:
         "conditions",
         "nodes",
     }
-    assert set(schema["properties"]["spec"]["properties"]) == {"uri", "nodeSelector", "replicas"}
+    spec = set(schema["properties"]["spec"]["properties"])
+    assert spec == {"uri", "nodeSelector", "replicas", "revision"}
     for path, node in _walk(schema):
         assert "x-kubernetes-preserve-unknown-fields" not in node, f"{path} preserves unknown fields"
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -336,6 +337,7 @@ VALID_DISTRIBUTIONS = {
     "replicas omitted": _md({"uri": URI}),
     "selector": _md({"uri": URI, "replicas": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"}}),
     "https uri": _md({"uri": "https://example.com/w/model.safetensors"}),
+    "revision": _md({"uri": URI, "revision": "9a7b3c1d2e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b"}),
     "full status": _md({"uri": URI, "replicas": 2}, FULL_STATUS),
 }
 BROKEN_DISTRIBUTIONS = {
@@ -350,6 +352,10 @@ BROKEN_DISTRIBUTIONS = {
     "empty uri": _md({"uri": ""}),
     "uri without scheme": _md({"uri": "models/all-MiniLM-L6-v2"}),
     "non-string selector value": _md({"uri": URI, "nodeSelector": {"gpu": True}}),
+    "empty revision": _md({"uri": URI, "revision": ""}),
+    "revision with a space": _md({"uri": URI, "revision": "main branch"}),
+    "revision too long": _md({"uri": URI, "revision": "a" * 129}),
+    "non-string revision": _md({"uri": URI, "revision": 7}),
     "missing spec": {"apiVersion": "model-locality.io/v1alpha1", "kind": "ModelDistribution", "metadata": {}},
     "unknown status field": _md({"uri": URI}, {"readyNodes": 1}),
     "negative ready count": _md({"uri": URI}, {"ready": -1}),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.watchers import pod_model_refs, wanted_models
+from agent.watchers import pod_model_refs, wanted_models, wanted_revisions
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import model_ref
 
@@ -89,3 +89,20 @@ def test_pod_models_reports_bad_uris() -> None:
     assert refs == [A]
     assert len(errors) == 2
     assert all("pod ml/p" in e for e in errors)
+
+
+def test_wanted_revisions_of_distributions_targeting_this_node() -> None:
+    def pinned(name: str, uri: str, targets: Any, revision: Any) -> dict[str, Any]:
+        obj = dist(name, uri, targets)
+        obj["spec"]["revision"] = revision
+        return obj
+
+    dists = [
+        pinned("b-second", A.uri, [NODE], "bbbbbbb"),
+        pinned("a-first", A.uri, [NODE], "aaaaaaa"),  # the first by name wins
+        pinned("elsewhere", B.uri, ["node-b"], "ccccccc"),  # not this node
+        pinned("garbage", B.uri, [NODE], 7),
+        dist("latest", B.uri, [NODE]),  # no revision: the latest
+    ]
+    assert wanted_revisions(dists, NODE) == {A.id: "aaaaaaa"}
+    assert wanted_revisions([pinned("x", "nope://x", [NODE], "aaaaaaa")], NODE) == {}
