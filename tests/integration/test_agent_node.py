@@ -308,3 +308,31 @@ def test_wait_verb_prints_path_and_fails_clearly(
     nobody = {**os.environ, "MODEL_LOCALITY_AGENT_URL": f"http://127.0.0.1:{free_port()}"}
     late = wait(small_uri, "--timeout", "0.5", url_env=nobody)
     assert late.returncode == 124 and "timed out" in late.stderr
+
+
+def test_distribution_revision_wrong_fails_clearly_then_matching_is_fetched(
+    fake_kube: FakeKube, start_agent: Callable[..., Agent], small_uri: str
+) -> None:
+    fake_kube.add_node(NODE)
+    agent = start_agent()
+    ref = model_ref(small_uri)
+    spec = {"uri": small_uri, "revision": "0000000deadbeef"}
+    dist = {"metadata": {"name": "pinned"}, "spec": spec, "status": {"targets": [NODE]}}
+    fake_kube.create("distribution", dist)
+
+    def failed() -> Any:
+        status, view = agent.call("GET", f"/v1/models/{ref.id}")
+        return view if status == 200 and view["state"] == "failed" else None
+
+    view = until(failed, "the fetch of a revision the origin does not hold fails", agent)
+    assert "not the requested 0000000deadbeef" in view["error"], view
+    until(lambda: models_annotation(fake_kube).get(ref.id, {}).get("state") == "failed", "annotation")
+    assert ref.label_key not in node_meta(fake_kube)[0]
+    held = view["error"].split("the origin holds revision ", 1)[1].split(",")[0].split()[0]
+    obj = fake_kube.get("distribution", "pinned")
+    obj["spec"]["revision"] = held[:12]  # a prefix names it too
+    fake_kube.update("distribution", obj)
+    until(lambda: node_meta(fake_kube)[0].get(ref.label_key) == "ready", "the pinned revision", agent)
+    status, view = agent.call("GET", f"/v1/models/{ref.id}")
+    assert status == 200 and view["revision"] == held and view["error"] is None
+    assert models_annotation(fake_kube)[ref.id]["revision"] == held

@@ -269,7 +269,17 @@ BAD_POSTS = [
     ("selector value not a string", {"uri": A.uri, "nodeSelector": {"a": 1}}),
     ("selector bad key", {"uri": A.uri, "nodeSelector": {"bad key!": "x"}}),
     ("not an object", [A.uri]),
+    ("revision with a space", {"uri": A.uri, "revision": "main branch"}),
 ]
+
+
+async def test_distribution_post_carries_a_revision(fake_kube: FakeKube, extender: Factory) -> None:
+    client = await extender()
+    body = {"uri": A.uri, "replicas": 1, "revision": "9a7b3c1d2e4f"}
+    resp = await client.post("/v1/distributions", json=body, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    [obj] = fake_kube.objects("distribution")
+    assert obj["spec"]["revision"] == "9a7b3c1d2e4f"
 
 
 @pytest.mark.parametrize(("name", "body"), BAD_POSTS, ids=[n for n, _ in BAD_POSTS])
