@@ -66,7 +66,8 @@ def commit_to_cache(src: Path, root: Path, uri: str) -> Path:
 
 
 def evict(model_dir: Path) -> None:
-    """Drop the directory's pages from the page cache (no root needed, unlike drop_caches)."""
+    """Drop the directory's pages from the page cache (no root needed, unlike drop_caches), and
+    check with util-linux ``fincore`` (where installed) that none is left."""
     os.sync()
     for path in files_of(model_dir):
         fd = os.open(path, os.O_RDONLY)
@@ -74,6 +75,13 @@ def evict(model_dir: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+    if shutil.which("fincore"):
+        argv = ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files_of(model_dir))]
+        left = sum(
+            int(x) for x in subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
+        )
+        if left:
+            raise SystemExit(f"{model_dir}: {left} bytes still in the page cache after eviction")
 
 
 def warm(model_dir: Path) -> None:
