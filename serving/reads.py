@@ -45,6 +45,7 @@ class Source:
         self.fd = os.open(path, os.O_RDONLY)
         self.size = os.fstat(self.fd).st_size
         self.direct: int | None = None
+        self.direct_ok = True  # False once the file system refused a direct read (EINVAL)
         self.map: int | None = None  # address of a PROT_READ map, only ever passed to mincore
         try:
             self.direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
@@ -71,7 +72,7 @@ class Source:
         into it. A range that ends inside the file reads its unaligned end buffered, so no byte
         past ``n`` is written (another worker may own it).
         """
-        direct = self.direct is not None and not self.cached(offset, n)
+        direct = self.direct is not None and self.direct_ok and not self.cached(offset, n)
         got = 0
         while got < n:
             r = self._direct(view, n, offset, got) if direct else None
@@ -107,9 +108,8 @@ class Source:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            os.close(self.direct)  # the file system refuses this direct read: buffered from now on
-            self.direct = None
-            return None
+            self.direct_ok = False  # the file system refuses direct reads: buffered from now on (the
+            return None  # descriptor stays open until close(): other workers may be using it)
 
 
 def _address(view: memoryview) -> int:

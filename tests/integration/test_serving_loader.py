@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 from pathlib import Path
@@ -228,3 +229,28 @@ def test_cuda_pipeline_matches_cpu(tmp_path: Path) -> None:
     got = load_state_dict(model_dir, device="cuda", block_bytes=8192)
     assert all(t.device.type == "cuda" for t in got.values())
     assert_same({k: t.cpu() for k, t in got.items()}, reference(model_dir))
+
+
+@pytest.mark.parametrize(
+    ("misalign", "direct_ok"),
+    [
+        pytest.param(1, True, id="destination not page-aligned"),
+        pytest.param(0, False, id="file system refused direct reads"),
+        pytest.param(0, True, id="direct, tail rounded up into the view"),
+    ],
+)
+def test_cold_range_reads_whole_direct_or_buffered(tmp_path: Path, misalign: int, direct_ok: bool) -> None:
+    path = tmp_path / "blob"
+    data = os.urandom(3 * 4096 + 123)
+    path.write_bytes(data)
+    evict(path)
+    source = Source(path)
+    try:
+        source.direct_ok = direct_ok
+        buf = memoryview(bytearray(len(data) + 8192))
+        start = -ctypes.addressof(ctypes.c_char.from_buffer(buf)) % 4096 + misalign
+        view = buf[start : start + len(data) + 4096]
+        source.fill(view, len(data), 0)  # ends at the file's unaligned end
+        assert bytes(view[: len(data)]) == data
+    finally:
+        source.close()
