@@ -42,6 +42,7 @@ from agent.inventory import (
 )
 from agent.recovery import read_record, recover, remove_staging
 from agent.render import human_size
+from agent.resume import interrupted_refreshes, is_refresh, mark_refresh
 from agent.revisions import revision_of
 from agent.sources import RemoteFile, Source, SourceError, Timeouts, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
@@ -172,6 +173,11 @@ class Cache:
     def quarantined(self) -> list[Quarantined]:
         self._ensure()
         return sorted(list(self._quarantined.values()), key=lambda q: q.key)
+
+    def interrupted_refreshes(self) -> list[tuple[str, str | None]]:
+        """``(uri, expect)`` of refreshes a restart interrupted (their staging kept by recovery)."""
+        self._ensure()
+        return interrupted_refreshes(self.layout, set(self._records))
 
     def wanted(self) -> list[ModelRef]:
         """Fetches accepted over REST before the last start and not committed since."""
@@ -515,9 +521,13 @@ class Cache:
                     "(only the origin's current revision can be fetched)"
                 )
             if current is not None and current.revision == revision:
+                if is_refresh(staging.dir):  # an interrupted refresh whose change was undone
+                    await asyncio.to_thread(staging.remove)
                 return current
             try:
                 done = await asyncio.to_thread(self._stage, ref, staging, files)
+                if current is not None:  # a refresh: kept by recovery, resumed at the next start
+                    await asyncio.to_thread(mark_refresh, staging.dir, ref.uri, expect)
                 done = await self._run_fetcher(
                     ref=ref, source=source, staging=staging, files=files, done=done, progress=progress
                 )

@@ -34,7 +34,7 @@ from agent.refresher import Refresher
 from agent.switch import same_revision
 from agent.views import partial_view, quarantined_view, record_view
 from locality import errors
-from locality.identity import ModelRef, model_ref
+from locality.identity import InvalidURI, ModelRef, model_ref
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class ModelManager:
             if ref.id not in self._jobs:
                 log.info("resuming the fetch of %s accepted before the restart", ref.uri)
                 self._start(ref, None)
+        for uri, expect in self.cache.interrupted_refreshes():
+            with contextlib.suppress(InvalidURI):
+                log.info("resuming the refresh of %s interrupted by the restart", uri)
+                self.refresher.start(model_ref(uri), expect=expect)
         self._changed()
 
     def subscribe(self, listener: Callable[[], None]) -> None:

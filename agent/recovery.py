@@ -12,7 +12,8 @@ Cases, by what a crash can leave behind (commit order: fsync files, record, rena
 - a record that cannot be parsed (EIO, a torn byte, a newer version's format): the model and the
   record move to ``quarantine/`` (kept for an operator; ``rm`` frees them), never deleted;
 - ``models/<id>`` without record: debris, moved to trash and deleted (never served as a model);
-- ``staging/<id>`` with a manifest: resumable, kept; without one, or unlocked junk: removed;
+- ``staging/<id>`` with a manifest: resumable, kept; without one, or unlocked junk: removed; of a
+  model with a record: removed, unless marked as a refresh in flight (``agent.resume``);
 - ``trash/*`` and ``*.tmp``: removed.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from agent.durable import fsync_dir
 from agent.inventory import quarantine
+from agent.resume import is_refresh
 from locality.records import RECORD_KEY, Layout, ModelRecord, record_from_json
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ def recover(layout: Layout) -> list[ModelRecord]:
             log.warning("removing %s: a model directory without a record", path)
             _remove_via_trash(layout, path)
     for path in layout.staging.iterdir():
-        if path.is_dir() and (path.name in known or not (path / "manifest.json").exists()):
+        # A committed model's staging is debris unless it is a marked refresh (resumed at start).
+        debris = path.name in known and not is_refresh(path)
+        if path.is_dir() and (debris or not (path / "manifest.json").exists()):
             _remove_unlocked(layout, path)
     return records
 
