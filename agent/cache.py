@@ -47,6 +47,7 @@ from agent.revisions import revision_of
 from agent.sources import RemoteFile, Source, SourceError, Timeouts, open_source
 from agent.staging import ChunkKey, Staging, staging_lock
 from agent.switch import new_dir, same_revision, superseded
+from locality import errors
 from locality.digests import verify_files
 from locality.identity import ModelRef
 from locality.records import RECORD_KEY, FileRecord, Layout, ModelRecord
@@ -55,12 +56,8 @@ log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2
 
 
-class CacheError(Exception):
-    """A cache failure with a message meant for users."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class CacheError(errors.LocalityError):
+    """A cache failure with a message meant for users (``message``)."""
 
 
 class FetchFailed(CacheError):
@@ -71,15 +68,15 @@ class VerificationFailed(FetchFailed):
     """The bytes on disk do not match the source's size or the chunk digests recorded in-stream."""
 
 
-class NoSpace(CacheError):
+class NoSpace(CacheError, errors.InsufficientStorage):
     """The quota or the disk is full and pinned models make room impossible."""
 
 
-class Pinned(CacheError):
+class Pinned(CacheError, errors.Conflict):
     """``remove`` of a pinned model without ``force``."""
 
 
-class UnknownModel(CacheError):
+class UnknownModel(CacheError, errors.NotFound):
     """No committed model with that id."""
 
 

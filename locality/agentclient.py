@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from locality.identity import InvalidURI, model_ref
-from locality.settings import read_token_file
+from locality.settings import ConfigError, load_token
 
 REQUEST_SECONDS = 10.0  # one request's limit, clipped to the time left before the deadline
 # Where the install's projected ServiceAccount token lands in a serving pod (the webhook's
@@ -50,10 +50,8 @@ def file_token(path: str) -> TokenSource:
 
     def read() -> str | None:
         try:
-            return read_token_file(path)
-        except OSError as exc:
-            raise AgentError(f"cannot read token file {path}: {exc.strerror or exc}") from exc
-        except ValueError as exc:
+            return load_token(path)
+        except ConfigError as exc:
             raise AgentError(str(exc)) from exc
 
     return read
