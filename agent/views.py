@@ -13,12 +13,13 @@ from locality.records import ModelRecord
 
 def public(view: dict[str, Any]) -> dict[str, Any]:
     """A view as the REST answers it (unauthenticated GETs): the URI's credentials and signed
-    query values, and any URI in the error, redacted."""
+    query values, and any URI in the error or the refresh's error, redacted."""
     out = dict(view)
     if out.get("uri") is not None:
         out["uri"] = redact_uri(out["uri"])
-    if out.get("error") is not None:
-        out["error"] = redact_text(out["error"])
+    for field in ("error", "refresh"):
+        if out.get(field) is not None:
+            out[field] = redact_text(out[field])
     return out
 
 

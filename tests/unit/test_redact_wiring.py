@@ -42,6 +42,11 @@ VIEWS = {
         CLEAN,
         f"{CLEAN}: origin answered HTTP 403",
     ),
+    "refresh failed": (
+        {"id": "1", "uri": SIGNED, "state": "ready", "error": None, "refresh": f"failed: {SIGNED}: 403"},
+        CLEAN,
+        None,
+    ),
     "quarantined, no uri": (
         {"id": "1", "uri": None, "state": "quarantined", "error": "bad json"},
         None,
@@ -55,6 +60,7 @@ def test_public_view(view: dict[str, object], uri: str | None, error: str | None
     before = dict(view)
     out = public(view)
     assert (out["uri"], out["error"]) == (uri, error)
+    assert "abc123" not in json.dumps(out), "no signature anywhere in the view (refresh included)"
     assert view == before, "the manager's own view is not changed"
 
 
