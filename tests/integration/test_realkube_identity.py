@@ -26,8 +26,7 @@ from tests.fixtures.origin import run_origin
 from tests.fixtures.polling import eventually
 from tests.fixtures.ports import free_port
 from tests.fixtures.realkube import RealKube
-from tests.fixtures.realkube_manifests import NAMESPACE, apply_access, kubeconfig_file
-from tests.integration.test_realkube_rbac import review
+from tests.fixtures.realkube_manifests import NAMESPACE, Row, apply_access, kubeconfig_file, review
 
 Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 MD = "model-locality.io"
@@ -35,7 +34,6 @@ AUTHN, AUTHZ = "authentication.k8s.io", "authorization.k8s.io"
 TEAM = "team-a"  # a serving namespace labelled team=a, its SA "serve" bound to model-locality-user
 OPS = "ops"  # a namespace whose SA "admin" holds model-locality-admin and "plain" holds nothing
 
-Row = tuple[str, str, str, str, str | None, str | None, bool]  # verb group resource sub ns name allowed
 SERVICE_ROWS: list[tuple[str, Row]] = [
     ("model-locality-agent", ("create", AUTHN, "tokenreviews", "", None, None, True)),
     ("model-locality-agent", ("create", AUTHZ, "subjectaccessreviews", "", None, None, True)),
@@ -98,38 +96,13 @@ def identity(real_kube: RealKube) -> RealKube:
     return real_kube
 
 
-def _sa_review(real: RealKube, namespace: str, sa: str, row: Row) -> dict[str, Any]:
-    verb, group, resource, sub, ns, name, _ = row
-    attributes = {"verb": verb, "group": group, "resource": resource}
-    for key, value in (("subresource", sub), ("namespace", ns), ("name", name)):
-        if value:
-            attributes[key] = value
-    body = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": f"system:serviceaccount:{namespace}:{sa}",
-            "groups": [
-                "system:serviceaccounts",
-                f"system:serviceaccounts:{namespace}",
-                "system:authenticated",
-            ],
-            "resourceAttributes": attributes,
-        },
-    }
-    status: dict[str, Any] = real.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)[
-        "status"
-    ]
-    return status
-
-
 @pytest.mark.parametrize(
     ("service_account", "row"), SERVICE_ROWS, ids=[f"{s[15:]}-{r[0]}-{r[2]}-{r[6]}" for s, r in SERVICE_ROWS]
 )
 def test_components_may_review_callers_and_read_policies(
     identity: RealKube, service_account: str, row: Row
 ) -> None:
-    assert bool(review(identity, service_account, row).get("allowed")) is row[6]
+    assert bool(review(identity, row, service_account).get("allowed")) is row[6]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +111,7 @@ def test_components_may_review_callers_and_read_policies(
     ids=[f"{n}-{s}-{r[0]}-{r[2]}-{r[4]}-{r[6]}" for n, s, r in USER_ROWS],
 )
 def test_user_and_admin_roles(identity: RealKube, namespace: str, sa: str, row: Row) -> None:
-    assert bool(_sa_review(identity, namespace, sa, row).get("allowed")) is row[6]
+    assert bool(review(identity, row, sa, namespace).get("allowed")) is row[6]
 
 
 def test_user_role_aggregates_into_edit_and_admin_but_admin_role_does_not(identity: RealKube) -> None:

@@ -3,14 +3,11 @@ what its component needs and nothing else (SubjectAccessReview, allowed and deni
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.fixtures.realkube import RealKube
-from tests.fixtures.realkube_manifests import NAMESPACE, SERVICE_ACCOUNTS, apply_access
+from tests.fixtures.realkube_manifests import NAMESPACE, SERVICE_ACCOUNTS, Row, apply_access, review
 
-Row = tuple[str, str, str, str, str | None, str | None, bool]  # verb group resource sub ns name allowed
 MD = "model-locality.io"
 
 AGENT: list[Row] = [
@@ -83,31 +80,6 @@ CASES = [
 ]  # fmt: skip
 
 
-def review(real: RealKube, service_account: str, row: Row) -> dict[str, Any]:
-    verb, group, resource, sub, namespace, name, _ = row
-    attributes = {"verb": verb, "group": group, "resource": resource}
-    for key, value in (("subresource", sub), ("namespace", namespace), ("name", name)):
-        if value:
-            attributes[key] = value
-    body = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": f"system:serviceaccount:{NAMESPACE}:{service_account}",
-            "groups": [
-                "system:serviceaccounts",
-                f"system:serviceaccounts:{NAMESPACE}",
-                "system:authenticated",
-            ],
-            "resourceAttributes": attributes,
-        },
-    }
-    status: dict[str, Any] = real.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body)[
-        "status"
-    ]
-    return status
-
-
 @pytest.fixture(scope="module")
 def rbac(real_kube: RealKube) -> RealKube:
     apply_access(real_kube)
@@ -118,7 +90,7 @@ def rbac(real_kube: RealKube) -> RealKube:
 def test_service_account_may_do_exactly_what_its_component_needs(
     rbac: RealKube, service_account: str, row: Row
 ) -> None:
-    status = review(rbac, service_account, row)
+    status = review(rbac, row, service_account)
     assert bool(status.get("allowed")) is row[6], status
 
 
