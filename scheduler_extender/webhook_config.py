@@ -6,10 +6,9 @@ Part of the extender's ``Settings`` (``webhook``; None unless ``--webhook-port``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from locality.settings import ConfigError
+from locality.settings import ConfigError, FlagOrEnv
 from scheduler_extender.injection import MODES, Install
 
 DEFAULT_WEBHOOK_PORT = 8473
@@ -72,13 +71,9 @@ def add_webhook_args(parser: argparse.ArgumentParser) -> None:
     hook.add_argument("--webhook-cert-dir", help="serve tls.crt/tls.key from this directory (cert-manager)")
 
 
-Pick = Callable[[str, str | None], str | None]  # (flag, ENV) -> the flag's value, else the variable's
-
-
-def webhook_settings(pick: Pick) -> WebhookSettings | None:
+def webhook_settings(pick: FlagOrEnv) -> WebhookSettings | None:
     """The webhook's settings, or None without ``--webhook-port``; ``ConfigError`` on junk."""
-    port = pick("webhook_port", "MODEL_LOCALITY_WEBHOOK_PORT")
-    if not port:
+    if not pick("webhook_port", "MODEL_LOCALITY_WEBHOOK_PORT"):
         return None
     d, i = WebhookSettings(), Install()
     namespace = pick("namespace", "POD_NAMESPACE") or d.namespace
@@ -86,13 +81,13 @@ def webhook_settings(pick: Pick) -> WebhookSettings | None:
     install = Install(
         mode=mode,  # type: ignore[arg-type]  # checked by validate()
         agent_image=pick("agent_image", "MODEL_LOCALITY_AGENT_IMAGE") or i.agent_image,
-        agent_port=_int("--agent-port", pick("agent_port", None), i.agent_port),
+        agent_port=pick.as_int("agent_port", None, default=i.agent_port),
         cache_dir=pick("cache_dir", None) or i.cache_dir,
         scheduler_name=pick("scheduler_name", None) or i.scheduler_name,
     )
     hosts = pick("webhook_hosts", None)
     return WebhookSettings(
-        port=_int("--webhook-port", port, d.port),
+        port=pick.as_int("webhook_port", "MODEL_LOCALITY_WEBHOOK_PORT", default=d.port),
         install=install,
         namespace=namespace,
         configuration=pick("webhook_configuration", None) or d.configuration,
@@ -102,10 +97,3 @@ def webhook_settings(pick: Pick) -> WebhookSettings | None:
         else (f"model-locality-extender.{namespace}.svc",),
         cert_dir=pick("webhook_cert_dir", "MODEL_LOCALITY_WEBHOOK_CERT_DIR"),
     ).validate()
-
-
-def _int(name: str, text: str | None, default: int) -> int:
-    try:
-        return int(text) if text else default
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {text!r}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,25 @@ def test_in_cluster_is_not_standalone() -> None:
 def test_bad_settings_are_config_errors(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        ([], {"MODEL_LOCALITY_WEBHOOK_PORT": "soon"}, "MODEL_LOCALITY_WEBHOOK_PORT='soon' is not an integer"),
+        (["--webhook-port", "8473"], {}, None),
+        (["--webhook-port", "70000"], {}, "ports must be between"),
+        (["--webhook-port", "8473", "--injection-mode", "magic"], {}, "--injection-mode must be one of"),
+    ],
+    ids=["port from env not a number", "port only", "port out of range", "unknown mode"],
+)
+def test_webhook_settings(argv: list[str], environ: dict[str, str], message: str | None) -> None:
+    if message is None:
+        hook = settings(argv, environ).webhook  # type: ignore[attr-defined]
+        assert (hook.port, hook.install.agent_port, hook.install.mode) == (8473, 8470, "scheduler")
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings(argv, environ)
 
 
 def test_main_reports_config_errors_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
