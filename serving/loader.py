@@ -105,6 +105,8 @@ def _read_all(
             futures = [pool.submit(run.guarded, work) for _ in range(n)]
             run.guarded(meanwhile)
         failures = [exc for exc in (f.exception() for f in futures) if exc is not None]
+        if failures:  # inside the try: a worker's read error (EIO) is named like this thread's
+            raise failures[0]
     except OSError as exc:
         raise IntegrityError(
             f"{exc.filename or plan.model_dir}: cannot read ({exc.strerror or exc})"
@@ -112,8 +114,6 @@ def _read_all(
     finally:
         for source in sources:
             source.close()
-    if failures:
-        raise failures[0]
 
 
 class _Run:

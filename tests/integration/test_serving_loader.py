@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -254,3 +255,17 @@ def test_cold_range_reads_whole_direct_or_buffered(tmp_path: Path, misalign: int
         assert bytes(view[: len(data)]) == data
     finally:
         source.close()
+
+
+def test_read_error_in_a_worker_is_an_integrity_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error (EIO) on a worker thread fails the load with a one-line reason, not an OSError."""
+    model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
+
+    def failing(self: Source, view: memoryview, n: int, offset: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(Source, "fill", failing)
+    with pytest.raises(IntegrityError, match=r"cannot read \(Input/output error\)"):
+        load_state_dict(model_dir)
