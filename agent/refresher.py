@@ -100,10 +100,17 @@ class Refresher:
             async with manager.semaphore:
                 record = await manager.cache.refresh(ref, expect=expect)
         except (CacheError, OSError) as exc:
-            self.errors[ref.id] = str(exc)[:500] or type(exc).__name__
+            self._failed(ref, str(exc) or type(exc).__name__)
             log.warning("refresh of %s failed (the current revision stays): %s", ref.uri, exc)
-            manager.notify()
+            return
+        except Exception as exc:  # a bug: logged now and shown in the view, never lost in the task
+            self._failed(ref, f"internal error: {exc}")
+            log.exception("refresh of %s crashed (the current revision stays)", ref.uri)
             return
         if record is not None:
             log.info("model %s switched to revision %s", ref.uri, record.revision)
             await manager.after_switch(ref.id)
+
+    def _failed(self, ref: ModelRef, error: str) -> None:
+        self.errors[ref.id] = error[:500]
+        self._manager.notify()
