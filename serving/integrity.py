@@ -142,6 +142,11 @@ def verify_in_cache(model_dir: Path) -> bool:
     if problems is None:
         return False
     if problems:
-        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        raise IntegrityError(f"{model_dir} does not match the node cache record: {shown}")
+        raise record_mismatch(model_dir, problems)
     return True
+
+
+def record_mismatch(model_dir: Path, problems: list[str]) -> IntegrityError:
+    """The error for a directory that differs from its record: the first three problems shown."""
+    shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+    return IntegrityError(f"{model_dir} does not match the node cache record: {shown}")

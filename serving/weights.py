@@ -20,7 +20,7 @@ import xxhash
 
 from locality.digests import hash_chunk
 from locality.records import FileRecord, Layout, ModelRecord, record_for_dir
-from serving.integrity import Header, IntegrityError, read_header, weight_files
+from serving.integrity import Header, IntegrityError, read_header, record_mismatch, weight_files
 from serving.reads import Source
 
 PLAIN_SEGMENT = 32 * 2**20  # read unit of a file that has no record (no chunks to follow)
@@ -156,8 +156,7 @@ def check_other_files(plan: Plan) -> None:
         if path.relative_to(plan.model_dir).as_posix() not in known:
             problems.append(f"{path.relative_to(plan.model_dir)}: not part of the model")
     if problems:
-        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-        raise IntegrityError(f"{plan.model_dir} does not match the node cache record: {shown}")
+        raise record_mismatch(plan.model_dir, problems)
 
 
 def _check_file(model_dir: Path, f: FileRecord, buf: memoryview) -> list[str]:
