@@ -1,4 +1,6 @@
-"""Shared aiohttp plumbing for our services: JSON errors, bearer auth, body parsing, metrics.
+"""Shared aiohttp plumbing for our services: JSON errors, timing, body parsing, metrics.
+
+Authentication is ``locality.authmw`` (bearer tokens checked by a ``locality.auth`` authenticator).
 
 Both the agent and the extender build their apps from these pieces so that every error body is
 ``{"error": "..."}`` and no traceback ever reaches a client.
@@ -6,7 +8,6 @@ Both the agent and the extender build their apps from these pieces so that every
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -98,25 +99,6 @@ def _auth_header(exc: errors.LocalityError) -> dict[str, str]:
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get("Allow")
     return {"Allow": allow} if allow else {}
-
-
-def bearer_auth_middleware(token: str | None, protected_methods: Collection[str]) -> Any:
-    """Require ``Authorization: Bearer <token>`` on the given methods (constant-time compare).
-
-    With ``token=None`` auth is disabled (standalone development only; the CLI warns).
-    """
-    expected = token.encode() if token else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.method in protected_methods:
-            header = request.headers.get("Authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-                return json_error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    return middleware
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:

@@ -8,7 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from locality.httpkit import bearer_auth_middleware, error_middleware, read_json_object
+from locality.auth import Rule, StaticToken
+from locality.authmw import auth_middleware
+from locality.httpkit import error_middleware, read_json_object
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -21,8 +23,11 @@ async def _boom(request: web.Request) -> web.Response:
 
 
 def _app() -> web.Application:
-    app = web.Application(middlewares=[error_middleware, bearer_auth_middleware("tok", {"POST"})])
-    app.router.add_post("/echo", _echo)
+    rules = {("POST", "echo"): Rule("create", "echoes")}
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(StaticToken("tok"), rules, {"POST"})]
+    )
+    app.router.add_post("/echo", _echo, name="echo")
     app.router.add_get("/boom", _boom)
     return app
 
