@@ -28,6 +28,7 @@ from locality import errors
 from locality.httpkit import error_middleware, read_body
 from locality.jsonbody import decode_json
 from locality.settings import ConfigError
+from locality.tasks import stop
 from scheduler_extender.certstore import CertKeeper, server_context
 from scheduler_extender.injection import Install, inject
 from scheduler_extender.webhook_config import WebhookSettings
@@ -164,12 +165,7 @@ async def healthz(_: web.Request) -> web.Response:
 
 async def _drain(app: web.Application) -> AsyncIterator[None]:
     yield
-    tasks = list(app[CONTEXT].tasks)
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop(app[CONTEXT].tasks)
 
 
 def create_webhook_app(ctx: WebhookContext) -> web.Application:
@@ -225,9 +221,7 @@ def webhook_runner(
     async def run(_: web.Application) -> AsyncIterator[None]:
         task = asyncio.ensure_future(_serve(keeper, ctx, host, ws.port))
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop([task])
 
     return run
 
