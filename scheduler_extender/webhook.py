@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from locality import errors
+from locality.contract import mapping
 from locality.httpkit import error_middleware, read_body
 from locality.jsonbody import decode_json
 from locality.settings import ConfigError
@@ -78,7 +79,7 @@ def review_response(review: object, install: Install, sizes: Mapping[str, int]) 
         raise errors.Invalid("AdmissionReview request has no uid")
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-    kind = request.get("kind") or {}
+    kind = mapping(request.get("kind"))
     if (
         request.get("operation") != "CREATE"
         or kind.get("kind") != "Pod"
@@ -86,7 +87,7 @@ def review_response(review: object, install: Install, sizes: Mapping[str, int]) 
     ):
         return answer, ""
     try:
-        outcome = inject(request.get("object") or {}, install, sizes)
+        outcome = inject(mapping(request.get("object")), install, sizes)
     except Exception:
         log.exception("injection failed for a pod in %s", request.get("namespace"))
         outcome = None
@@ -107,7 +108,7 @@ def warning_event(request: Mapping[str, Any], reason: str, now: float) -> tuple[
     namespace = request.get("namespace")
     if not isinstance(namespace, str) or not namespace:
         return None
-    meta = (request.get("object") or {}).get("metadata") or {}
+    meta = mapping(mapping(request.get("object")).get("metadata"))
     name = meta.get("name") or meta.get("generateName") or "pod"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     event = {

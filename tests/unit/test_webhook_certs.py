@@ -201,3 +201,15 @@ def test_bad_annotation_is_allowed_with_a_warning_and_an_event() -> None:
 def test_not_a_review(body: object) -> None:
     with pytest.raises(errors.Invalid):
         review_response(body, Install(), {})
+
+
+def test_junk_kind_or_object_is_answered_not_a_crash() -> None:
+    junk_kind = review(annotated("s3://models/a"))
+    junk_kind["request"]["kind"] = "Pod"
+    answer, reason = review_response(junk_kind, Install(), {})
+    assert answer["response"] == {"uid": "u-1", "allowed": True} and reason == ""
+    junk_object = review(annotated("s3://models/a"))
+    junk_object["request"]["object"] = ["not", "a", "pod"]
+    answer, reason = review_response(junk_object, Install(), {})
+    assert answer["response"] == {"uid": "u-1", "allowed": True} and reason == ""
+    assert warning_event({**junk_object["request"], "object": "junk"}, "r", 0.0) is not None
