@@ -56,20 +56,20 @@ def main() -> int:
         f.truncate(fetch_bytes)  # sparse: the origin reads zeros at memory speed
     origin_port, agent_port = free_port(), free_port()
     origin = start_origin(src, origin_port)
-    old_uri = f"http://127.0.0.1:{origin_port}/old.bin"
-    old_id = model_ref(old_uri).id
-    commit_by_hand(root, old_id, old_uri, evict_bytes, written=args.written)
-    quota = evict_bytes + fetch_bytes // 2  # the new model fits only once the old one is gone
-    agent = start_agent(args.checkout, root, work, agent_port, quota)
-    try:
-        samples, seconds = probe_while_fetching(
-            agent_port, f"http://127.0.0.1:{origin_port}/incoming.bin", root / "models" / old_id
-        )
+    try:  # no origin or agent outlives the run, whatever fails
+        old_uri = f"http://127.0.0.1:{origin_port}/old.bin"
+        old_id = model_ref(old_uri).id
+        commit_by_hand(root, old_id, old_uri, evict_bytes, written=args.written)
+        quota = evict_bytes + fetch_bytes // 2  # the new model fits only once the old one is gone
+        agent = start_agent(args.checkout, root, work, agent_port, quota)
+        try:
+            samples, seconds = probe_while_fetching(
+                agent_port, f"http://127.0.0.1:{origin_port}/incoming.bin", root / "models" / old_id
+            )
+        finally:
+            stop(agent)
     finally:
-        agent.terminate()
-        agent.wait(30)
-        origin.terminate()
-        origin.wait(30)
+        stop(origin)
     ms = sorted(s * 1000 for s in samples)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
     print(
@@ -140,8 +140,7 @@ def start_origin(src: Path, port: int) -> subprocess.Popen[bytes]:
         "    time.sleep(3600)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(port), str(HERE)])
-    wait_port(port)
-    return proc
+    return listening(proc, port)
 
 
 def start_agent(checkout: Path, root: Path, work: Path, port: int, quota: int) -> subprocess.Popen[bytes]:
@@ -151,8 +150,22 @@ def start_agent(checkout: Path, root: Path, work: Path, port: int, quota: int) -
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     log = (work / "agent.log").open("ab")
     proc = subprocess.Popen(argv, cwd=checkout, env=env, stdout=log, stderr=log)
-    wait_port(port)
+    return listening(proc, port)
+
+
+def listening(proc: subprocess.Popen[bytes], port: int) -> subprocess.Popen[bytes]:
+    """``proc`` once it listens on ``port``; stopped, and the error raised, if it never does."""
+    try:
+        wait_port(port)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(30)
 
 
 def wait_port(port: int) -> None:
