@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 POD_REASON = "pod:"
 
 
+def pod_namespace(reason: str) -> str | None:
+    """The namespace of a ``pod:<ns>/<name>`` reason; None for any other reason."""
+    return reason[len(POD_REASON) :].split("/", 1)[0] if reason.startswith(POD_REASON) else None
+
+
 def filter_wanted(wanted: Wanted, allowed: Callable[[str, ModelRef], bool]) -> tuple[Wanted, list[str]]:
     """Drop the ``pod:<ns>/<name>`` reasons whose namespace may not fetch the model; a model with
     no reason left is dropped. Returns the kept set and one line per refusal."""
@@ -35,7 +40,7 @@ def filter_wanted(wanted: Wanted, allowed: Callable[[str, ModelRef], bool]) -> t
     for model_id, (ref, reasons) in wanted.items():
         keep = set()
         for reason in reasons:
-            namespace = reason[len(POD_REASON) :].split("/", 1)[0] if reason.startswith(POD_REASON) else None
+            namespace = pod_namespace(reason)
             if namespace is None or allowed(namespace, ref):
                 keep.add(reason)
             else:
@@ -125,21 +130,21 @@ class AccessGate:
         return decision
 
     async def filter(self, wanted: Wanted) -> Wanted:
-        """``filter_wanted`` with the live policies; without them yet, pods' models wait."""
-        namespaces = {
-            r[len(POD_REASON) :].split("/", 1)[0]
-            for _, rs in wanted.values()
-            for r in rs
-            if r.startswith(POD_REASON)
+        """``filter_wanted`` with the live policies; without them yet, pods' models wait. Each
+        (namespace, model) that a pod asks for is decided once."""
+        asked = {
+            (namespace, ref.id): ref
+            for ref, reasons in wanted.values()
+            for reason in reasons
+            if (namespace := pod_namespace(reason)) is not None
         }
         answers: dict[tuple[str, str], bool] = {}
-        for namespace in namespaces:
-            for ref, _ in wanted.values():
-                try:
-                    answers[(namespace, ref.id)] = (await self.decide(namespace, ref)).allowed
-                except errors.Unavailable as exc:
-                    log.warning("pods' models held back: %s", exc.message)
-                    answers[(namespace, ref.id)] = False
+        for (namespace, model_id), ref in asked.items():
+            try:
+                answers[(namespace, model_id)] = (await self.decide(namespace, ref)).allowed
+            except errors.Unavailable as exc:
+                log.warning("pods' models held back: %s", exc.message)
+                answers[(namespace, model_id)] = False
         kept, refused = filter_wanted(wanted, lambda ns, ref: answers.get((ns, ref.id), False))
         for line in refused:
             log.warning("%s", line)
