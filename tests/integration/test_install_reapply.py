@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.realkube import SKIP_REASON, RealKube, assets_dir
+from tests.fixtures.realkube import RealKube
+from tests.fixtures.realkube_plugin import started_kube
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -39,14 +40,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def own_kube() -> Iterator[RealKube]:
-    assets = assets_dir()
-    if assets is None:
-        pytest.skip(SKIP_REASON)
-    kube = RealKube(assets).start()
-    try:
+    with started_kube() as kube:
         yield kube
-    finally:
-        kube.stop()
 
 
 def _overlay(tmp: Path) -> Path:
