@@ -82,10 +82,11 @@ def prefix_matches(prefix: str, uri: str) -> bool:
 def _requirements(selector: Any) -> tuple[Requirement, ...]:
     if not isinstance(selector, Mapping):
         raise InvalidPolicy("spec.namespaceSelector must be a label selector ({} selects every namespace)")
-    reqs = [
-        Requirement(str(k), "In", frozenset({str(v)})) for k, v in (selector.get("matchLabels") or {}).items()
-    ]
-    for expr in selector.get("matchExpressions") or []:
+    labels, exprs = selector.get("matchLabels") or {}, selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(exprs, list):
+        raise InvalidPolicy("namespaceSelector needs matchLabels as an object and matchExpressions as a list")
+    reqs = [Requirement(str(k), "In", frozenset({str(v)})) for k, v in labels.items()]
+    for expr in exprs:
         if not isinstance(expr, Mapping) or expr.get("operator") not in _OPERATORS or not expr.get("key"):
             raise InvalidPolicy(f"bad matchExpression {str(expr)[:100]}")
         values = frozenset(str(v) for v in expr.get("values") or [])

@@ -110,6 +110,12 @@ INVALID = {
             "allowedURIPrefixes": ["s3://"],
         }
     },
+    "matchLabels not an object": {
+        "spec": {"namespaceSelector": {"matchLabels": ["team"]}, "allowedURIPrefixes": ["s3://"]}
+    },
+    "matchExpressions not a list": {
+        "spec": {"namespaceSelector": {"matchExpressions": {"key": "k"}}, "allowedURIPrefixes": ["s3://"]}
+    },
     "In without values": {
         "spec": {
             "namespaceSelector": {"matchExpressions": [{"key": "k", "operator": "In"}]},
