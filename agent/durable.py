@@ -19,11 +19,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) sees the old or the new file, never a torn one."""
     # A name of its own per writer: two writers sharing one tmp file tear the record.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as out:
-        json.dump(data, out, indent=1)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as out:
+            json.dump(data, out, indent=1)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also leave a torn tmp file per try
+        raise
     fsync_dir(path.parent)
 
 
