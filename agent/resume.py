@@ -34,9 +34,7 @@ def interrupted_refreshes(layout: Layout, known: set[str]) -> list[tuple[str, st
             data = json.loads((layout.stage(model_id) / MARK).read_bytes())
         except (OSError, ValueError):
             continue
-        uri, expect = data.get("uri") if isinstance(data, dict) else None, None
-        if isinstance(data, dict) and isinstance(data.get("expect"), str):
-            expect = data["expect"]
-        if isinstance(uri, str):
-            out.append((uri, expect))
+        if isinstance(data, dict) and isinstance(data.get("uri"), str):
+            expect = data.get("expect")
+            out.append((data["uri"], expect if isinstance(expect, str) else None))
     return out
