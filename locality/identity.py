@@ -15,6 +15,8 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import xxhash
 
+from locality.hfuri import normalize_hf
+
 DOMAIN = "model-locality.io"
 LABEL_PREFIX = f"{DOMAIN}/"
 
@@ -113,8 +115,6 @@ def normalize_uri(uri: str) -> tuple[str, str, str, str]:
     if scheme == "s3":
         return _normalize_s3(parts.netloc, parts.path, parts.query)
     if scheme == "hf":
-        from locality.hfuri import normalize_hf
-
         try:
             return normalize_hf(parts.netloc, parts.path, parts.query)
         except ValueError as exc:
