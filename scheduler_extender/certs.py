@@ -97,9 +97,8 @@ def renewed(bundle: Bundle, hosts: Sequence[str], now: dt.datetime) -> Bundle | 
 
 
 def due(cert: x509.Certificate, now: dt.datetime) -> bool:
-    """renew when now >= not_before + RENEW_AT * (not_after - not_before)."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return now >= start + (end - start) * RENEW_AT
+    """Renew when now >= not_before + RENEW_AT * (not_after - not_before)."""
+    return now >= _renew_time(cert)
 
 
 def next_check(bundle: Bundle, now: dt.datetime, most: float) -> float:
