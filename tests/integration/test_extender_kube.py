@@ -3,66 +3,34 @@ included), and the distribution REST round trip through the ModelDistribution cu
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION
-from locality.identity import model_ref
 from locality.kube import Kube
-from scheduler_extender.app import Deps, create_app
-from scheduler_extender.config import Settings
+from tests.fixtures.extender import (
+    AUTH,
+    A,
+    Client,
+    Factory,
+    extender_apps,
+    models_annotation,
+    scores,
+)
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.polling import eventually
 
-A = model_ref("s3://models/org/llama-3-8b")
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GPU = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
-SETTINGS = Settings(token=TOKEN, status_interval_seconds=0.2, resync_seconds=300)
-
-Client = Callable[..., Awaitable[TestClient[Any, Any]]]
-Factory = Callable[[], Awaitable[TestClient[Any, Any]]]
-
-
-def models_annotation(ready: bool, size: int = 10**9) -> dict[str, str]:
-    state = "ready" if ready else "fetching"
-    return {MODELS_ANNOTATION: json.dumps({A.id: {"uri": A.uri, "bytes": size, "state": state}})}
 
 
 @pytest.fixture()
 async def extender(fake_kube: FakeKube, aiohttp_client: Client) -> AsyncIterator[Factory]:
     """Start extender apps (each with its own Kube connection) against the fake API."""
-    kubes: list[Kube] = []
-
-    async def start() -> TestClient[Any, Any]:
-        kube = Kube.connect(str(fake_kube.kubeconfig_path))
-        assert kube is not None
-        kubes.append(kube)
-        client = await aiohttp_client(create_app(SETTINGS, Deps(kube=kube)))
-
-        async def ready() -> bool:
-            return (await client.get("/readyz")).status == 200
-
-        await eventually(ready)
-        return client
-
-    yield start
-    for kube in kubes:
-        await kube.close()
-
-
-async def scores(client: TestClient[Any, Any], names: list[str], required: bool = False) -> dict[str, int]:
-    annotations = {MODELS_ANNOTATION: A.uri}
-    if required:
-        annotations[LOCALITY_ANNOTATION] = "required"
-    body = {"Pod": {"metadata": {"name": "p", "annotations": annotations}}, "Nodes": None, "NodeNames": names}
-    resp = await client.post("/prioritize", json=body)
-    assert resp.status == 200
-    return {e["Host"]: e["Score"] for e in await resp.json()}
+    async with extender_apps(fake_kube.kubeconfig_path, aiohttp_client) as start:
+        yield start
 
 
 async def test_node_cache_follows_the_watch(fake_kube: FakeKube, extender: Factory) -> None:

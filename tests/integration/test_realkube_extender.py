@@ -4,35 +4,26 @@ status the status writer sends passes the CRD's schema."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
-from locality.contract import MODELS_ANNOTATION
-from locality.identity import model_ref
-from locality.kube import Kube
-from scheduler_extender.app import Deps, create_app
-from scheduler_extender.config import Settings
+from tests.fixtures.extender import (
+    AUTH,
+    A,
+    Client,
+    Factory,
+    extender_apps,
+    models_annotation,
+    scores,
+)
 from tests.fixtures.polling import eventually
 from tests.fixtures.realkube import RealKube
 from tests.fixtures.realkube_manifests import NAMESPACE, apply_access, kubeconfig_file
 
-A = model_ref("s3://models/org/llama-3-8b")
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SETTINGS = Settings(token=TOKEN, status_interval_seconds=0.2, resync_seconds=300)
 MD = "/apis/model-locality.io/v1alpha1/modeldistributions"
-
-Client = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-def models_annotation(ready: bool, size: int = 10**9) -> dict[str, str]:
-    state = "ready" if ready else "fetching"
-    return {MODELS_ANNOTATION: json.dumps({A.id: {"uri": A.uri, "bytes": size, "state": state}})}
 
 
 @pytest.fixture(scope="module")
@@ -51,31 +42,11 @@ def real(real_kube: RealKube, extender_kubeconfig: Path) -> RealKube:
 
 
 @pytest.fixture()
-async def extender(real: RealKube, extender_kubeconfig: Path, aiohttp_client: Client) -> AsyncIterator[Any]:
-    kubes: list[Kube] = []
-
-    async def start() -> TestClient[Any, Any]:
-        kube = Kube.connect(str(extender_kubeconfig), request_timeout=5.0)
-        assert kube is not None
-        kubes.append(kube)
-        client = await aiohttp_client(create_app(SETTINGS, Deps(kube=kube)))
-
-        async def ready() -> bool:
-            return (await client.get("/readyz")).status == 200
-
-        await eventually(ready)
-        return client
-
-    yield start
-    for kube in kubes:
-        await kube.close()
-
-
-async def scores(client: TestClient[Any, Any], names: list[str]) -> dict[str, int]:
-    body = {"Pod": {"metadata": {"name": "p", "annotations": {MODELS_ANNOTATION: A.uri}}}, "NodeNames": names}
-    resp = await client.post("/prioritize", json=body)
-    assert resp.status == 200
-    return {e["Host"]: e["Score"] for e in await resp.json()}
+async def extender(
+    real: RealKube, extender_kubeconfig: Path, aiohttp_client: Client
+) -> AsyncIterator[Factory]:
+    async with extender_apps(extender_kubeconfig, aiohttp_client, request_timeout=5.0) as start:
+        yield start
 
 
 def patch_node(real: RealKube, name: str, labels: dict[str, str], annotations: dict[str, str]) -> None:
