@@ -103,6 +103,7 @@ class Kube:
         self._custom = k8s.CustomObjectsApi(api_client)
         self._authn = k8s.AuthenticationV1Api(api_client)
         self._authz = k8s.AuthorizationV1Api(api_client)
+        self._admission = k8s.AdmissionregistrationV1Api(api_client)
         self._timeout = request_timeout
         self._watches: set[Any] = set()  # open watch responses, shut down by close()
         self._lock = threading.Lock()
@@ -263,14 +264,12 @@ class Kube:
 
     async def get_mutating_webhook(self, name: str) -> dict[str, Any]:
         """One MutatingWebhookConfiguration."""
-        api = k8s.AdmissionregistrationV1Api(self._api)
-        return await self._call(api.read_mutating_webhook_configuration, name)
+        return await self._call(self._admission.read_mutating_webhook_configuration, name)
 
     async def json_patch_mutating_webhook(self, name: str, ops: Any) -> dict[str, Any]:
         """RFC 6902 patch (a list of operations) of a MutatingWebhookConfiguration; a failed
         ``test`` operation is a 422 ``KubeError``."""
-        api = k8s.AdmissionregistrationV1Api(self._api)
-        patch = api.patch_mutating_webhook_configuration
+        patch = self._admission.patch_mutating_webhook_configuration
         return await self._call(patch, name, ops, _content_type=JSON_PATCH)
 
     async def create_event(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
