@@ -8,38 +8,15 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.nodesync import NodeSync
 from locality.contract import MODELS_ANNOTATION
-from locality.identity import model_ref
 from locality.kube import Kube
 from tests.fixtures.fakekube import FakeKube
+from tests.fixtures.nodesync import A, B, StateSource, state
 from tests.fixtures.polling import eventually
 
 NODE = "node-a"
-A = model_ref("s3://models/org/llama")
-B = model_ref("s3://models/org/mistral")
-
-
-class _Cache:
-    def usage(self) -> tuple[int, int]:
-        return 100, 1000
-
-
-class StateSource:
-    """Stands in for the model manager: just the two things NodeSync reads."""
-
-    def __init__(self) -> None:
-        self.cache = _Cache()
-        self.states: list[ModelState] = []
-
-    def model_states(self) -> list[ModelState]:
-        return list(self.states)
-
-
-def state(ref: Any, st: str) -> ModelState:
-    return ModelState(id=ref.id, uri=ref.uri, label_key=ref.label_key, state=st, bytes=10)
 
 
 @contextlib.asynccontextmanager

@@ -11,37 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.labels import ModelState
 from agent.metrics import AgentMetrics
 from agent.nodesync import NodeSync
 from locality.contract import MODELS_ANNOTATION
-from locality.identity import model_ref
 from locality.kube import Kube, KubeError
+from tests.fixtures.nodesync import A, B, StateSource, state
 from tests.fixtures.realkube import RealKube
 from tests.fixtures.realkube_manifests import agent_token, apply_access, kubeconfig_file
-
-A = model_ref("s3://models/org/llama")
-B = model_ref("s3://models/org/mistral")
-
-
-class _Cache:
-    def usage(self) -> tuple[int, int]:
-        return 100, 1000
-
-
-class StateSource:
-    """Stands in for the model manager: the two things NodeSync reads."""
-
-    def __init__(self, states: list[ModelState]) -> None:
-        self.cache = _Cache()
-        self.states = states
-
-    def model_states(self) -> list[ModelState]:
-        return list(self.states)
-
-
-def state(ref: object, st: str) -> ModelState:
-    return ModelState(id=ref.id, uri=ref.uri, label_key=ref.label_key, state=st, bytes=10)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
