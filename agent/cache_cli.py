@@ -76,7 +76,11 @@ def _owned(
             cache.scan() if exclusive else cache.load()
         except OSError as exc:
             raise CliError(f"cannot use cache directory {root}: {exc.strerror or exc}") from exc
-        yield cache
+        try:
+            yield cache
+        except OSError as exc:  # a verb's own disk error (a rename refused, EIO): one line, no trace
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise CliError(f"{args.verb} failed in {root}: {exc.strerror or exc}{where}") from exc
     finally:
         held.release()
 

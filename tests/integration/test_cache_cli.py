@@ -172,3 +172,24 @@ def test_fetch_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     shown = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0
     assert "100%" in shown and "2.00M" in shown and "B/s" in shown
+
+
+def test_a_disk_error_in_a_verb_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError inside a verb (here: the model directory is immutable, so even root cannot rename it
+    into the trash) is one stderr line and exit 1, never a traceback."""
+    src = tmp_path / "src"
+    write_safetensors(src / "a.safetensors", MiB, seed=3)
+    flags = ["--cache-dir", str(tmp_path / "cache"), "--chunk-size", "1Mi"]
+    with run_origin(src) as origin:
+        code, out, _ = cli(capsys, "fetch", f"{origin.url}/a.safetensors", *flags)
+    assert code == 0
+    model_dir = Path(out.strip())
+    if subprocess.run(["chattr", "+i", str(model_dir)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    try:
+        code, _, err = cli(capsys, "rm", model_dir.name, *flags)
+    finally:
+        subprocess.run(["chattr", "-i", str(model_dir)], check=True)
+    assert code == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("model-agent rm: rm failed in ") and "Operation not permitted" in err
