@@ -75,21 +75,40 @@ def json_error(status: int, message: str, headers: Mapping[str, str] | None = No
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn domain and HTTP errors into JSON; log and answer 500 JSON for anything unexpected."""
-    try:
-        return await handler(request)
-    except errors.LocalityError as exc:
-        return json_error(status_of(exc), exc.message, headers=_auth_header(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        return json_error(exc.status, reason or "error", headers=_allow_header(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal error; see the server log")
+# What an error becomes on the wire: status, a message safe for the client, headers, the error itself.
+Render = Callable[[int, str, Mapping[str, str], BaseException], web.StreamResponse]
+
+
+def make_error_middleware(render: Render, *, applies: Callable[[web.Request], bool] | None = None) -> Any:
+    """A middleware turning domain and HTTP errors into ``render(...)``; anything unexpected is logged
+    and rendered as a 500, never a traceback. ``applies``: the requests it handles (default: all)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if applies is not None and not applies(request):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except errors.LocalityError as exc:
+            return render(status_of(exc), exc.message, _auth_header(exc), exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+            return render(exc.status, reason or "error", _allow_header(exc), exc)
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return render(500, "internal error; see the server log", {}, exc)
+
+    return middleware
+
+
+def _render_json(status: int, message: str, headers: Mapping[str, str], _: BaseException) -> web.Response:
+    return json_error(status, message, headers=headers)
+
+
+# ``{"error": "..."}`` with the domain error's status: the shape of every route of ours.
+error_middleware = make_error_middleware(_render_json)
 
 
 def _auth_header(exc: errors.LocalityError) -> dict[str, str]:

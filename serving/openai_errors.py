@@ -7,15 +7,12 @@ metrics keep our own ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from aiohttp import web
 
 from locality import errors
-from locality.httpkit import Handler, status_of
-
-log = logging.getLogger(__name__)
+from locality.httpkit import make_error_middleware
 
 OPENAI_PREFIX = "/v1/"
 _TYPES = {
@@ -48,23 +45,14 @@ def openai_error(
     return web.json_response(body, status=status, headers=headers)
 
 
-@web.middleware
-async def openai_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer errors on ``/v1/`` routes in OpenAI's shape; other routes pass through untouched."""
-    if not request.path.startswith(OPENAI_PREFIX):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except errors.LocalityError as exc:
-        return openai_error(
-            status_of(exc), exc.message, param=getattr(exc, "param", None), code=getattr(exc, "code", None)
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        allow = exc.headers.get("Allow")
-        return openai_error(exc.status, reason or "error", headers={"Allow": allow} if allow else None)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return openai_error(500, "internal error; see the server log")
+def _render(status: int, message: str, headers: Mapping[str, str], exc: BaseException) -> web.Response:
+    ours = isinstance(exc, errors.LocalityError)  # only our errors may carry a param/code to show
+    param = getattr(exc, "param", None) if ours else None
+    code = getattr(exc, "code", None) if ours else None
+    return openai_error(status, message, param=param, code=code, headers=headers or None)
+
+
+# Errors on ``/v1/`` routes in OpenAI's shape; other routes pass through to our own error middleware.
+openai_error_middleware = make_error_middleware(
+    _render, applies=lambda request: request.path.startswith(OPENAI_PREFIX)
+)
