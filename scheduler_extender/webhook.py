@@ -29,7 +29,7 @@ from locality.contract import mapping
 from locality.httpkit import error_middleware, read_body
 from locality.jsonbody import decode_json
 from locality.settings import ConfigError
-from locality.tasks import stop
+from locality.tasks import stop, supervised
 from scheduler_extender.certstore import CertKeeper, server_context
 from scheduler_extender.injection import Install, inject
 from scheduler_extender.webhook_config import WebhookSettings
@@ -220,7 +220,9 @@ def webhook_runner(
     )
 
     async def run(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.ensure_future(_serve(keeper, ctx, host, ws.port))
+        # Supervised: a listener that dies (port taken, TLS trouble) is restarted, not left down
+        # while the extender reports ready and pods are admitted without locality.
+        task = supervised("admission webhook", lambda: _serve(keeper, ctx, host, ws.port))
         yield
         await stop([task])
 
@@ -242,9 +244,6 @@ async def _serve(keeper: CertKeeper, ctx: WebhookContext, host: str, port: int) 
                 "admission webhook listening on https://%s:%d/mutate (%s mode)", host, port, ctx.install.mode
             )
             await keeper.run(wait)
-    except asyncio.CancelledError:
-        raise
     except Exception:
-        log.exception(
-            "the admission webhook stopped; pods are admitted without locality (failurePolicy Ignore)"
-        )
+        log.error("the admission webhook stopped; pods are admitted without locality until it is back")
+        raise

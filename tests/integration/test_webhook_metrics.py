@@ -4,6 +4,7 @@ each review its HTTPS listener answers as mutated, skipped or failed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import ssl
@@ -87,3 +88,37 @@ async def test_reviews_counted_by_result(tmp_path: Path, aiohttp_client: Client)
                 assert resp.status == status, await resp.text()
     text = await (await client.get("/metrics")).text()
     assert counts(text) == {"mutated": 2, "skipped": 2, "failed": 2}
+
+
+async def test_a_webhook_listener_that_could_not_start_is_restarted(
+    tmp_path: Path, aiohttp_client: Client
+) -> None:
+    """The port is taken when the extender starts: the listener fails, is restarted by its supervisor,
+    and serves once the port is free (before, it logged once and stayed down for the process's life)."""
+    import socket
+
+    ca = make_ca(tmp_path / "ca")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(ca.cert_file, certs / "tls.crt")
+    shutil.copy(ca.key_file, certs / "tls.key")
+    port = free_port()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    ws = WebhookSettings(port=port, hosts=("127.0.0.1",), cert_dir=str(certs))
+    await aiohttp_client(create_app(Settings(host="127.0.0.1", token="t0ken", webhook=ws)))
+    tls = ssl.create_default_context(cafile=str(ca.ca_file))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as http:
+
+        async def webhook_answers() -> bool:
+            try:
+                async with http.get(f"https://127.0.0.1:{port}/healthz", ssl=tls) as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientConnectionError, ssl.SSLError, TimeoutError):
+                return False
+
+        await asyncio.sleep(0.5)
+        assert not await webhook_answers()  # the squatter holds the port (it never speaks TLS)
+        squatter.close()
+        await eventually(webhook_answers, within=15, what="the restarted webhook listener")
