@@ -81,15 +81,19 @@ class AccessGate:
         self.on_change: Callable[[], None] | None = None  # the watchers recompute pods' models
         self._labels: TtlCache[dict[str, str]] = TtlCache(1024, clock)
         self._bad: set[str] = set()
+        self._parsed: list[AccessPolicy] | None = None  # parsed once per change, not per request
 
     async def run(self) -> None:
         await self.informer.run()
 
     def _on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        self._parsed = None  # every change of the informer's items comes through here
         if self.on_change is not None:
             self.on_change()
 
     def policies(self) -> list[AccessPolicy]:
+        if self._parsed is not None:
+            return self._parsed
         out = []
         for obj in self.informer.items.values():
             try:
@@ -98,6 +102,7 @@ class AccessGate:
                 if str(exc) not in self._bad:  # once per distinct problem, not per request
                     self._bad.add(str(exc))
                     log.warning("ignoring ModelAccessPolicy: %s", exc)
+        self._parsed = out
         return out
 
     async def labels_of(self, namespace: str) -> dict[str, str]:

@@ -108,7 +108,8 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[MANAGER].delete(request.match_info["id"]), status=202)
+    view = await request.app[MANAGER].delete(request.match_info["id"])
+    return web.json_response(public(view), status=202)
 
 
 async def delete_model_local(request: web.Request) -> web.Response:
