@@ -55,7 +55,10 @@ class Bundle:
         if missing:
             raise BadBundle(f"missing {', '.join(missing)}")
         ca_crt, ca_key, tls_crt, tls_key = (data[k] for k in KEYS)
-        return cls(ca_crt, ca_key, tls_crt, tls_key, data.get(PREVIOUS_CA, b""))
+        previous = data.get(PREVIOUS_CA, b"")
+        if previous and not _parses(previous):
+            previous = b""  # only an extra for the rotation window: dropped, so the bundle heals
+        return cls(ca_crt, ca_key, tls_crt, tls_key, previous)
 
     def ca_bundle(self, now: dt.datetime) -> bytes:
         """The webhook configuration's caBundle: the CA, plus the previous one while it is valid."""
@@ -114,6 +117,14 @@ def _renew_time(cert: x509.Certificate) -> dt.datetime:
 
 def _cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
+
+
+def _parses(pem: bytes) -> bool:
+    try:
+        _cert(pem)
+    except ValueError:
+        return False
+    return True
 
 
 def _covers(cert: x509.Certificate, hosts: Sequence[str]) -> bool:

@@ -124,6 +124,14 @@ def test_bundle_round_trip() -> None:
     assert Bundle.from_data(bundle.as_data()) == bundle
 
 
+def test_junk_previous_ca_is_dropped_not_fatal() -> None:
+    """A damaged ``ca-previous.crt`` in the Secret must not break every sync forever."""
+    bundle = new_bundle(HOSTS, T0)
+    loaded = Bundle.from_data({**bundle.as_data(), "ca-previous.crt": b"not a certificate"})
+    assert loaded.previous_ca == b""
+    assert loaded.ca_bundle(T0) == bundle.ca_crt
+
+
 # --- AdmissionReview answers
 
 
