@@ -70,12 +70,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--url-prefix",
-        help="path prefix of the scheduler verbs, e.g. /scheduler (env MODEL_LOCALITY_URL_PREFIX; "
+        help="path prefix of the scheduler verbs, e.g. /scheduler (env MODEL_LOCALITY_EXTENDER_URL_PREFIX; "
         "default none: /filter and /prioritize)",
     )
     parser.add_argument(
         "--max-body-bytes",
-        help="largest accepted request body, e.g. 64Mi (env MODEL_LOCALITY_MAX_BODY_BYTES)",
+        help="largest accepted request body, e.g. 64Mi (env MODEL_LOCALITY_EXTENDER_MAX_BODY_BYTES)",
     )
     parser.add_argument(
         "--resync-seconds", type=float, help="full re-list interval of the watches (default 300)"
@@ -94,7 +94,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     pick = flag_or_env(args, environ)
     defaults = Settings()
     token = load_token(pick("token_file", "MODEL_LOCALITY_EXTENDER_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE"))
-    body = pick("max_body_bytes", "MODEL_LOCALITY_MAX_BODY_BYTES")
+    body = pick("max_body_bytes", "MODEL_LOCALITY_EXTENDER_MAX_BODY_BYTES", "MODEL_LOCALITY_MAX_BODY_BYTES")
     try:
         settings = Settings(
             host=pick("host", "MODEL_LOCALITY_EXTENDER_HOST", "MODEL_LOCALITY_HOST") or defaults.host,
@@ -104,7 +104,9 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             token=token,
             kubeconfig=pick("kubeconfig", "KUBECONFIG"),
             in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
-            url_prefix=normalize_prefix(pick("url_prefix", "MODEL_LOCALITY_URL_PREFIX") or ""),
+            url_prefix=normalize_prefix(
+                pick("url_prefix", "MODEL_LOCALITY_EXTENDER_URL_PREFIX", "MODEL_LOCALITY_URL_PREFIX") or ""
+            ),
             max_body_bytes=parse_size(body) if body else defaults.max_body_bytes,
             resync_seconds=pick.as_float("resync_seconds", None, default=defaults.resync_seconds),
             status_interval_seconds=pick.as_float(

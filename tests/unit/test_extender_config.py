@@ -101,3 +101,14 @@ def test_parser_lists_the_contract_flags() -> None:
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
     flags = {opt for action in serve._actions for opt in action.option_strings}
     assert {"--host", "--port", "--token-file", "--kubeconfig", "--url-prefix", "--max-body-bytes"} <= flags
+
+
+def test_prefixed_names_win_and_old_ones_still_work(caplog: pytest.LogCaptureFixture) -> None:
+    new = {"MODEL_LOCALITY_EXTENDER_URL_PREFIX": "new/", "MODEL_LOCALITY_EXTENDER_MAX_BODY_BYTES": "3Mi"}
+    old = {"MODEL_LOCALITY_URL_PREFIX": "old/", "MODEL_LOCALITY_MAX_BODY_BYTES": "1Mi"}
+    s = settings([], {**old, **new})
+    assert (s.url_prefix, s.max_body_bytes) == ("/new", 3 * 2**20)  # type: ignore[attr-defined]
+    with caplog.at_level("WARNING"):
+        s = settings([], old)
+    assert (s.url_prefix, s.max_body_bytes) == ("/old", 2**20)  # type: ignore[attr-defined]
+    assert "MODEL_LOCALITY_URL_PREFIX is deprecated; use MODEL_LOCALITY_EXTENDER_URL_PREFIX" in caplog.text
