@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,25 @@ from agent.cli import main as agent_main
 
 
 @contextlib.contextmanager
-def black_hole() -> Iterator[int]:
-    """A loopback server that accepts connections and never answers a byte."""
+def loopback_server(on_connection: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A loopback TCP server: each accepted connection is held open (closed at the end) and handed
+    to ``on_connection`` on the accept thread. Yields the port."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
+    server.settimeout(0.1)
     held: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
-        server.settimeout(0.1)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError, OSError):
-                held.append(server.accept()[0])
+            try:
+                conn = server.accept()[0]
+            except (TimeoutError, OSError):
+                continue
+            held.append(conn)
+            with contextlib.suppress(OSError):
+                on_connection(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -47,6 +53,11 @@ def black_hole() -> Iterator[int]:
         for conn in held:
             conn.close()
         server.close()
+
+
+def black_hole() -> contextlib.AbstractContextManager[int]:
+    """A loopback server that accepts connections and never answers a byte."""
+    return loopback_server(lambda _conn: None)
 
 
 def run_cli(
@@ -337,42 +348,18 @@ async def test_post_and_get_of_a_model_answer_the_same_object(
     assert again == await (await client.get(f"/v1/models/{model_ref(uri).id}")).json()
 
 
-@contextlib.contextmanager
-def answers_head_then_goes_silent(size: int) -> Iterator[int]:
+def answers_head_then_goes_silent(size: int) -> contextlib.AbstractContextManager[int]:
     """An origin that answers HEAD (size, ranges) and then never answers a GET."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn = server.accept()[0]
-            except (TimeoutError, OSError):
-                continue
-            held.append(conn)
-            conn.settimeout(5)
-            with contextlib.suppress(OSError):
-                request = conn.recv(65536)
-                if request.startswith(b"HEAD"):
-                    conn.sendall(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: bytes\r\n"
-                        b'ETag: "e1"\r\nConnection: close\r\n\r\n' % size
-                    )
+    def answer(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        if conn.recv(65536).startswith(b"HEAD"):
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nAccept-Ranges: bytes\r\n"
+                b'ETag: "e1"\r\nConnection: close\r\n\r\n' % size
+            )
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(server.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
+    return loopback_server(answer)
 
 
 def test_a_chunk_from_a_silent_origin_fails_within_the_read_timeout(tmp_path: Path) -> None:
