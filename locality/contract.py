@@ -44,7 +44,7 @@ class ModelEntry:
     uri: str
     bytes: int | None
     state: str
-    revision: str | None = None  # what the origin said the committed content is (agent.revisions)
+    revision: str | None = None  # what the origin said the committed content is (agent.fetch.revisions)
 
     def as_json(self) -> dict[str, object]:
         entry: dict[str, object] = {"uri": self.uri, "bytes": max(0, self.bytes or 0), "state": self.state}

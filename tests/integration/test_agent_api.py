@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.app import MANAGER, create_app
 from agent.config import Settings
+from agent.face.app import MANAGER, create_app
 from locality.agentclient import AgentError, wait_ready
 from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model

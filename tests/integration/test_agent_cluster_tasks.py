@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.app import Deps, create_app
 from agent.config import Settings
-from agent.pinning import Wanted
+from agent.face.app import Deps, create_app
+from agent.lifecycle.pins import Wanted
 from locality.kube import Kube
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.polling import eventually

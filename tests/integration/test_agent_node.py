@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent.cache import Cache
 from agent.config import Settings
+from agent.fetch.cache import Cache
 from locality.contract import CACHE_ANNOTATION, MODELS_ANNOTATION
 from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube

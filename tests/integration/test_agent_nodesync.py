@@ -1,4 +1,4 @@
-"""agent.nodesync against the fake Kubernetes API: coalesced writes, no-op syncs, retries on 409/5xx."""
+"""agent.cluster.nodesync on the fake Kubernetes API: coalesced writes, no-op syncs, retries on 409/5xx."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.metrics import AgentMetrics
-from agent.nodesync import NodeSync
+from agent.cluster.nodesync import NodeSync
+from agent.face.metrics import AgentMetrics
 from locality.contract import MODELS_ANNOTATION
 from locality.kube import Kube
 from tests.fixtures.fakekube import FakeKube

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from agent.app import Deps, create_app
 from agent.config import Settings
+from agent.face.app import Deps, create_app
 from locality import auth
 from tests.fixtures.realkube import RealKube
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, UnknownModel
 from agent.config import Settings
-from agent.fetcher import RetryPolicy
-from agent.views import record_view
+from agent.face.views import record_view
+from agent.fetch.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, UnknownModel
+from agent.fetch.chunks import RetryPolicy
 from locality.identity import model_ref
 from locality.records import verify_model_dir
 from tests.fixtures.models import synthetic_model, write_safetensors
@@ -140,7 +140,7 @@ async def test_transient_503s_from_s3_survived(
 
 
 async def _listing(ref: object) -> list[object]:
-    from agent.sources import open_source
+    from agent.fetch.sources import open_source
 
     source = open_source(ref)  # type: ignore[arg-type]
     try:

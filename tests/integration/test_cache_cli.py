@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import Cache
 from agent.cli import main
 from agent.config import Settings
-from agent.views import record_view
+from agent.face.views import record_view
+from agent.fetch.cache import Cache
 from locality.identity import model_ref
 from locality.records import Layout, load_record
 from tests.fixtures.models import write_safetensors

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.app import create_app
-from agent.cache import Cache, Progress
 from agent.cli import main
 from agent.config import Settings
-from agent.fetcher import RetryPolicy
+from agent.face.app import create_app
+from agent.fetch.cache import Cache, Progress
+from agent.fetch.chunks import RetryPolicy
 from locality.identity import model_ref
 from locality.records import Layout, load_record
 from tests.fixtures.origin import Faults, run_origin

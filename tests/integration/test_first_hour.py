@@ -275,7 +275,7 @@ async def test_a_second_fetch_says_who_holds_the_model(
 ) -> None:
     import asyncio
 
-    from agent.staging import staging_lock
+    from agent.store.staging import staging_lock
     from locality.records import Layout
 
     layout = Layout(tmp_path)
@@ -324,8 +324,8 @@ async def test_post_and_get_of_a_model_answer_the_same_object(
 ) -> None:
     import uuid
 
-    from agent.app import create_app
     from agent.config import Settings
+    from agent.face.app import create_app
     from locality.identity import model_ref
     from tests.fixtures.models import synthetic_model
 

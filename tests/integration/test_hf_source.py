@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import Cache, FetchFailed, VerificationFailed
 from agent.config import Settings
+from agent.fetch.cache import Cache, FetchFailed, VerificationFailed
 from locality.identity import model_ref
 from tests.fixtures.hfhub import Hub, HubRepo, git_blob_id, run_hub
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import Cache, VerificationFailed
 from agent.config import Settings
-from agent.fetcher import RetryPolicy
+from agent.fetch.cache import Cache, VerificationFailed
+from agent.fetch.chunks import RetryPolicy
 from locality.identity import model_ref
 from locality.records import load_record
 from tests.fixtures.models import write_safetensors

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import Cache, FetchFailed
 from agent.config import Settings
-from agent.fetcher import RetryPolicy
+from agent.fetch.cache import Cache, FetchFailed
+from agent.fetch.chunks import RetryPolicy
 from locality.identity import model_ref
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import run_origin

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.access import AccessGate
-from agent.app import Deps as AgentDeps
-from agent.app import create_app as agent_app
+from agent.cluster.access import AccessGate
 from agent.config import Settings as AgentSettings
+from agent.face.app import Deps as AgentDeps
+from agent.face.app import create_app as agent_app
 from locality import auth
 from locality.kube import Kube
 from scheduler_extender.app import Deps as ExtenderDeps

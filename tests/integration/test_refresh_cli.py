@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.app import create_app
 from agent.cli import main
 from agent.config import Settings
+from agent.face.app import create_app
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import run_origin
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from agent.app import create_app
-from agent.cache import Cache, Progress
 from agent.config import Settings
-from agent.resume import MARK
+from agent.face.app import create_app
+from agent.fetch.cache import Cache, Progress
+from agent.store.refreshmarks import MARK
 from locality.identity import model_ref
 from locality.records import Layout
 from tests.fixtures.models import write_safetensors

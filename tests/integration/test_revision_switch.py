@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from agent.app import create_app
-from agent.cache import Cache, FetchFailed
 from agent.config import Settings
-from agent.pinning import Pins
+from agent.face.app import create_app
+from agent.fetch.cache import Cache, FetchFailed
+from agent.lifecycle.pins import Pins
 from locality.identity import model_ref
 from locality.records import Layout, record_for_dir
 from tests.fixtures.models import write_safetensors

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.cache import Cache
 from agent.config import Settings
-from agent.revisions import origin_changed
-from agent.sources import open_source
+from agent.fetch.cache import Cache
+from agent.fetch.revisions import origin_changed
+from agent.fetch.sources import open_source
 from locality.identity import model_ref
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import run_origin

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sources import Source, SourceError, open_source
-from agent.sources.transfer import ChunkJob, RangeReader
+from agent.fetch.sources import Source, SourceError, open_source
+from agent.fetch.sources.transfer import ChunkJob, RangeReader
 from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model, write_safetensors
 from tests.fixtures.origin import Faults, run_origin
@@ -44,7 +44,7 @@ def http_model(s3_server: S3Server, tmp_path: Path) -> Iterator[tuple[str, Path]
 
 def read_all(source: Source, path: Path, file: object, piece: int) -> None:
     """Read a file through the shared data path in ranges of ``piece`` bytes."""
-    from agent.sources.base import RemoteFile
+    from agent.fetch.sources.base import RemoteFile
 
     assert isinstance(file, RemoteFile)
     reader = RangeReader(threading.Event(), buffer_bytes=64 * 1024)

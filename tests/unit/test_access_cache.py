@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.access import AccessGate
+from agent.cluster.access import AccessGate
 
 
 def policy(name: str, prefix: str, rv: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.access import without_credentials
+from agent.cluster.access import without_credentials
 from locality.policy import AccessPolicy, Decision, decide, parse_policy
 
 URI = "s3://models/team-a/llama"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.access import AccessGate, filter_wanted, pod_namespace
-from agent.pinning import Wanted
+from agent.cluster.access import AccessGate, filter_wanted, pod_namespace
+from agent.lifecycle.pins import Wanted
 from locality import errors
 from locality.identity import ModelRef, model_ref
 from locality.policy import Decision

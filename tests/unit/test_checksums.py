@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import checksums
-from agent.revisions import revision_of, short
-from agent.sources.base import RemoteFile
-from agent.sources.s3 import s3_checksum
+from agent.fetch.revisions import revision_of, short
+from agent.fetch.sources.base import RemoteFile
+from agent.fetch.sources.s3 import s3_checksum
+from agent.store import checksums
 
 HELLO_SHA256 = hashlib.sha256(b"hello").hexdigest()
 B64 = base64.b64encode(hashlib.sha256(b"hello").digest()).decode()

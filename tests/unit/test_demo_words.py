@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.demo import CLUSTER_INSTALL, URI, _summary
+from agent.cli.demo import CLUSTER_INSTALL, URI, _summary
 
 ROOT = Path(__file__).resolve().parents[2]
 

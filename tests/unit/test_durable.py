@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.durable import write_json_atomic
+from agent.store.durable import write_json_atomic
 
 
 def test_replaces_the_file(tmp_path: Path) -> None:

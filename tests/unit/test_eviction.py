@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.eviction import Candidate, Plan, plan_eviction
+from agent.store.eviction import Candidate, Plan, plan_eviction
 
 MiB = 2**20
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cache import FetchFailed, NoSpace, VerificationFailed
-from agent.jobs import is_verification_failure
+from agent.fetch.cache import FetchFailed, NoSpace, VerificationFailed
+from agent.lifecycle.states import is_verification_failure
 
 CASES = {
     "bytes did not match": (VerificationFailed("m.safetensors is incomplete (1 of 2 bytes)"), True),

@@ -1,4 +1,4 @@
-"""Table tests of the Node label and annotation diff (agent.labels)."""
+"""Table tests of the Node label and annotation diff (agent.cluster.labels)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from agent.labels import (
+from agent.cluster.labels import (
     ModelState,
     NodeMetadata,
     NodePatch,

@@ -2,7 +2,7 @@
 
 - The three services (``agent``, ``scheduler_extender``, ``serving``) never import each other;
   the shared kernel ``locality`` imports none of them.
-- Only ``locality.kube`` imports ``kubernetes``; only ``agent.sources.s3`` imports ``boto3``/
+- Only ``locality.kube`` imports ``kubernetes``; only ``agent.fetch.sources.s3`` imports ``boto3``/
   ``botocore`` (the demo too seeds its bucket through it).
 - Cores (identity, the node/pod contract, errors, back-off, JSON bodies, scoring, targets, the
   extender wire format, eviction plans, label diffs, pinning, target specs) import no aiohttp,
@@ -24,6 +24,7 @@ SERVICES = ("agent", "scheduler_extender", "serving")
 CORES = (
     "locality.identity",
     "locality.hfuri",
+    "locality.units",
     "locality.contract",
     "locality.errors",
     "locality.backoff",
@@ -36,9 +37,9 @@ CORES = (
     "scheduler_extender.index",
     "scheduler_extender.injection",
     "scheduler_extender.certs",
-    "agent.eviction",
-    "agent.labels",
-    "agent.render",
+    "agent.store.eviction",
+    "agent.cluster.labels",
+    "agent.cli.render",
 )
 IO_MODULES = (
     "aiohttp",
@@ -53,9 +54,9 @@ IO_MODULES = (
 )
 ONLY_IN = {
     "kubernetes": ("locality.kube",),
-    "boto3": ("agent.sources.s3",),
-    "botocore": ("agent.sources.s3",),
-    "huggingface_hub": ("agent.sources.hf",),
+    "boto3": ("agent.fetch.sources.s3",),
+    "botocore": ("agent.fetch.sources.s3",),
+    "huggingface_hub": ("agent.fetch.sources.hf",),
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from agent.app import RULES as AGENT_RULES
+from agent.face.app import RULES as AGENT_RULES
 from locality import auth
 from locality.agentclient import DEFAULT_TOKEN_FILE
 from locality.policy import decide, parse_policy

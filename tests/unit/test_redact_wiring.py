@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent.labels import ModelState, desired_metadata
-from agent.views import public
+from agent.cluster.labels import ModelState, desired_metadata
+from agent.face.views import public
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import redact_text
 from locality.settings import redact

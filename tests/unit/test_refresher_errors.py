@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from agent.cache import FetchFailed
-from agent.refresher import Refresher
+from agent.fetch.cache import FetchFailed
+from agent.lifecycle.refresher import Refresher
 from locality.identity import model_ref
 
 
@@ -46,7 +46,7 @@ async def test_failed_refresh_is_recorded(
     manager = _Manager(exc)
     refresher = Refresher(manager)  # type: ignore[arg-type]
     ref = model_ref("s3://models/m")
-    with caplog.at_level(logging.WARNING, logger="agent.refresher"):
+    with caplog.at_level(logging.WARNING, logger="agent.lifecycle.refresher"):
         refresher.start(ref)
         task = refresher.tasks[ref.id]
         await task

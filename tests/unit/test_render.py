@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.render import human_size, ls_table, usage_line
+from agent.cli.render import ls_table, usage_line
+from locality.units import human_size
 
 
 @pytest.mark.parametrize(

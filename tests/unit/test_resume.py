@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.resume import MARK, interrupted_refreshes, mark_refresh
+from agent.store.refreshmarks import MARK, interrupted_refreshes, mark_refresh
 from locality.records import Layout
 
 ROWS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sources.base import RemoteFile, SourceError, checked_files, model_etag
+from agent.fetch.sources.base import RemoteFile, SourceError, checked_files, model_etag
 
 
 def files(*paths: str) -> list[RemoteFile]:

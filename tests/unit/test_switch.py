@@ -1,10 +1,10 @@
-"""Names and records of a revision switch (agent.switch) and the record's ``dir`` round trip."""
+"""Names and records of a revision switch (agent.store.revswitch) and the record's ``dir`` round trip."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.switch import new_dir, same_revision, superseded, unique
+from agent.store.revswitch import new_dir, same_revision, superseded, unique
 from locality.records import ModelRecord, record_from_json, record_to_json
 
 ID = "0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Table tests of what a node should hold and pin (agent.watchers.wanted_models)."""
+"""Table tests of what a node should hold and pin (agent.cluster.watchers.wanted_models)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.watchers import pod_model_refs, wanted_models, wanted_revisions
+from agent.cluster.watchers import pod_model_refs, wanted_models, wanted_revisions
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import model_ref
 

@@ -1,0 +1,1 @@
+"""Cluster sync: this Node's labels and annotations, the pod and distribution watches, the access policy."""

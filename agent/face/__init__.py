@@ -1,0 +1,1 @@
+"""The node's face: the REST API, its views of models, metrics."""

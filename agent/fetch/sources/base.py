@@ -1,0 +1,112 @@
+"""The one source interface: list a model's files, then name an HTTP target per file for ranged GETs.
+
+Both sources hand the bytes to the same lean data path (``agent.fetch.sources.transfer``): S3 through
+presigned URLs, HTTP(S) through the URL itself. So "which store" and "how to move bytes fast" are
+separate concerns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from locality.identity import UnsafePath, safe_relpath
+
+# HTTP statuses that retrying cannot fix (for HEADs and ranged GETs alike): the request or the
+# credentials are wrong, the object is gone, or a range/precondition no longer fits the object.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 412, 416, 451})
+
+
+class SourceError(Exception):
+    """A source failure. ``permanent`` ones (403, 404, bad key, hostile path) are not retried."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One file of a model at its source: path relative to the model dir, size, ETag, source key.
+
+    ``checksum`` is what the origin vouches the bytes are (``agent.checksums``: ``sha256:<hex>``,
+    ``crc64nvme:<hex>``, ...), checked before commit; ``version`` the origin's own revision of the
+    object (S3 VersionId, Hugging Face commit), pinned by every ranged GET when given.
+    """
+
+    path: str
+    size: int
+    etag: str | None
+    key: str
+    ranges: bool = True  # False: the origin ignores Range; fetch it as one piece
+    checksum: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    """Where a plain HTTP GET for one file's bytes goes (a presigned URL for S3).
+
+    ``ca_file`` is the CA bundle to verify TLS with (None: the system's), ``proxy`` the HTTP
+    proxy URL to go through (None: direct), ``ca_setting`` the setting to name when a
+    certificate cannot be verified (``AWS_CA_BUNDLE`` for S3).
+    """
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    ca_file: str | None = None
+    proxy: str | None = None
+    ca_setting: str = "SSL_CERT_FILE"
+
+
+class Source(Protocol):
+    """A model's origin. ``target`` is synchronous and thread-safe: fetch threads call it."""
+
+    uri: str
+
+    async def list_files(self) -> list[RemoteFile]: ...
+
+    def target(self, file: RemoteFile) -> HttpTarget: ...
+
+    async def close(self) -> None: ...
+
+
+def checked_files(uri: str, files: Iterable[RemoteFile]) -> list[RemoteFile]:
+    """Refuse hostile or clashing paths (the whole model fails), sorted by path.
+
+    Refused: what ``safe_relpath`` refuses (absolute, ``..``, NUL, backslash, ...), a path that is
+    both a file and a directory (``a`` and ``a/b``), a duplicate, and an empty listing.
+    """
+    out = sorted(files, key=lambda f: f.path)
+    if not out:
+        raise SourceError(f"no objects at {uri}", permanent=True)
+    seen: set[str] = set()
+    for file in out:
+        try:
+            safe_relpath(file.path)
+        except UnsafePath as exc:
+            raise SourceError(f"refusing {uri}: {exc}", permanent=True) from exc
+        if file.size < 0:
+            raise SourceError(f"refusing {uri}: negative size for {file.path!r}", permanent=True)
+        if file.path in seen:
+            raise SourceError(f"refusing {uri}: duplicate path {file.path!r}", permanent=True)
+        seen.add(file.path)
+    dirs = {"/".join(f.path.split("/")[:i]) for f in out for i in range(1, f.path.count("/") + 1)}
+    clash = sorted(seen & dirs)
+    if clash:
+        raise SourceError(f"refusing {uri}: {clash[0]!r} is both a file and a directory", permanent=True)
+    return out
+
+
+def model_etag(files: list[RemoteFile]) -> str | None:
+    """One ETag for a model: the object's own for one file, else xxh3_64 over ``path\\0etag\\n`` lines."""
+    if len(files) == 1:
+        return files[0].etag
+    import xxhash
+
+    h = xxhash.xxh3_64()
+    for f in files:
+        h.update(f"{f.path}\0{f.etag or ''}\n".encode())
+    return h.hexdigest()
