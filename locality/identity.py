@@ -16,6 +16,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 import xxhash
 
 from locality.hfuri import normalize_hf
+from locality.ociuri import normalize_oci, parse_oci
 
 DOMAIN = "model-locality.io"
 LABEL_PREFIX = f"{DOMAIN}/"
@@ -29,7 +30,7 @@ SLUG_MAX = 40
 _MODEL_LABEL = re.compile(r"^model-locality\.io/[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?\.[0-9a-f]{8}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
-_SCHEMES = ("s3", "http", "https", "hf")
+_SCHEMES = ("s3", "http", "https", "hf", "oci")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -47,8 +48,8 @@ class ModelRef:
 
     uri: str
     scheme: str
-    authority: str  # S3 bucket, HTTP host[:port], or the Hugging Face org
-    path: str  # S3 prefix/key without leading "/", the HTTP path with query, or REPO[@REV][?globs]
+    authority: str  # S3 bucket, HTTP host[:port], the Hugging Face org, or the OCI registry
+    path: str  # S3 prefix/key, the HTTP path with query, REPO[@REV][?globs], or REPO(:TAG|@DIGEST)[?path=]
     id: str
     slug: str
     label_key: str
@@ -61,6 +62,8 @@ def model_ref(uri: str) -> ModelRef:
     last = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or authority
     if scheme == "hf":
         last = path.split("?", 1)[0].split("@", 1)[0]
+    if scheme == "oci":
+        last = parse_oci(authority, path).repository.rsplit("/", 1)[-1]
     slug = slugify(last)
     return ModelRef(
         uri=normalized,
@@ -109,14 +112,15 @@ def normalize_uri(uri: str) -> tuple[str, str, str, str]:
         raise InvalidURI(f"model URI cannot be parsed: {exc}") from exc
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise InvalidURI(f"unsupported scheme {parts.scheme!r}: use s3://, http://, https:// or hf://")
+        raise InvalidURI(f"unsupported scheme {parts.scheme!r}: use s3://, http://, https://, hf:// or oci://")
     if parts.fragment:
         raise InvalidURI("model URI must not carry a #fragment")
     if scheme == "s3":
         return _normalize_s3(parts.netloc, parts.path, parts.query)
-    if scheme == "hf":
+    if scheme in ("hf", "oci"):
+        normalize = normalize_hf if scheme == "hf" else normalize_oci
         try:
-            return normalize_hf(parts.netloc, parts.path, parts.query)
+            return normalize(parts.netloc, parts.path, parts.query)
         except ValueError as exc:
             raise InvalidURI(str(exc)) from exc
     return _normalize_http(scheme, parts)

@@ -7,7 +7,8 @@ optionally names a Secret in the agent's namespace to fetch those URIs with. Pol
 like RBAC: a request is allowed when any policy selecting its namespace has a matching prefix
 (the longest matching prefix names the credentials). No policy at all allows nothing.
 A prefix matches at a path boundary: ``s3://models/team-a`` covers ``s3://models/team-a/x``,
-not ``s3://models/team-ab``; ``s3://`` covers every S3 URI.
+not ``s3://models/team-ab``; ``s3://`` covers every S3 URI; ``oci://reg/models/llama`` covers
+its tags and digests (``oci://reg/models/llama:v1``), ``oci://reg/models/`` every repository below.
 """
 
 from __future__ import annotations
@@ -76,7 +77,14 @@ def prefix_matches(prefix: str, uri: str) -> bool:
     if not uri.startswith(base):
         return False
     rest = uri[len(base) :]
-    return rest == "" or rest[0] in "/?"
+    return rest == "" or rest[0] in _boundaries(base)
+
+
+def _boundaries(base: str) -> str:
+    """Where a prefix may end: at ``/`` and ``?``; for ``oci://`` naming a repository also before its
+    ``:TAG`` or ``@DIGEST`` (``oci://reg/models/llama`` covers ``oci://reg/models/llama:v1``)."""
+    scheme, _, rest = base.partition("://")
+    return "/?:@" if scheme == "oci" and "/" in rest else "/?"
 
 
 def _requirements(selector: Any) -> tuple[Requirement, ...]:
