@@ -10,7 +10,9 @@ the operations that add, each only when the user has not written it already:
 - the wait init containers (``model-agent wait URI``, one per model, first in ``initContainers``), with the
   node's IP and a projected ServiceAccount token of audience ``model-locality``;
 - read-only hostPath mounts of exactly the requested models' directories and their records (never
-  the whole cache), and ``MODEL_LOCALITY_MODEL_DIR`` (+ ``_URI``) or ``MODEL_LOCALITY_MODEL_DIRS``;
+  the whole cache), and ``MODEL_LOCALITY_MODEL_DIR`` (+ ``_URI``) or ``MODEL_LOCALITY_MODEL_DIRS``
+  first in the env (so the container's own env and ``$(VAR)`` in its args can use them), in the
+  containers that read the model (``readers``); the other containers are left as written;
 - the NetworkPolicy client label and the ``model-locality.io/injected`` marker annotation.
 
 Idempotent: every addition is checked against the pod as it is, so a second pass adds nothing.
@@ -40,6 +42,9 @@ TOKEN_VOLUME = "model-locality-token"
 DIR_ENV = "MODEL_LOCALITY_MODEL_DIR"
 URI_ENV = "MODEL_LOCALITY_MODEL_URI"
 DIRS_ENV = "MODEL_LOCALITY_MODEL_DIRS"
+CONTAINERS_ANNOTATION = f"{DOMAIN}/containers"  # comma-separated names of the containers that read
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+_REFERENCES = tuple(f"$({name})" for name in (DIR_ENV, URI_ENV, DIRS_ENV))
 DEFAULT_SCHEDULERS = (None, "", "default-scheduler")
 _NODE_AFFINITY = ("spec", "affinity", "nodeAffinity")
 _PREFERRED = (*_NODE_AFFINITY, "preferredDuringSchedulingIgnoredDuringExecution")
@@ -87,15 +92,55 @@ def inject(
         return Outcome(warnings=(f"model-locality: not injected: {wanted.problem}",))
     if not wanted.refs:
         return Outcome()
+    chosen, problem = readers(spec, meta.get("annotations") or {})
+    if problem:
+        return Outcome(warnings=(f"model-locality: not injected: {problem}",))
     patcher = Patcher(pod)
     _schedule(patcher, install, wanted.refs, wanted.required, sizes)
     _wait_container(patcher, install, wanted.refs)
-    _models(patcher, install, wanted.refs)
+    _models(patcher, install, wanted.refs, chosen)
     patcher.put(("metadata", "labels", CLIENT_LABEL), "true")
     if patcher.ops:
         patcher.put(("metadata", "annotations", INJECTED_ANNOTATION), install.mode)
     warnings = (f"model-locality: {wanted.problem}",) if wanted.problem else ()
     return Outcome(tuple(patcher.ops), warnings, wanted.refs)
+
+
+def readers(spec: Mapping[str, Any], annotations: Mapping[str, Any]) -> tuple[frozenset[str] | None, str]:
+    """The names of the containers that get the models' env and mounts (None: every container
+    but the wait ones), and a problem ("" when none). First match wins:
+
+    1. ``model-locality.io/containers: a,b``: exactly those (init containers may be named);
+    2. the containers whose command, args or env use ``$(MODEL_LOCALITY_MODEL_DIR)``, ``_URI`` or ``_DIRS``;
+    3. ``kubectl.kubernetes.io/default-container``, when it names a container of the pod;
+    4. every container and init container (a pod with one container: that one).
+    """
+    candidates = {
+        str(c.get("name")): c
+        for key in ("initContainers", "containers")
+        for c in _dicts(spec.get(key))
+        if not str(c.get("name")).startswith(WAIT_CONTAINER)
+    }
+    raw = annotations.get(CONTAINERS_ANNOTATION)
+    if raw is not None:
+        asked = {n.strip() for n in raw.split(",") if n.strip()} if isinstance(raw, str) else set()
+        if not asked or not asked <= candidates.keys():
+            return None, f"{CONTAINERS_ANNOTATION}={raw!r}: the pod's containers are {sorted(candidates)}"
+        return frozenset(asked), ""
+    using = frozenset(name for name, c in candidates.items() if _uses_ours(c))
+    if using:
+        return using, ""
+    default = annotations.get(DEFAULT_CONTAINER_ANNOTATION)
+    if _named(spec.get("containers"), str(default)) and default in candidates:
+        return frozenset((str(default),)), ""
+    return None, ""
+
+
+def _uses_ours(container: Mapping[str, Any]) -> bool:
+    """Whether the container refers to one of our variables (command, args or an env value)."""
+    words = [w for key in ("command", "args") for w in container.get(key) or [] if isinstance(w, str)]
+    words += [str(e.get("value", "")) for e in _dicts(container.get("env"))]
+    return any(ref in word for word in words for ref in _REFERENCES)
 
 
 def model_dir(install: Install, ref: ModelRef) -> str:
@@ -194,9 +239,10 @@ def _token_volume(install: Install) -> dict[str, Any]:
     return {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}}
 
 
-def _models(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> None:
+def _models(p: Patcher, install: Install, refs: Sequence[ModelRef], chosen: frozenset[str] | None) -> None:
     """hostPath volumes (type unset: the directory appears only once the wait container is done;
-    the kubelet's check would run before it) and read-only mounts at the same path as in the agent."""
+    the kubelet's check would run before it) and read-only mounts at the same path as in the agent,
+    in the ``chosen`` containers (None: all but the wait ones)."""
     mounts: list[tuple[str, str]] = []
     for ref in refs:
         for name, path in (
@@ -216,7 +262,8 @@ def _models(p: Patcher, install: Install, refs: Sequence[ModelRef]) -> None:
         for i, container in enumerate(items if isinstance(items, list) else []):
             if not isinstance(container, dict) or str(container.get("name")).startswith(WAIT_CONTAINER):
                 continue
-            _container(p, ("spec", key, i), container, mounts, env)
+            if chosen is None or container.get("name") in chosen:
+                _container(p, ("spec", key, i), container, mounts, env)
 
 
 def _container(
@@ -232,9 +279,11 @@ def _container(
     for name, path in mounts:
         if name not in names and path not in paths:
             p.append((*at, "volumeMounts"), {"name": name, "mountPath": path, "readOnly": True})
+    first = 0  # ours go first: an env var can only use the ones listed before it
     for name, value in env:
         if not _named(container.get("env"), name):
-            p.append((*at, "env"), {"name": name, "value": value})
+            p.insert((*at, "env"), first, {"name": name, "value": value})
+            first += 1
 
 
 def _ready(ref: ModelRef) -> dict[str, Any]:
