@@ -9,16 +9,34 @@ It is not the plain whole-file xxh3_128 (that would need in-order hashing or a r
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import xxhash
 
-if TYPE_CHECKING:
-    from locality.records import ModelRecord
-
 DIGEST_SCHEME = "xxh3_128-of-chunk-xxh3_128"
 _READ_BYTES = 8 << 20
+
+
+class ChunkedFile(Protocol):
+    """What a check needs of one recorded file (``locality.records.FileRecord`` is one)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def chunk_bytes(self) -> int: ...
+    @property
+    def chunk_digests(self) -> tuple[str, ...]: ...
+
+
+class Recorded(Protocol):
+    """What a check needs of a record (``locality.records.ModelRecord`` is one)."""
+
+    @property
+    def files(self) -> Sequence[ChunkedFile]: ...
 
 
 def chunk_count(size: int, chunk_bytes: int) -> int:
@@ -47,7 +65,7 @@ def hash_chunk(fd: int, offset: int, length: int, buf: memoryview) -> str:
     return h.hexdigest()
 
 
-def verify_files(model_dir: Path, record: ModelRecord) -> list[str]:
+def verify_files(model_dir: Path, record: Recorded) -> list[str]:
     """Re-hash every file of ``record`` under ``model_dir``; one description per mismatch."""
     problems: list[str] = []
     buf = memoryview(bytearray(_READ_BYTES))
