@@ -11,4 +11,9 @@ if [ -d ../shared/k8s ]; then
   eval "$kit"
   export MODEL_LOCALITY_REQUIRE_KUBE=1
 fi
+# Debian's docker-registry (CNCF distribution) for the oci:// tests (tests/fixtures/registry.py).
+if ! command -v docker-registry >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; } >&2 \
+    || { echo "test.sh: could not install docker-registry (Debian package)" >&2; exit 1; }
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
