@@ -4,7 +4,8 @@
 # The manifests run it as uid 10001 with a read-only root filesystem.
 #
 # Layers, from the least to the most often changed (BuildKit; the pip cache is a cache mount):
-#   deps     wheels of the third-party dependencies, from pyproject.toml + constraints.txt only;
+#   deps     wheels of the third-party dependencies, from pyproject.toml + constraints.txt only
+#            (the complete lock of scripts/lock.sh: every package pinned, so pip does no search);
 #   project  the project's own wheel, from the sources (a README or code edit rebuilds only this);
 #   runtime  installs the dependency wheels, then the project wheel, each in its own layer.
 # Base image: an exact tag (Python patch release + Debian release), the same in every stage;

@@ -15,7 +15,8 @@
 # VARIANT=cpu takes torch from PyTorch's CPU index instead (no nvidia-* wheels, roughly a tenth of
 # the size): for clusters and CI without GPUs.
 #
-# Layers as in agent.Dockerfile: dependency wheels from pyproject.toml + constraints.txt only (a
+# Layers as in agent.Dockerfile: dependency wheels from pyproject.toml + constraints.txt, the complete
+# lock of scripts/lock.sh (every package pinned, the CUDA torch's nvidia-* wheels too: no search) (a
 # source or README edit never reinstalls torch), then the project wheel; pip's cache is a mount.
 # Base: python:3.11.11-slim-bookworm, an exact tag, the same in every stage (see agent.Dockerfile).
 
