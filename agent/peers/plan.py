@@ -1,0 +1,119 @@
+"""Which chunk to fetch next, and from where: a peer that holds it, the origin, or nobody yet (pure).
+
+Fetchers of the same revision split the origin's work by rendezvous hashing: chunk ``c`` is read
+from the origin by ``origin_owner(c, fetchers)``, the fetcher with the highest
+``xxh3_64(path NUL index NUL name)``. Every fetcher computes the same owner from the same set, and
+a fetcher joining or leaving moves only the chunks it wins or held. Everything else comes from
+peers, rarest chunk first, each from the least busy holder. A chunk nobody holds or reads from
+the origin (its owner is gone, slow to start, or sees another fetcher set) is taken from the
+origin by anyone after ``Limits.orphan_grace`` seconds, so a lost peer costs time, never the fetch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import xxhash
+
+ChunkId = tuple[str, int]  # (file path, chunk index)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """What one peer said about this revision the last time we read its chunk map."""
+
+    holds: frozenset[ChunkId] = frozenset()
+    origin_inflight: frozenset[ChunkId] = frozenset()  # chunks it is reading from the origin now
+    fetching: bool = False  # it fetches this revision itself, so it takes a share of the origin
+    busy: int = 0  # our requests in flight to it
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    per_peer: int = 2  # our requests in flight to one peer
+    origin_slots: int = 2  # our origin reads in flight while other fetchers share the work
+    solo_origin_slots: int = 8  # ... and when we fetch alone (as fast as without peers)
+    orphan_grace: float = 3.0  # seconds a chunk may be unclaimed before anyone takes it from the origin
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """``peer`` (chunk from ``peer``), ``origin`` (chunk from the origin) or ``wait`` (nothing now)."""
+
+    kind: str
+    chunk: ChunkId | None = None
+    peer: str | None = None
+
+
+WAIT = Step("wait")
+
+
+def score(*parts: object) -> int:
+    """The rendezvous weight of a tuple (stable across processes and machines)."""
+    return xxhash.xxh3_64("\0".join(str(p) for p in parts).encode()).intdigest()
+
+
+def origin_owner(chunk: ChunkId, fetchers: Collection[str]) -> str:
+    """The fetcher that reads ``chunk`` from the origin: highest rendezvous weight wins."""
+    return max(fetchers, key=lambda name: (score(chunk[0], chunk[1], name), name))
+
+
+@dataclass
+class Board:
+    """One fetch's view: what we still need, what we have asked for, what each peer says."""
+
+    me: str
+    todo: list[ChunkId]  # in file order; done chunks are removed by the caller
+    peers: dict[str, PeerView] = field(default_factory=dict)
+    taken: set[ChunkId] = field(default_factory=set)  # chunks we are fetching now
+    origin_busy: int = 0  # our origin reads in flight
+    unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
+
+    def fetchers(self) -> list[str]:
+        return sorted({self.me, *(name for name, view in self.peers.items() if view.fetching)})
+
+
+def holders(chunk: ChunkId, peers: Mapping[str, PeerView]) -> list[str]:
+    return [name for name, view in peers.items() if chunk in view.holds]
+
+
+def claimed(chunk: ChunkId, peers: Mapping[str, PeerView]) -> bool:
+    """Somebody holds it or is reading it from the origin."""
+    return any(chunk in v.holds or chunk in v.origin_inflight for v in peers.values())
+
+
+def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
+    """The next chunk to start (see the module docstring); updates ``unclaimed_since``."""
+    open_chunks = [c for c in board.todo if c not in board.taken]
+    step = _from_peer(board, open_chunks, limits)
+    if step is not None:
+        return step
+    fetchers = board.fetchers()
+    slots = limits.origin_slots if len(fetchers) > 1 else limits.solo_origin_slots
+    if board.origin_busy >= slots:
+        return WAIT
+    for chunk in open_chunks:
+        if claimed(chunk, board.peers):
+            board.unclaimed_since.pop(chunk, None)
+            continue
+        if origin_owner(chunk, fetchers) == board.me:
+            return Step("origin", chunk)
+        since = board.unclaimed_since.setdefault(chunk, now)
+        if now - since >= limits.orphan_grace:
+            return Step("origin", chunk)
+    return WAIT
+
+
+def _from_peer(board: Board, open_chunks: Sequence[ChunkId], limits: Limits) -> Step | None:
+    """The rarest open chunk some peer with a free slot holds, from its least busy holder."""
+    best: tuple[tuple[int, int], ChunkId, str] | None = None
+    for chunk in open_chunks:
+        free = [n for n in holders(chunk, board.peers) if board.peers[n].busy < limits.per_peer]
+        if not free:
+            continue
+        rank = (len(holders(chunk, board.peers)), -score(board.me, *chunk))
+        if best is None or rank < best[0]:
+            peer = min(free, key=lambda n: (board.peers[n].busy, -score(board.me, chunk[0], chunk[1], n)))
+            best = (rank, chunk, peer)
+    return None if best is None else Step("peer", best[1], best[2])
