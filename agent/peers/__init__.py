@@ -1,1 +1,1 @@
-"""Peers: agents fetch verified chunks from each other so each byte leaves the origin about once (docs/peers.md)."""
+"""Peers: agents fetch verified chunks from each other, so each byte leaves the origin about once."""

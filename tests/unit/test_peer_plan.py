@@ -92,20 +92,11 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "todo", "peers", "taken", "busy", "now", "expected"), ROWS, ids=[r[0] for r in ROWS]
-)
-def test_next_step(
-    name: str,
-    todo: list[tuple[str, int]],
-    peers: dict[str, PeerView],
-    taken: set[tuple[str, int]],
-    busy: int,
-    now: float,
-    expected: Step,
-) -> None:
-    board = Board(ME, list(todo), dict(peers), set(taken), busy)
-    assert next_step(board, now) == expected
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_next_step(row: tuple[object, ...]) -> None:
+    _, todo, peers, taken, busy, now, expected = row
+    board = Board(ME, list(todo), dict(peers), set(taken), busy)  # type: ignore[call-overload, arg-type]
+    assert next_step(board, now) == expected  # type: ignore[arg-type]
 
 
 def test_fetchers_split_the_origin_chunks_the_other_owns_are_awaited() -> None:
