@@ -6,6 +6,11 @@ committed model (``identity.is_model_label`` recognises them), the annotation ``
 "quota_bytes"}``. A serving pod says ``MODELS_ANNOTATION`` = comma-separated URIs and
 ``LOCALITY_ANNOTATION`` = ``preferred`` | ``required``. Parsing is defensive and pure: junk in an
 annotation becomes "nothing" plus a ``problem`` line, never an exception.
+
+Time to ready (docs/time-to-ready.md): an entry in flight may carry ``bytes_done`` (bytes of it
+already on the node), and ``FETCH_RATE_ANNOTATION`` = the node's measured fetch throughput in
+bytes/s as a decimal integer. Both are written only on a material change (``rate_changed``,
+``progress_changed``), so a fetch costs the API server a handful of Node writes, not one per chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from locality.identity import DOMAIN, InvalidURI, ModelRef, model_ref
 MODELS_ANNOTATION = f"{DOMAIN}/models"
 LOCALITY_ANNOTATION = f"{DOMAIN}/locality"
 CACHE_ANNOTATION = f"{DOMAIN}/cache"
+FETCH_RATE_ANNOTATION = f"{DOMAIN}/fetch-rate"
+IN_FLIGHT_STATES = ("queued", "fetching")
 READY = "ready"
 # Every state a model can have in the models annotation and in the agent's REST.
 MODEL_STATES = ("queued", "fetching", "ready", "failed", "evicting")
@@ -45,11 +52,14 @@ class ModelEntry:
     bytes: int | None
     state: str
     revision: str | None = None  # what the origin said the committed content is (agent.fetch.revisions)
+    bytes_done: int | None = None  # in flight: bytes already on the node (None: not reported)
 
     def as_json(self) -> dict[str, object]:
         entry: dict[str, object] = {"uri": self.uri, "bytes": max(0, self.bytes or 0), "state": self.state}
         if self.revision:
             entry["revision"] = self.revision
+        if self.bytes_done is not None and self.state in IN_FLIGHT_STATES:
+            entry["bytes_done"] = max(0, self.bytes_done)
         return entry
 
 
@@ -95,7 +105,52 @@ def _model_entry(entry: object) -> ModelEntry | None:
         bytes=size if valid_size else None,
         state=state,
         revision=revision if isinstance(revision, str) else None,
+        bytes_done=_bytes_done(entry.get("bytes_done"), size if valid_size else None, state),
     )
+
+
+def _bytes_done(done: object, size: int | None, state: str) -> int | None:
+    """``bytes_done`` of an in-flight entry, clamped to its size; None when absent, junk or not
+    in flight (a ready model is whole, a failed one counts as nothing)."""
+    if state not in IN_FLIGHT_STATES or isinstance(done, bool) or not isinstance(done, int) or done < 0:
+        return None
+    return min(done, size) if size is not None else done
+
+
+def parse_fetch_rate(raw: object) -> tuple[int | None, str | None]:
+    """The fetch-rate annotation (bytes/s, a decimal integer > 0); ``(None, problem)`` when bad,
+    ``(None, None)`` when absent."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 15 and int(raw) > 0:
+        return int(raw), None
+    return None, f"{FETCH_RATE_ANNOTATION} is not a positive integer (bytes per second)"
+
+
+def format_fetch_rate(bytes_per_second: float) -> str:
+    """The annotation value: the rate rounded to 2 significant digits (734_003_200 -> "730000000"),
+    so noise below a few percent never changes the text."""
+    rate = max(1, round(bytes_per_second))
+    digits = len(str(rate))
+    return str(round(rate, 2 - digits) if digits > 2 else rate)
+
+
+def rate_changed(written: int | None, measured: float, ratio: float = 0.25) -> bool:
+    """True when ``measured`` is worth a Node write: nothing written yet, or off by more than
+    ``ratio`` (25%: the score's resolution is coarser than that) from what was written."""
+    if measured <= 0:
+        return False
+    if written is None or written <= 0:
+        return True
+    return abs(measured - written) > ratio * written
+
+
+def progress_changed(written: int | None, done: int, total: int | None, step: float = 0.1) -> bool:
+    """True when ``done`` moved at least ``step`` (10%) of ``total`` past the written value
+    (at most ~10 progress writes per fetch); an unknown total never counts as material."""
+    if total is None or total <= 0:
+        return False
+    return done - (written or 0) >= step * total
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,16 +12,28 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from locality.contract import PodModels
 from scheduler_extender.nodes import NodeState
-from scheduler_extender.scoring import filter_reason, locality_score, model_weights
+from scheduler_extender.scoring import (
+    MAX_SCORE,
+    filter_reason,
+    have_bytes,
+    model_weights,
+    reference_rate,
+    time_score,
+)
 
 
 class NodeIndex:
-    """Node states by name, ready holders by label key, and model sizes (max over nodes)."""
+    """Node states by name, ready holders by label key, fetches in progress by model, measured
+    fetch rates, and model sizes (max over nodes)."""
 
     def __init__(self, states: Iterable[NodeState] = ()) -> None:
         self._states: dict[str, NodeState] = {}
         self._holders: dict[str, set[str]] = {}
         self._sizes_by_node: dict[str, dict[str, int]] = {}  # model id -> node -> bytes
+        self._progress: dict[str, set[str]] = {}  # model id -> nodes with bytes_done of a fetch
+        self._rates: dict[str, int] = {}  # node -> measured bytes/s
+        self._reference: int | None = None  # reference_rate(rates), None: recompute
+        self._cold: dict[str, int] = {}  # node -> score of a node holding none of a pod's models (> 0 only)
         self.sizes: dict[str, int] = {}  # model id -> max bytes reported by any node
         for state in states:
             self.upsert(state)
@@ -49,6 +61,11 @@ class NodeIndex:
             per_node = self._sizes_by_node.setdefault(mid, {})
             per_node[state.name] = size
             self.sizes[mid] = max(self.sizes.get(mid, 0), size)
+        for mid in _in_progress(state):
+            self._progress.setdefault(mid, set()).add(state.name)
+        if state.fetch_rate is not None:
+            self._rates[state.name] = state.fetch_rate
+            self._reference = None
 
     def remove(self, name: str) -> None:
         """Forget a node (deleted from the cluster)."""
@@ -69,6 +86,14 @@ class NodeIndex:
             else:
                 self._sizes_by_node.pop(mid, None)
                 self.sizes.pop(mid, None)
+        for mid in _in_progress(old):
+            nodes = self._progress.get(mid)
+            if nodes is not None:
+                nodes.discard(name)
+                if not nodes:
+                    del self._progress[mid]
+        if self._rates.pop(name, None) is not None:
+            self._reference = None
 
     def replace_all(self, states: Iterable[NodeState]) -> None:
         """Swap in a complete listing (after a re-list); nodes not in it are removed."""
@@ -85,28 +110,80 @@ class NodeIndex:
         for mid, size in sizes.items():
             self.sizes.setdefault(mid, size)
 
-    def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
-        """Scores for ``names`` in the order given (``scoring.locality_score`` per node).
+    @property
+    def reference(self) -> int:
+        """The reference fetch rate (``scoring.reference_rate`` of the measured rates)."""
+        if self._reference is None:
+            self._reference = reference_rate(list(self._rates.values()))
+            ref = self._reference
+            self._cold = {n: s for n, r in self._rates.items() if (s := time_score(1, 1, r, ref)) > 0}
+        return self._reference
 
-        Hot path: each node's set of ready requested models is a bitmask built from the holder
-        sets (intersected with the offered names when a model is on more nodes than offered),
-        and each distinct mask is scored once.
+    def rate(self, name: str) -> int:
+        """A node's measured fetch rate, or the reference rate when it has not measured one."""
+        return self._rates.get(name) or self.reference
+
+    def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
+        """Scores for ``names`` in the order given (``scoring.score_node`` per node).
+
+        Hot path: a node holding none of the pod's models scores by its rate alone (``_cold``,
+        precomputed when rates change: 0 for most nodes); only nodes where a requested model is
+        ready (a bitmask from the holder sets) or being fetched are scored one by one, and each
+        (mask, rate) of those without a fetch in progress once.
         """
         if not pod.refs:
             return [0] * len(names)
+        reference = self.reference
+        special = self._special(pod, names, reference)
+        cold = self._cold
+        if not special:
+            return [cold.get(n, 0) for n in names] if cold else [0] * len(names)
+        if not cold and len(set(special.values())) == 1:  # one distinct score: membership is fastest
+            score = next(iter(special.values()))
+            return [score if n in special else 0 for n in names]
+        get = special.get
+        return [s if (s := get(n)) is not None else cold.get(n, 0) for n in names]
+
+    def _special(self, pod: PodModels, names: Sequence[str], reference: int) -> dict[str, int]:
+        """Scores of the offered nodes where one of the pod's models is ready or in progress."""
         weights = model_weights(pod.refs, self.sizes)
+        total = sum(weights)
         masks = self._masks(pod, names)
-        if not masks:
-            return [0] * len(names)
-        memo: dict[int, int] = {0: 0}
-        count = len(pod.refs)
-        for mask in set(masks.values()):
-            memo[mask] = locality_score(weights, [bool(mask >> i & 1) for i in range(count)])
-        if len(memo) == 2:  # one distinct non-zero score: a plain membership test is fastest
-            score = memo[next(iter(set(masks.values())))]
-            return [score if n in masks else 0 for n in names]
-        get = masks.get
-        return [memo[get(n, 0)] for n in names]
+        fetching = self._fetching(pod, names)
+        memo: dict[tuple[int, int], int] = {}
+        out: dict[str, int] = {}
+        for name, mask in masks.items():
+            if name in fetching:
+                continue
+            rate = self._rates.get(name) or reference
+            key = (mask, rate)
+            if key not in memo:
+                have = sum(w for i, w in enumerate(weights) if mask >> i & 1)
+                memo[key] = time_score(total - have, total, rate, reference)
+            out[name] = memo[key]
+        for name in fetching:
+            out[name] = self._score_one(pod, name, weights, masks.get(name, 0), reference)
+        return out
+
+    def _score_one(self, pod: PodModels, name: str, weights: Sequence[int], mask: int, reference: int) -> int:
+        state = self._states[name]
+        have = sum(
+            have_bytes(w, bool(mask >> i & 1), state.models.get(r.id))
+            for i, (w, r) in enumerate(zip(weights, pod.refs, strict=True))
+        )
+        total = sum(weights)
+        return MAX_SCORE if have >= total else time_score(total - have, total, self.rate(name), reference)
+
+    def _fetching(self, pod: PodModels, names: Sequence[str]) -> set[str]:
+        """Offered nodes fetching one of the pod's models with progress reported."""
+        found: set[str] = set()
+        offered: set[str] | None = None
+        for ref in pod.refs:
+            nodes = self._progress.get(ref.id)
+            if nodes:
+                offered = offered if offered is not None else set(names)
+                found |= nodes & offered
+        return found
 
     def _masks(self, pod: PodModels, names: Sequence[str]) -> dict[str, int]:
         """``{offered name: bitmask of the pod's models ready there}``, names holding none left out."""
@@ -143,3 +220,8 @@ class NodeIndex:
             else:
                 failed[name] = reason
         return passed, failed
+
+
+def _in_progress(state: NodeState) -> list[str]:
+    """Model ids the node is fetching with some ``bytes_done`` reported."""
+    return [mid for mid, e in state.models.items() if e.bytes_done]

@@ -3,7 +3,8 @@
 A Node's agent writes (the node contract, ``locality.contract``) one label ``<label key>: "ready"`` per
 committed model and the annotation ``model-locality.io/models`` =
 ``{"<id>": {"uri", "bytes", "state"}}``; optionally ``model-locality.io/cache`` =
-``{"used_bytes", "quota_bytes"}``. The label is the truth for "ready" (it is what kube-scheduler
+``{"used_bytes", "quota_bytes"}`` and ``model-locality.io/fetch-rate`` (measured bytes/s); an
+in-flight entry may carry ``bytes_done``. The label is the truth for "ready" (it is what kube-scheduler
 and users can select on); the annotation supplies sizes and in-flight states. Parsing is
 defensive: an annotation that is not the documented JSON counts as "no models" and is reported
 through ``NodeState.problem`` so the caller can log it once per resourceVersion.
@@ -17,11 +18,13 @@ from typing import Any
 
 from locality.contract import (
     CACHE_ANNOTATION,
+    FETCH_RATE_ANNOTATION,
     MODELS_ANNOTATION,
     READY,
     ModelEntry,
     mapping,
     parse_cache_annotation,
+    parse_fetch_rate,
     parse_models_annotation,
 )
 from locality.identity import is_model_label
@@ -41,6 +44,7 @@ class NodeState:
     ready: bool = True
     gpus: int = 0
     free_bytes: int | None = None
+    fetch_rate: int | None = None  # measured bytes/s (model-locality.io/fetch-rate); None: not yet
     resource_version: str = ""
     problem: str | None = None
 
@@ -64,6 +68,7 @@ def node_state(obj: Mapping[str, Any]) -> NodeState:
     annotations = mapping(meta.get("annotations"))
     models, problem = parse_models_annotation(annotations.get(MODELS_ANNOTATION))
     usage, cache_problem = parse_cache_annotation(annotations.get(CACHE_ANNOTATION))
+    rate, rate_problem = parse_fetch_rate(annotations.get(FETCH_RATE_ANNOTATION))
     spec = mapping(obj.get("spec"))
     status = mapping(obj.get("status"))
     rv = meta.get("resourceVersion")
@@ -76,8 +81,9 @@ def node_state(obj: Mapping[str, Any]) -> NodeState:
         ready=_ready_condition(status.get("conditions")),
         gpus=_gpu_count(mapping(status.get("allocatable")).get(GPU_RESOURCE)),
         free_bytes=usage.free_bytes if usage else None,
+        fetch_rate=rate,
         resource_version=rv if isinstance(rv, str) else "",
-        problem=problem or cache_problem,
+        problem=problem or cache_problem or rate_problem,
     )
 
 

@@ -1,8 +1,10 @@
-"""Locality scoring and filtering: pure functions from a pod's model request and node state.
+"""Locality scoring and filtering by predicted time to ready: pure functions of a pod's models and node state.
 
 A pod asks for models with the annotations (the pod contract, ``locality.contract``)
 ``model-locality.io/models`` (comma-separated URIs) and ``model-locality.io/locality``
-(``preferred``, the default, or ``required``).
+(``preferred``, the default, or ``required``). A node's score is the share of a reference cold
+start it saves (``time_score``): missing bytes (ready models count whole, a fetch in progress
+its ``bytes_done``) over the node's measured fetch rate (``model-locality.io/fetch-rate``).
 
 No ImageLocality-style spread damping: with 0..10 integer scores a damping factor would erase
 the difference between partly warm nodes, and piling replicas onto the few warm nodes is
@@ -13,14 +15,18 @@ ModelDistribution with ``replicas: N`` is the tool to warm more nodes ahead of a
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Collection, Mapping, Sequence
 
-from locality.contract import PodModels
+from locality.contract import IN_FLIGHT_STATES, ModelEntry, PodModels
 from locality.identity import ModelRef
 
 log = logging.getLogger(__name__)
 
 MAX_SCORE = 10  # MaxExtenderPriority
+# Assumed fetch rate when no node has measured one (bytes/s). It only sets the scale of predicted
+# seconds: with every node at the same rate, scores depend on bytes alone.
+DEFAULT_RATE = 200 * 10**6
 
 
 def model_weights(refs: Sequence[ModelRef], sizes: Mapping[str, int]) -> tuple[int, ...]:
@@ -35,25 +41,80 @@ def model_weights(refs: Sequence[ModelRef], sizes: Mapping[str, int]) -> tuple[i
     return tuple(sizes[r.id] if sizes.get(r.id, 0) > 0 else fallback for r in refs)
 
 
-def locality_score(weights: Sequence[int], ready: Sequence[bool]) -> int:
-    """score = floor(10 * sum(weight_m for ready m) / sum(weight_m)), an integer in 0..10.
+def reference_rate(measured: Collection[int]) -> int:
+    """R, the rate a cold start is measured against: the slowest credible measured node rate,
+    max(min, median / 4), so one broken node cannot compress everyone else's scores; with no
+    measurement at all, ``DEFAULT_RATE``. A node that has not measured yet is assumed to fetch at R."""
+    if not measured:
+        return DEFAULT_RATE
+    ordered = sorted(measured)
+    return max(ordered[0], int(statistics.median(ordered)) // 4, 1)
 
-    Only 10 means every requested byte is ready, so a complete node always outranks a partial one,
-    and a node holding more of the requested bytes never scores lower than one holding fewer.
+
+def time_score(missing: int, total: int, rate: int, reference: int) -> int:
+    """score = 10 when nothing is missing, else clamp(floor(10 * (1 - t / T)), 0, 9), with
+    t = missing / rate (this node's predicted seconds until ready) and T = total / reference
+    (the pod's cold start at the reference rate). Integers only: floor(10 (total r - missing R) / (total r)).
+
+    With every node at the same rate this is the share of the pod's bytes already on the node
+    (floor(10 * have / total)); a node 90% through a fetch scores 9, a cold node 0 unless it
+    fetches faster than the reference, and of two cold nodes the faster never scores lower.
     """
-    total = sum(weights)
-    if total <= 0:
+    if missing <= 0:
+        return MAX_SCORE
+    if total <= 0 or rate <= 0:
         return 0
-    have = sum(w for w, r in zip(weights, ready, strict=True) if r)
-    return (MAX_SCORE * have) // total
+    scaled = total * rate
+    return max(0, min(MAX_SCORE - 1, (MAX_SCORE * (scaled - missing * reference)) // scaled))
 
 
-def score_node(pod: PodModels, ready_labels: Collection[str], sizes: Mapping[str, int]) -> int:
-    """The score of one node for ``pod``: share of the pod's model bytes ready there (0..10)."""
+def have_bytes(weight: int, ready: bool, entry: ModelEntry | None) -> int:
+    """A model's weight already on a node: all of it when ready; for a fetch in progress the
+    share ``bytes_done / bytes`` of the weight, never all of it (only ready is whole); else 0."""
+    if ready:
+        return weight
+    if entry is None or entry.bytes_done is None or not entry.bytes or entry.state not in IN_FLIGHT_STATES:
+        return 0
+    return min(weight - 1, weight * min(entry.bytes_done, entry.bytes) // entry.bytes)
+
+
+def seconds_until_ready(
+    pod: PodModels,
+    ready_labels: Collection[str],
+    models: Mapping[str, ModelEntry],
+    sizes: Mapping[str, int],
+    *,
+    rate: int,
+) -> float:
+    """Predicted seconds until all of ``pod``'s models are ready on a node: missing bytes / rate."""
+    weights = model_weights(pod.refs, sizes)
+    have = sum(
+        have_bytes(w, r.label_key in ready_labels, models.get(r.id))
+        for w, r in zip(weights, pod.refs, strict=True)
+    )
+    return max(0, sum(weights) - have) / max(rate, 1)
+
+
+def score_node(
+    pod: PodModels,
+    ready_labels: Collection[str],
+    sizes: Mapping[str, int],
+    *,
+    models: Mapping[str, ModelEntry] | None = None,
+    rate: int | None = None,
+    reference: int = DEFAULT_RATE,
+) -> int:
+    """The score of one node for ``pod`` (``time_score``); ``rate`` None: the reference rate."""
     if not pod.refs:
         return 0
     weights = model_weights(pod.refs, sizes)
-    return locality_score(weights, [r.label_key in ready_labels for r in pod.refs])
+    entries = models or {}
+    have = sum(
+        have_bytes(w, r.label_key in ready_labels, entries.get(r.id))
+        for w, r in zip(weights, pod.refs, strict=True)
+    )
+    total = sum(weights)
+    return time_score(total - have, total, reference if rate is None else rate, reference)
 
 
 def missing_models(pod: PodModels, ready_labels: Collection[str]) -> tuple[ModelRef, ...]:

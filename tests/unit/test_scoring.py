@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 import pytest
 
 from locality.contract import LOCALITY_ANNOTATION, MODELS_ANNOTATION, ModelEntry, pod_models
-from locality.identity import model_ref
+from locality.identity import ModelRef, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import NodeState, node_state
 from scheduler_extender.scoring import (
+    DEFAULT_RATE,
     MAX_SCORE,
     filter_reason,
-    locality_score,
     model_weights,
+    reference_rate,
     score_node,
+    seconds_until_ready,
+    time_score,
 )
 
 A = model_ref("s3://models/org/llama-70b")
@@ -117,18 +120,144 @@ def test_ranking_more_ready_bytes_never_lower() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "weights", "ready", "expected"),
+    ("name", "case", "expected"),
     [
-        ("nothing requested", (), (), 0),
-        ("all ready", (3, 1), (True, True), 10),
-        ("floor, not round", (2, 1), (True, False), 6),
-        ("tiny share floors to zero", (1000, 1), (False, True), 0),
+        ("nothing missing is ready", (0, 10, 1, 1), 10),
+        ("nothing requested", (0, 0, 1, 1), 10),
+        ("cold at the reference rate", (10, 10, 100, 100), 0),
+        ("same rates: share of bytes, floored", (1, 3, 100, 100), 6),
+        ("90% through a fetch", (1, 10, 100, 100), 9),
+        ("99.9% through a fetch is still not ready", (1, 1000, 100, 100), 9),
+        ("cold, twice the reference rate", (10, 10, 200, 100), 5),
+        ("cold, ten times the reference rate", (10, 10, 1000, 100), 9),
+        ("cold, slower than the reference", (10, 10, 50, 100), 0),
+        ("half fetched on a slow node", (5, 10, 50, 100), 0),
+        ("half fetched on a fast node", (5, 10, 400, 100), 8),
+        ("no rate: nothing to predict", (10, 10, 0, 100), 0),
     ],
 )
-def test_locality_score_formula(
-    name: str, weights: tuple[int, ...], ready: tuple[bool, ...], expected: int
-) -> None:
-    assert locality_score(weights, ready) == expected
+def test_time_score_formula(name: str, case: tuple[int, int, int, int], expected: int) -> None:
+    """case = (missing bytes, total bytes, node rate, reference rate)."""
+    assert time_score(*case) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("name", "rates", "expected"),
+    [
+        ("nothing measured: the default", [], DEFAULT_RATE),
+        ("one node", [500], 500),
+        ("the slowest node", [400, 500, 600], 400),
+        ("one broken node does not set the scale", [1, 800, 800, 800], 200),
+    ],
+)
+def test_reference_rate(name: str, rates: list[int], expected: int) -> None:
+    assert reference_rate(rates) == expected, name
+
+
+def fetching(model: ModelRef, size: int, done: int | None) -> ModelEntry:
+    return ModelEntry(model.uri, size, "fetching", bytes_done=done)
+
+
+@dataclass(frozen=True)
+class TimeRow:
+    """One node for a pod asking for A (and B): ready labels, fetches in progress, its rate."""
+
+    name: str
+    uris: tuple[str, ...]
+    ready: frozenset[str] = frozenset()
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+    rate: int | None = None
+    expected: int = 0
+    seconds: float = 0.0
+
+
+MB = 10**6
+R = 100 * MB  # the reference rate of these rows
+TIME_ROWS = [
+    TimeRow("ready", (A.uri,), frozenset({A.label_key}), expected=10, seconds=0),
+    TimeRow("cold, unmeasured", (A.uri,), expected=0, seconds=10 * GB / R),
+    TimeRow("90% fetched", (A.uri,), models={A.id: fetching(A, 10 * GB, 9 * GB)}, expected=9, seconds=GB / R),
+    TimeRow("10% fetched", (A.uri,), models={A.id: fetching(A, 10 * GB, GB)}, expected=1, seconds=9 * GB / R),
+    TimeRow("no progress reported", (A.uri,), models={A.id: fetching(A, 10 * GB, None)}, seconds=100),
+    TimeRow("cold, 4x the reference rate", (A.uri,), rate=4 * R, expected=7, seconds=25),
+    TimeRow("cold, 2x the reference rate", (A.uri,), rate=2 * R, expected=5, seconds=50),
+    TimeRow("cold, half the reference rate", (A.uri,), rate=R // 2, expected=0, seconds=200),
+    TimeRow(
+        "90% fetched on a slow node", (A.uri,), models={A.id: fetching(A, 10 * GB, 9 * GB)}, rate=R // 2,
+        expected=8, seconds=20,
+    ),
+    TimeRow("A ready, B cold", (A.uri, B.uri), frozenset({A.label_key}), expected=9, seconds=GB / R),
+    TimeRow(
+        "A ready, B half fetched", (A.uri, B.uri), frozenset({A.label_key}),
+        models={B.id: fetching(B, GB, GB // 2)}, expected=9, seconds=GB / 2 / R,
+    ),
+    TimeRow(
+        "B ready, A 90% fetched", (A.uri, B.uri), frozenset({B.label_key}),
+        models={A.id: fetching(A, 10 * GB, 9 * GB)}, expected=9, seconds=GB / R,
+    ),
+    TimeRow("B ready only", (A.uri, B.uri), frozenset({B.label_key}), expected=0, seconds=10 * GB / R),
+]  # fmt: skip
+TIME_SIZES = {A.id: 10 * GB, B.id: GB}
+
+
+@pytest.mark.parametrize("row", TIME_ROWS, ids=lambda r: r.name)
+def test_time_table(row: TimeRow) -> None:
+    pod = pod_models(ann(*row.uris))
+    got = score_node(pod, row.ready, TIME_SIZES, models=row.models, rate=row.rate, reference=R)
+    assert got == row.expected
+    seconds = seconds_until_ready(pod, row.ready, row.models, TIME_SIZES, rate=row.rate or R)
+    assert seconds == pytest.approx(row.seconds)
+
+
+@pytest.mark.parametrize("row", TIME_ROWS, ids=lambda r: r.name)
+def test_index_time_scores_match_pure_function(row: TimeRow) -> None:
+    """The index (holder bitmasks, fetches in progress, precomputed cold scores) agrees with
+    ``score_node``; the slowest measured node sets the reference rate R."""
+    sizer = NodeState("sizer", models={m: ModelEntry("", b, "ready") for m, b in TIME_SIZES.items()})
+    node = NodeState("n", ready_labels=row.ready, models=row.models, fetch_rate=row.rate)
+    index = NodeIndex([sizer, node, NodeState("slowest", fetch_rate=R)])
+    assert index.reference == min(R, row.rate or R)
+    pod = pod_models(ann(*row.uris))
+    expected = score_node(
+        pod, row.ready, TIME_SIZES, models=row.models, rate=row.rate, reference=index.reference
+    )
+    slowest = time_score(1, 1, R, index.reference)  # holds nothing: by its rate alone
+    assert index.scores(pod, ["n", "slowest", "ghost"]) == [expected, slowest, 0]
+    if index.reference == R:
+        assert expected == row.expected
+
+
+def test_ranking_by_time() -> None:
+    """Ready first, then a node 90% through a fetch above a cold one, a fast cold node above a slow one."""
+    pod = pod_models(ann(A.uri))
+    index = NodeIndex(
+        [
+            NodeState("ready", ready_labels=frozenset({A.label_key}), fetch_rate=R),
+            NodeState("ninety", models={A.id: fetching(A, 10 * GB, 9 * GB)}, fetch_rate=R),
+            NodeState("fast-cold", fetch_rate=3 * R),
+            NodeState("slow-cold", fetch_rate=R),
+            NodeState("unmeasured-cold"),
+        ]
+    )
+    names = ["slow-cold", "unmeasured-cold", "fast-cold", "ninety", "ready"]
+    scores = dict(zip(names, index.scores(pod, names), strict=True))
+    assert scores["ready"] == 10
+    assert scores["ready"] > scores["ninety"] > scores["fast-cold"] > scores["slow-cold"], scores
+    assert scores["unmeasured-cold"] == scores["slow-cold"] == 0  # unmeasured: assumed at R
+
+
+def test_index_tracks_rates_and_progress() -> None:
+    pod = pod_models(ann(A.uri))
+    index = NodeIndex([NodeState("a", fetch_rate=R), NodeState("b", models={A.id: fetching(A, GB, GB // 2)})])
+    assert index.scores(pod, ["a", "b"]) == [0, 5]
+    index.upsert(NodeState("a", fetch_rate=4 * R))  # "a" measured faster: the reference moves too
+    assert index.reference == 4 * R
+    assert index.scores(pod, ["a", "b"]) == [0, 5]
+    index.upsert(NodeState("c", fetch_rate=R))
+    assert index.scores(pod, ["a", "b", "c"]) == [7, 5, 0]
+    index.remove("b")
+    index.remove("c")
+    assert index.scores(pod, ["a", "b"]) == [0, 0]
 
 
 def test_model_weights_fallbacks() -> None:
