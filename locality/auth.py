@@ -22,6 +22,9 @@ from locality import errors
 from locality.kube import KubeError
 
 AUDIENCE = "model-locality"
+# Agent-to-agent calls (docs/peers.md): a token for this audience is mounted only into agent pods,
+# and the peer endpoint also checks that it names the agents' ServiceAccount.
+PEER_AUDIENCE = "model-locality-peer"
 API_GROUP = "model-locality.io"
 SA_PREFIX = "system:serviceaccount:"
 STATIC_USER = "model-locality:static-token"
