@@ -188,18 +188,11 @@ def _run_demo(demo: Demo, environ: Mapping[str, str], deadline: float) -> None:
     _summary(demo.root, agent_url, serve_url, accepted["label"], model_dir)
 
 
-# README.md, "Install on a cluster": the overlay replaces the placeholder token both services refuse.
+# README.md, "Install on a cluster": the base as it stands (callers are ServiceAccounts, no secret).
 CLUSTER_INSTALL = """\
-mkdir -p my-cluster && openssl rand -hex 32 > my-cluster/token.txt
-cat > my-cluster/kustomization.yaml <<'EOF'
-resources: [../manifests]     # CRD, agent DaemonSet, extender, model-locality-scheduler, RBAC
-secretGenerator:              # replaces the placeholder token of the base
-  - {name: model-locality-token, namespace: model-locality, behavior: replace,
-     files: [token=token.txt], options: {disableNameSuffixHash: true}}
-EOF
 kubectl apply -f manifests/crd-modeldistributions.yaml -f manifests/crd-modelaccesspolicies.yaml
 kubectl wait --for=condition=Established crd -l app.kubernetes.io/part-of=model-locality
-kubectl apply -k my-cluster/"""
+kubectl apply -k manifests/   # agent DaemonSet, extender + webhook, model-locality-scheduler, RBAC"""
 
 
 def _summary(root: Path, agent_url: str, serve_url: str, label: str, model_dir: str) -> None:
@@ -211,12 +204,12 @@ Where everything is
   model files   {model_dir}
   serving       {serve_url}/v1/embeddings metrics {serve_url}/metrics
 
-On a cluster (README.md, "Install on a cluster"; the base's placeholder token is refused, so
-install through an overlay that brings your own; paste as it stands):
+On a cluster (README.md, "Install on a cluster"; callers are ServiceAccounts, paste as it stands):
 {CLUSTER_INSTALL}
-  curl -H "Authorization: Bearer $(cat my-cluster/token.txt)" -d '{{"uri": "{URI}", "replicas": 2}}' \\
-       http://model-locality-extender.model-locality.svc:8471/v1/distributions
-  # serving pods: schedulerName: model-locality-scheduler and the annotation
+  # pre-distribute, as a ServiceAccount bound to model-locality-admin (README.md shows the binding)
+  curl -H "Authorization: Bearer $(kubectl create token ml-ops --audience model-locality)" \\
+       -d '{{"uri": "{URI}", "replicas": 2}}' http://model-locality-extender.model-locality.svc:8471/v1/distributions
+  # serving pods, in a namespace labelled model-locality.io/injection=enabled: just the annotation
   #   model-locality.io/models: {URI}
   # nodes holding the model carry the label {label}=ready
 """

@@ -142,7 +142,6 @@ def test_base_has_every_part(base: list[Obj]) -> None:
         ("ServiceAccount", "model-locality-scheduler"),
         ("ClusterRole", "model-locality-agent"),
         ("ClusterRole", "model-locality-extender"),
-        ("Secret", "model-locality-token"),
         ("DaemonSet", "model-locality-agent"),
         ("Deployment", "model-locality-extender"),
         ("PodDisruptionBudget", "model-locality-extender"),
@@ -643,38 +642,78 @@ def test_agent_daemonset(base: list[Obj]) -> None:
         assert probe_port(agent, agent[probe]) == AGENT_PORT
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     assert CACHE_DIR in mounts and not mounts[CACHE_DIR].get("readOnly")
-    assert os.path.dirname(TOKEN_FILE) in mounts
+    assert os.path.dirname(TOKEN_FILE) not in mounts, "the static token is opt-in (components/static-token)"
 
 
-def test_token_secret_is_a_placeholder_wired_into_agent_and_extender(base: list[Obj]) -> None:
-    secret = find(base, "Secret", "model-locality-token")
-    assert secret["metadata"]["namespace"] == "model-locality"
-    token = base64.b64decode(secret["data"]["token"]).decode()
-    assert "CHANGE-ME" in token, "never ship a real-looking token"
-    for kind, name in [("DaemonSet", "model-locality-agent"), ("Deployment", "model-locality-extender")]:
-        vols = {v["name"]: v for v in pod_spec(find(base, kind, name))["volumes"]}
-        assert any(v.get("secret", {}).get("secretName") == "model-locality-token" for v in vols.values())
+def test_agent_reads_s3_credentials_from_files_of_an_optional_secret(base: list[Obj]) -> None:
+    """Files (re-read by each fetch's new boto3 session), not env vars (fixed at start-up)."""
+    agent = container(find(base, "DaemonSet", "model-locality-agent"), "agent")
+    assert "envFrom" not in agent
+    env = {k: v.get("value") for k, v in env_of(agent).items()}
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(find(base, "DaemonSet", "model-locality-agent"))["volumes"]}
+    secret = volumes["s3"]["secret"]
+    assert secret["secretName"] == "model-locality-s3" and secret["optional"] is True
+    assert mounts["s3"]["readOnly"] is True
+    files = [
+        ("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+        ("AWS_CONFIG_FILE", "config"),
+        ("HF_TOKEN_PATH", "hf-token"),
+    ]
+    for var, key in files:
+        assert env[var] == f"{mounts['s3']['mountPath']}/{key}"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="behavior: replace needs real kustomize")
-def test_readme_token_overlay_replaces_the_placeholder(tmp_path: Path) -> None:
-    """The overlay that manifests/README.md tells operators to write really swaps the token."""
-    (tmp_path / "token.txt").write_text("0123456789abcdef0123456789abcdef")
+def test_base_holds_no_token_and_no_placeholder(base: list[Obj]) -> None:
+    """Callers are ServiceAccounts: nothing in the base authenticates by a shared secret."""
+    assert not [o for o in base if o["kind"] == "Secret"]
+    assert "CHANGE-ME" not in json.dumps(base)
+    for kind, name, flag_env in [
+        ("DaemonSet", "model-locality-agent", "MODEL_LOCALITY_AGENT_TOKEN_FILE"),
+        ("Deployment", "model-locality-extender", "MODEL_LOCALITY_EXTENDER_TOKEN_FILE"),
+    ]:
+        obj = find(base, kind, name)
+        vols = pod_spec(obj)["volumes"]
+        assert not [v for v in vols if v.get("secret", {}).get("secretName") == "model-locality-token"]
+        for c in all_containers(pod_spec(obj)):
+            assert flag_env not in env_of(c) and not any("--token-file" in a for a in c.get("args", []))
+
+
+def static_token_overlay(tmp_path: Path, token: str = "0123456789abcdef0123456789abcdef") -> list[Obj]:
+    """The overlay components/static-token's header (and manifests/README.md) tells operators to write."""
+    (tmp_path / "token.txt").write_text(token)
+    rel = os.path.relpath(MANIFESTS, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
-        f"resources: [{os.path.relpath(MANIFESTS, tmp_path)}]\n"
+        f"resources: [{rel}]\n"
+        f"components: [{rel}/components/static-token]\n"
         "secretGenerator:\n"
-        "  - name: model-locality-token\n"
-        "    namespace: model-locality\n"
-        "    behavior: replace\n"
-        "    files: [token=token.txt]\n"
-        "    options: {disableNameSuffixHash: true}\n"
+        "  - {name: model-locality-token, namespace: model-locality, files: [token=token.txt],\n"
+        "     options: {disableNameSuffixHash: true}}\n"
     )
-    readme = (MANIFESTS / "README.md").read_text()
-    assert "behavior: replace" in readme and "files: [token=token.txt]" in readme
-    objs = render(tmp_path)
+    return render(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="component patches need real kustomize")
+def test_static_token_component_wires_the_secret_into_agent_and_extender(tmp_path: Path) -> None:
+    objs = static_token_overlay(tmp_path)
     (secret,) = [o for o in objs if o["kind"] == "Secret"]
     assert secret["metadata"]["name"] == "model-locality-token"
     assert base64.b64decode(secret["data"]["token"]) == b"0123456789abcdef0123456789abcdef"
+    for kind, name, cname, var, module in [
+        ("DaemonSet", "model-locality-agent", "agent", "MODEL_LOCALITY_AGENT_TOKEN_FILE", "agent.cli"),
+        ("Deployment", "model-locality-extender", "extender", "MODEL_LOCALITY_EXTENDER_TOKEN_FILE",
+         "scheduler_extender.cli"),
+    ]:  # fmt: skip
+        obj = find(objs, kind, name)
+        c = container(obj, cname)
+        assert env_of(c)[var]["value"] == TOKEN_FILE
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in pod_spec(obj)["volumes"]}
+        assert vols[mounts[os.path.dirname(TOKEN_FILE)]]["secret"]["secretName"] == "model-locality-token"
+        assert "optional" not in vols[mounts[os.path.dirname(TOKEN_FILE)]]["secret"], "no Secret: no start"
+        _parse(_builder(module), c["args"])  # the base's flags still parse beside it
+    readme = (MANIFESTS / "README.md").read_text()
+    assert "components/static-token" in readme and "files: [token=token.txt]" in readme
 
 
 def test_secret_and_configmap_references_resolve(base: list[Obj]) -> None:
@@ -682,7 +721,7 @@ def test_secret_and_configmap_references_resolve(base: list[Obj]) -> None:
     for obj in workloads(base):
         ns = obj["metadata"]["namespace"]
         for vol in pod_spec(obj).get("volumes", []):
-            if "secret" in vol:
+            if "secret" in vol and not vol["secret"].get("optional"):
                 assert ("Secret", ns, vol["secret"]["secretName"]) in have
             if "configMap" in vol:
                 assert ("ConfigMap", ns, vol["configMap"]["name"]) in have
@@ -947,8 +986,7 @@ def test_agent_serve_flags_are_accepted(base: list[Obj]) -> None:
     args = _parse(_builder("agent.cli"), agent["args"])
     assert args.verb == "serve"
     assert (args.host, int(args.port)) == ("0.0.0.0", AGENT_PORT)
-    assert str(args.cache_dir) == CACHE_DIR and str(args.token_file) == TOKEN_FILE
-    assert env_of(agent)["MODEL_LOCALITY_AGENT_TOKEN_FILE"]["value"] == TOKEN_FILE
+    assert str(args.cache_dir) == CACHE_DIR and args.token_file is None
 
 
 def test_extender_serve_flags_are_accepted(base: list[Obj]) -> None:
@@ -956,7 +994,7 @@ def test_extender_serve_flags_are_accepted(base: list[Obj]) -> None:
     assert ext["command"] == ["model-extender"]
     args = _parse(_builder("scheduler_extender.cli"), ext["args"])
     assert (args.host, int(args.port)) == ("0.0.0.0", EXTENDER_PORT)
-    assert str(args.token_file) == TOKEN_FILE
+    assert args.token_file is None
 
 
 def test_example_wait_and_serve_flags_are_accepted(examples: list[Obj], base: list[Obj]) -> None:

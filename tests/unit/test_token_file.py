@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from locality.settings import read_token_file
 
@@ -28,10 +27,9 @@ def test_empty_token_refused(tmp_path: Path, content: str) -> None:
         read_token_file(tmp_path / "t")
 
 
-def test_the_manifests_placeholder_is_refused(tmp_path: Path) -> None:
-    kustomization = yaml.safe_load((ROOT / "manifests" / "kustomization.yaml").read_text())
-    (secret,) = [g for g in kustomization["secretGenerator"] if g["name"] == "model-locality-token"]
-    placeholder = secret["literals"][0].split("=", 1)[1]
-    (tmp_path / "t").write_text(placeholder)
+def test_the_old_manifests_placeholder_is_refused(tmp_path: Path) -> None:
+    """Earlier bases shipped this placeholder Secret; an install that kept it must not serve with it."""
+    assert "CHANGE-ME" not in (ROOT / "manifests" / "kustomization.yaml").read_text()
+    (tmp_path / "t").write_text("CHANGE-ME-placeholder-token-replace-before-use")
     with pytest.raises(ValueError, match="placeholder"):
         read_token_file(tmp_path / "t")
