@@ -1,7 +1,7 @@
 """`kubectl apply -k` of the install, twice, against a real kube-apiserver: the second is a no-op.
 
-The install is what an operator applies: the base through the README's token overlay, the
-examples, and the node-restriction and hostport-snat components. The second apply must report
+The install is what an operator applies: the bare base (README.md), then an overlay with the
+examples and the node-restriction, hostport-snat and static-token components. The second apply must report
 `unchanged` for every object, with one known exception: kubectl's client-side apply always
 re-sends a PodDisruptionBudget's selector (its patch strategy is "replace") and prints
 `configured`. For that one the test checks what matters: the API server stored nothing new (same
@@ -45,16 +45,33 @@ def own_kube() -> Iterator[RealKube]:
 
 
 def _overlay(tmp: Path) -> Path:
+    """The base (which needs no secret), the examples, and the optional components, the
+    static token with the Secret its README section has the operator generate."""
     rel = os.path.relpath(MANIFESTS, tmp)
     (tmp / "token.txt").write_text("0123456789abcdef0123456789abcdef")
+    components = ("node-restriction", "hostport-snat", "static-token")
     (tmp / "kustomization.yaml").write_text(
         f"resources: [{rel}, {rel}/examples]\n"
-        f"components: [{rel}/components/node-restriction, {rel}/components/hostport-snat]\n"
+        f"components: [{', '.join(f'{rel}/components/{c}' for c in components)}]\n"
         "secretGenerator:\n"
-        "  - {name: model-locality-token, namespace: model-locality, behavior: replace,\n"
-        "     files: [token=token.txt], options: {disableNameSuffixHash: true}}\n"
+        "  - {name: model-locality-token, namespace: model-locality, files: [token=token.txt],\n"
+        "     options: {disableNameSuffixHash: true}}\n"
     )
     return tmp
+
+
+def test_the_bare_base_applies_twice_with_nothing_to_make_up(own_kube: RealKube) -> None:
+    """`kubectl apply -k manifests/` as README.md says, with no overlay: no Secret in it, and the
+    second apply changes nothing (runs first: the overlay below is a superset of it)."""
+    _crds(own_kube)
+    first = _kubectl(own_kube, "apply", "-k", str(MANIFESTS))
+    assert first.returncode == 0, first.stderr
+    created = _results(first.stdout)
+    assert not [ref for ref in created if ref.startswith("secret/")], created
+    second = _kubectl(own_kube, "apply", "-k", str(MANIFESTS))
+    assert second.returncode == 0, second.stderr
+    changed = {ref: verb for ref, verb in _results(second.stdout).items() if verb != "unchanged"}
+    assert set(changed) <= ALWAYS_PATCHED, f"re-apply rewrote {changed}"
 
 
 def _kubectl(kube: RealKube, *args: str) -> subprocess.CompletedProcess[str]:
@@ -84,21 +101,25 @@ def _versions(kube: RealKube, overlay: Path) -> dict[str, tuple[str, int | None]
     }
 
 
-def test_second_apply_changes_nothing(own_kube: RealKube, tmp_path: Path) -> None:
-    overlay = _overlay(tmp_path)
-    # The CRDs first (manifests/README.md): the examples' ModelDistributions and the base's
-    # default ModelAccessPolicy need them established.
+def _crds(kube: RealKube) -> None:
+    """The CRDs first (manifests/README.md): the examples' ModelDistributions and the base's
+    default ModelAccessPolicy need them established."""
     files = [arg for name in CRDS for arg in ("-f", str(MANIFESTS / f"crd-{name.split('.')[0]}.yaml"))]
-    crd = _kubectl(own_kube, "apply", *files)
+    crd = _kubectl(kube, "apply", *files)
     assert crd.returncode == 0, crd.stderr
     waits = [f"crd/{name}" for name in CRDS]
-    established = _kubectl(own_kube, "wait", "--for=condition=Established", *waits, "--timeout=60s")
+    established = _kubectl(kube, "wait", "--for=condition=Established", *waits, "--timeout=60s")
     assert established.returncode == 0, established.stderr
 
+
+def test_second_apply_changes_nothing(own_kube: RealKube, tmp_path: Path) -> None:
+    overlay = _overlay(tmp_path)
+    _crds(own_kube)
     first = _kubectl(own_kube, "apply", "-k", str(overlay))
     assert first.returncode == 0, first.stderr
     created = _results(first.stdout)
-    assert len(created) >= 30 and set(created.values()) <= {"created", "unchanged"}, created
+    assert len(created) >= 30 and set(created.values()) <= {"created", "unchanged", "configured"}, created
+    assert created["secret/model-locality-token"] == "created"
     before = _versions(own_kube, overlay)
 
     second = _kubectl(own_kube, "apply", "-k", str(overlay))
