@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from agent.lifecycle.modelstate import ModelState
 from locality.contract import (
     CACHE_ANNOTATION,
     MODELS_ANNOTATION,
@@ -31,18 +32,6 @@ MAX_MODELS_ANNOTATION_BYTES = 64 * 1024
 MAX_FAILED_ENTRIES = 16
 # Ready first (the extender scores on them), failed last (the first to be dropped when over budget).
 _STATE_ORDER = {"ready": 0, "fetching": 1, "evicting": 2, "queued": 3, "failed": 4}
-
-
-@dataclass(frozen=True, slots=True)
-class ModelState:
-    """One model as the Node should advertise it."""
-
-    id: str
-    uri: str
-    label_key: str
-    state: str
-    bytes: int = 0  # total bytes, 0 while unknown
-    revision: str | None = None  # the committed revision (ready models)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.cluster.labels import NodeMetadata, NodePatch, desired_metadata, metadata_of, node_patch
-from agent.face.metrics import AgentMetrics
 from agent.lifecycle.manager import ModelManager
+from agent.metrics import AgentMetrics
 from locality.backoff import backoff_delay
 from locality.kube import Conflict, Kube, KubeError
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.config import Settings
-from agent.face.metrics import AgentMetrics
 from agent.face.requests import REVISION_FIELDS, revision_fields
-from agent.face.views import public
 from agent.fetch.cache import Cache
 from agent.lifecycle.manager import ModelManager
+from agent.lifecycle.views import public
+from agent.metrics import AgentMetrics
 from agent.store.lock import SOCKET_NAME, Busy, Owner, bind_socket, hold
 from locality import errors
 from locality.auth import Authenticator, Rule, StaticToken, rules_table

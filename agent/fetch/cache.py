@@ -1,99 +1,44 @@
-"""The model cache facade: fetch, commit, list, pin, evict, verify and remove models on local disk.
+"""The cache a caller uses: the store (``agent.store.cache.Store``) with its fetch path attached.
 
-Committed means durable: every file is fdatasync'ed and every directory fsync'ed, then the record
-is written (tmp + fsync + rename), then ``staging/<id>/files`` is renamed to ``models/<id>``. A
-crash between record and rename is rolled forward by ``scan``; a model dir without a record is
-debris and removed; a record that cannot be parsed sends its model to ``quarantine/``. Only one
-fetch per model runs at a time, across processes too (``flock``); one process owns the root
-(``agent.owner``).
+The composition root of the two rooms: ``Cache`` is a ``Store`` whose ``fetch``, ``refresh`` and
+``origin_revision`` go through ``agent.fetch.run.Fetches``. The store never imports this module.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import logging
-import os
-import threading
 import time
-import uuid
-from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
 
 from agent.config import Settings
-from agent.fetch.chunks import ByteCounter, Fetcher, RetryPolicy
-from agent.fetch.revisions import revision_of
-from agent.fetch.sources import RemoteFile, Source, SourceError, Timeouts, open_source
-from agent.store.commit import Incomplete, finish_commit, pending_pins, prepare_commit, set_pending_pins
-from agent.store.durable import fsync_dir, save_record
-from agent.store.eviction import Candidate, Plan, plan_eviction
-from agent.store.partials import (
-    Partial,
-    Quarantined,
-    allocated_bytes,
-    free_quarantined,
-    partials,
-    quarantined,
-    read_partial,
-    remove_tree,
-    unwant,
-    want,
-    wanted,
+from agent.fetch.chunks import RetryPolicy
+from agent.fetch.run import Fetches, Progress
+from agent.fetch.sources import Source
+from agent.store.cache import Store
+from agent.store.errors import (
+    CacheError,
+    FetchFailed,
+    NoSpace,
+    Pinned,
+    UnknownModel,
+    VerificationFailed,
 )
-from agent.store.recovery import read_record, recover, remove_staging
-from agent.store.refreshmarks import interrupted_refreshes, is_refresh, mark_refresh
-from agent.store.revswitch import new_dir, same_revision, superseded
-from agent.store.staging import ChunkKey, Staging, staging_lock
-from locality import errors
-from locality.digests import verify_files
 from locality.identity import ModelRef
-from locality.records import RECORD_KEY, FileRecord, Layout, ModelRecord
-from locality.units import human_size
+from locality.records import ModelRecord
 
-log = logging.getLogger(__name__)
-_PROGRESS_SECONDS = 0.2
-
-
-class CacheError(errors.LocalityError):
-    """A cache failure with a message meant for users (``message``)."""
-
-
-class FetchFailed(CacheError):
-    """Permanent: 403/404, a bad or hostile key, a size mismatch, an origin that says no."""
-
-
-class VerificationFailed(FetchFailed):
-    """The bytes on disk do not match the source's size or the chunk digests recorded in-stream."""
+__all__ = [
+    "Cache",
+    "CacheError",
+    "FetchFailed",
+    "NoSpace",
+    "Pinned",
+    "Progress",
+    "UnknownModel",
+    "VerificationFailed",
+]
 
 
-class NoSpace(CacheError, errors.InsufficientStorage):
-    """The quota or the disk is full and pinned models make room impossible."""
-
-
-class Pinned(CacheError, errors.Conflict):
-    """``remove`` of a pinned model without ``force``."""
-
-
-class UnknownModel(CacheError, errors.NotFound):
-    """No committed model with that id."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    bytes_done: int
-    bytes_total: int | None
-
-
-class Cache:
-    """One cache root. ``fetch`` runs on the event loop (several at once are fine). Every other
-    method that changes records, pins or files takes ``self._mutex`` (one ``threading.RLock``:
-    the callers are the loop's worker threads and the CLI, so a lock works where a single-writer
-    task would not) and may block on disk: a daemon calls them through ``asyncio.to_thread``,
-    never on the loop. Reads (``records``, ``get``, ``usage``, ``partials``, ``quarantined``) take
-    no lock: they read dicts that are only changed one entry at a time, under the lock.
-    """
+class Cache(Store):
+    """A cache root that can fetch: the store plus ``Fetches`` over it."""
 
     def __init__(
         self,
@@ -104,158 +49,8 @@ class Cache:
         retry: RetryPolicy | None = None,
         sources: Callable[[ModelRef], Source] | None = None,
     ) -> None:
-        self.settings = settings
-        self.root = Path(settings.cache_dir)
-        self.layout = Layout(self.root)
-        self._on_change = on_change or (lambda model_id: None)
-        self._now = now
-        self._retry = retry or RetryPolicy(
-            attempts=settings.attempts,
-            read_timeout=settings.read_timeout,
-            connect_timeout=settings.connect_timeout,
-        )
-        timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
-        # The benchmark injects a listing that nginx cannot give.
-        self._sources = sources or (lambda ref: open_source(ref, timeouts))
-        self._records: dict[str, ModelRecord] = {}
-        self._partials: dict[str, Partial] = {}
-        self._quarantined: dict[str, Quarantined] = {}
-        self._wanted: list[ModelRef] = []
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._reserved: dict[str, int] = {}
-        self._mutex = threading.RLock()
-        self._scanned = False
-
-    # --- reading -------------------------------------------------------------------------------
-    def scan(self) -> list[ModelRecord]:
-        """Recover (the exclusive owner only): roll forward, quarantine unreadable records, delete
-        debris, keep resumable staging."""
-        with self._mutex:
-            self.layout.create()
-            self._records = {r.id: r for r in recover(self.layout)}
-            self._load_extras()
-            self._scanned = True
-        return self.records()
-
-    def load(self) -> list[ModelRecord]:
-        """A read-only look (shared lock): no recovery, nothing created, moved or removed."""
-        with self._mutex:
-            records: dict[str, ModelRecord] = {}
-            unreadable: dict[str, Quarantined] = {}
-            for path in sorted(self.layout.records.glob("*.json")) if self.layout.records.is_dir() else []:
-                model_id = path.name.removesuffix(".json")
-                if not RECORD_KEY.match(model_id):
-                    continue
-                record, problem = read_record(self.layout, model_id)
-                if problem is not None:
-                    where = self.layout.model(model_id)
-                    unreadable[model_id] = Quarantined(model_id, model_id, problem, 0, where)
-                elif record is not None and (self.layout.models / record.dir_name).is_dir():
-                    records[model_id] = record
-            self._records = records
-            self._load_extras()
-            self._quarantined.update(unreadable)
-            self._scanned = True
-        return self.records()
-
-    def records(self) -> list[ModelRecord]:
-        self._ensure()
-        return sorted(list(self._records.values()), key=lambda r: r.id)
-
-    def partials(self) -> list[Partial]:
-        """Fetches staged but not committed (running or interrupted), with bytes done and total."""
-        self._ensure()
-        return sorted(list(self._partials.values()), key=lambda p: p.id)
-
-    def quarantined(self) -> list[Quarantined]:
-        self._ensure()
-        return sorted(list(self._quarantined.values()), key=lambda q: q.key)
-
-    def interrupted_refreshes(self) -> list[tuple[str, str | None]]:
-        """``(uri, expect)`` of refreshes a restart interrupted (their staging kept by recovery)."""
-        self._ensure()
-        return interrupted_refreshes(self.layout, set(self._records))
-
-    def wanted(self) -> list[ModelRef]:
-        """Fetches accepted over REST before the last start and not committed since."""
-        self._ensure()
-        return [r for r in list(self._wanted) if r.id not in self._records]
-
-    def get(self, model_id: str) -> ModelRecord | None:
-        self._ensure()
-        return self._records.get(model_id)
-
-    def model_path(self, model_id: str) -> Path:
-        """The directory of a committed model's current revision (``models/<id>`` or ``<id>@<rev8>``)."""
-        record = self._records.get(model_id)
-        return self.layout.models / (record.dir_name if record is not None else model_id)
-
-    def revisions(self, model_id: str) -> list[ModelRecord]:
-        """The superseded revisions of ``model_id`` still on disk (kept while pods pin them)."""
-        return [r for r in self.records() if r.superseded and r.model_id == model_id]
-
-    def usage(self) -> tuple[int, int]:
-        """``(used, quota)``: committed bytes, fetches in flight (their full size), the allocated
-        bytes of interrupted fetches and of quarantined models; quota defaults to the disk size."""
-        self._ensure()
-        reserved = dict(self._reserved)
-        used = (
-            sum(r.total_bytes for r in list(self._records.values()))
-            + sum(reserved.values())
-            + sum(p.allocated for p in list(self._partials.values()) if p.id not in reserved)
-            + sum(q.bytes for q in list(self._quarantined.values()))
-        )
-        if self.settings.quota_bytes is not None:
-            return used, self.settings.quota_bytes
-        st = os.statvfs(self.root)
-        return used, st.f_blocks * st.f_frsize
-
-    def verify(self, model_id: str) -> list[str]:
-        return verify_files(self.model_path(model_id), self._require(model_id))
-
-    def check(self, model_id: str) -> list[str]:
-        """The cheap check that a committed model is as committed: each file there, with the size
-        and (when recorded) the mtime it had at commit. One ``stat`` per file; no bytes read."""
-        record = self._require(model_id)
-        root = self.model_path(model_id)
-        problems = []
-        for f in record.files:
-            try:
-                st = os.stat(root / f.path)
-            except OSError as exc:
-                problems.append(f"{f.path}: missing ({exc.strerror})")
-                continue
-            if st.st_size != f.size:
-                problems.append(f"{f.path}: size {st.st_size} != {f.size}")
-            elif f.mtime_ns is not None and st.st_mtime_ns != f.mtime_ns:
-                problems.append(f"{f.path}: modified after commit (mtime changed)")
-        return problems
-
-    # --- changing --------------------------------------------------------------------------------
-    def confirm(self, model_id: str) -> ModelRecord | None:
-        """The record when the model passes ``check``. A damaged one is dropped (its pins kept as
-        pending pins, so the fetch that replaces it is pinned alike) and None is returned."""
-        if self.get(model_id) is None:
-            return None
-        problems = self.check(model_id)
-        if not problems:
-            return self._records.get(model_id)
-        self.drop(model_id, "; ".join(problems[:3]))
-        return None
-
-    def drop(self, model_id: str, why: str) -> None:
-        """Delete a damaged committed model so that it can be fetched again; its pins are kept as
-        pending pins, so the fetch that replaces it is pinned alike."""
-        with self._mutex:
-            record = self._records.get(model_id)
-            if record is None:
-                return
-            log.warning("dropping model %s, damaged on disk since its commit: %s", model_id, why)
-            pins = set(record.pins) | set(pending_pins(self.layout, model_id))
-            set_pending_pins(self.layout, model_id, pins)
-            trash = self._unlink(model_id)
-        remove_tree(trash)
-        self._on_change(model_id)
+        super().__init__(settings, on_change=on_change, now=now)
+        self.fetches = Fetches(self, settings, retry=retry, sources=sources)
 
     async def fetch(
         self,
@@ -264,19 +59,8 @@ class Cache:
         *,
         expect: str | None = None,
     ) -> ModelRecord:
-        """Fetch and commit ``ref`` (or return its record at once); resumes; safe to cancel.
-        ``expect``: fail unless the origin holds that revision."""
-        self._ensure()
-        known = self._records.get(ref.id) is not None
-        if known and (record := await asyncio.to_thread(self.confirm, ref.id)) is not None:
-            return record
-        async with self._locks.setdefault(ref.id, asyncio.Lock()), staging_lock(self.layout, ref.id):
-            record = await asyncio.to_thread(self._adopt, ref.id)
-            if record is not None:
-                return record
-            record = await self._fetch_locked(ref, progress or (lambda p: None), expect=expect)
-        self._on_change(ref.id)
-        return record
+        """Fetch and commit ``ref`` (or return its record at once); see ``Fetches.fetch``."""
+        return await self.fetches.fetch(ref, progress, expect=expect)
 
     async def refresh(
         self,
@@ -285,395 +69,8 @@ class Cache:
         *,
         expect: str | None = None,
     ) -> ModelRecord | None:
-        """Re-check the origin (one listing); when its revision changed, fetch it beside the
-        current one and switch once verified. The new record, or None when nothing changed."""
-        self._ensure()
-        async with self._locks.setdefault(ref.id, asyncio.Lock()), staging_lock(self.layout, ref.id):
-            current = await asyncio.to_thread(self._adopt, ref.id)
-            record = await self._fetch_locked(
-                ref, progress or (lambda p: None), current=current, expect=expect
-            )
-        if record is current:
-            return None
-        self._on_change(ref.id)
-        return record
+        """Fetch ``ref``'s new revision beside the current one; see ``Fetches.refresh``."""
+        return await self.fetches.refresh(ref, progress, expect=expect)
 
     async def origin_revision(self, ref: ModelRef) -> str:
-        """The revision ``ref``'s origin holds now (one listing, retried like a fetch's)."""
-        source = await asyncio.to_thread(self._sources, ref)
-        try:
-            return revision_of(await self._list(source))
-        finally:
-            await source.close()
-
-    def want(self, ref: ModelRef) -> None:
-        """Remember a fetch accepted over REST, so that a restart resumes it."""
-        with self._mutex:
-            want(self.layout, ref)
-
-    def unwant(self, model_id: str) -> None:
-        with self._mutex:
-            unwant(self.layout, model_id)
-
-    def remove(self, model_id: str, *, force: bool = False) -> None:
-        """Delete a committed model, a quarantined one, or the staged bytes of one not committed
-        (no fetch may run); a pinned committed model only with ``force``."""
-        self._ensure()
-        with self._mutex:
-            record = self._records.get(model_id)
-            if record is not None:
-                if record.pins and not force:
-                    raise Pinned(f"model {model_id} is pinned ({', '.join(sorted(record.pins))}); use force")
-                trash: Path | None = self._unlink(model_id)
-            elif (key := self._quarantine_key(model_id)) is not None:
-                trash = free_quarantined(self.layout, key)
-                self._quarantined.pop(key, None)
-            elif remove_staging(self.layout, model_id):
-                self._partials.pop(model_id, None)
-                unwant(self.layout, model_id)
-                return
-            else:
-                raise UnknownModel(f"no model {model_id!r} in {self.root}")
-        if trash is not None:
-            remove_tree(trash)
-        self._on_change(model_id)
-
-    def pin(self, model_id: str, reason: str) -> None:
-        self._set_pin(model_id, reason, add=True)
-
-    def unpin(self, model_id: str, reason: str) -> None:
-        self._set_pin(model_id, reason, add=False)
-
-    def touch(self, model_id: str) -> None:
-        with self._mutex:
-            record = self._require(model_id)
-            self._save(replace(record, last_used=self._now()))
-
-    def gc(self) -> list[str]:
-        """Evict least-recently-used unpinned models (and idle partial fetches) while the cache is
-        above its high watermark."""
-        with self._mutex:
-            evicted, trash = self._evict_all(self._plan().evict)
-        self._finish_evictions(evicted, trash)
-        return evicted
-
-    # --- internals -------------------------------------------------------------------------------
-    def _ensure(self) -> None:
-        if not self._scanned:
-            self.scan()
-
-    def _load_extras(self) -> None:
-        self._partials = {k: v for k, v in partials(self.layout).items() if k not in self._records}
-        self._quarantined = quarantined(self.layout)
-        self._wanted = [r for r in wanted(self.layout) if r.id not in self._records]
-
-    def _quarantine_key(self, model_id: str) -> str | None:
-        if model_id in self._quarantined:
-            return model_id
-        return next((q.key for q in self.quarantined() if q.id == model_id), None)
-
-    def _require(self, model_id: str) -> ModelRecord:
-        self._ensure()
-        record = self._records.get(model_id)
-        if record is None:
-            raise UnknownModel(f"no model {model_id!r} in {self.root}")
-        return record
-
-    def _adopt(self, model_id: str) -> ModelRecord | None:
-        """The record of a model another fetch (this process or another) committed meanwhile."""
-        with self._mutex:
-            if (record := self._records.get(model_id)) is not None:
-                return record
-            record, _ = read_record(self.layout, model_id)
-            if record is None or not (self.layout.models / record.dir_name).is_dir():
-                return None
-            self._records[model_id] = record
-            self._partials.pop(model_id, None)
-            return record
-
-    def _save(self, record: ModelRecord) -> None:
-        save_record(self.layout, record)
-        self._records[record.id] = record
-
-    def _set_pin(self, model_id: str, reason: str, *, add: bool) -> None:
-        self._ensure()
-        with self._mutex:
-            record = self._records.get(model_id)
-            if record is not None:
-                pins = record.pins | {reason} if add else record.pins - {reason}
-                self._save(replace(record, pins=pins))
-                return
-            pending = set(pending_pins(self.layout, model_id))
-            set_pending_pins(self.layout, model_id, pending | {reason} if add else pending - {reason})
-
-    def _candidates(self, skip: str | None = None) -> list[Candidate]:
-        # A superseded revision no pod pins goes first: nothing can ask for it any more.
-        models = [
-            Candidate(r.id, r.total_bytes, 0.0 if r.superseded else r.last_used, bool(r.pins))
-            for r in list(self._records.values())
-        ]
-        idle = [
-            Candidate(p.id, p.allocated, p.mtime, bool(pending_pins(self.layout, p.id)))
-            for p in list(self._partials.values())
-            if p.id not in self._reserved and p.id != skip
-        ]
-        return models + idle
-
-    def _evict_all(self, model_ids: Sequence[str]) -> tuple[list[str], list[Path]]:
-        """Under the lock: unlink what a plan chose, re-checking each pin now (a model pinned since
-        the plan stays); return the ids gone and the trash dirs the caller deletes after the lock."""
-        evicted, trash = [], []
-        for model_id in model_ids:
-            record = self._records.get(model_id)
-            if record is not None and not record.pins:
-                log.info("evicting %s (id %s, %s)", record.uri, model_id, human_size(record.total_bytes))
-                trash.append(self._unlink(model_id))
-                evicted.append(model_id)
-            elif (
-                record is None
-                and model_id in self._partials
-                and not pending_pins(self.layout, model_id)
-                and remove_staging(self.layout, model_id)
-            ):
-                log.info("evicting the partial fetch of %s", model_id)
-                self._partials.pop(model_id, None)
-                unwant(self.layout, model_id)
-                evicted.append(model_id)
-        return evicted, trash
-
-    def _finish_evictions(self, evicted: list[str], trash: list[Path]) -> None:
-        for path in trash:
-            remove_tree(path)
-        for model_id in evicted:
-            self._on_change(model_id)
-
-    def _unlink(self, model_id: str) -> Path:
-        """Under the lock: rename the dir into trash (atomic for readers), drop the record; the
-        caller deletes the returned trash dir once the lock is released (it may take seconds)."""
-        trash = self.layout.trash / f"{model_id}.{uuid.uuid4().hex[:8]}"
-        with suppress(FileNotFoundError):
-            os.rename(self.model_path(model_id), trash)
-        self.layout.record(model_id).unlink(missing_ok=True)
-        unwant(self.layout, model_id)
-        fsync_dir(self.layout.records)
-        self._records.pop(model_id, None)
-        return trash
-
-    def _plan(self, incoming: int = 0, free: int | None = None, skip: str | None = None) -> Plan:
-        """The eviction plan for the cache as it is, plus ``incoming`` bytes about to arrive."""
-        used, quota = self.usage()
-        return plan_eviction(
-            self._candidates(skip),
-            used=used,
-            quota=quota,
-            high=self.settings.high_watermark,
-            low=self.settings.low_watermark,
-            incoming=incoming,
-            free=free,
-        )
-
-    def _stage(self, ref: ModelRef, staging: Staging, files: list[RemoteFile]) -> dict[ChunkKey, str]:
-        """In a thread: open the staging (fsyncs), make room, reserve the model's full size."""
-        total = sum(f.size for f in files)
-        done = staging.open(ref.uri, self.settings.chunk_bytes, files)
-        staged = allocated_bytes(staging.files_dir)
-        with self._mutex:
-            self._partials.pop(ref.id, None)  # counted in full as reserved from here
-            st = os.statvfs(self.root)
-            plan = self._plan(total, free=st.f_bavail * st.f_frsize + staged, skip=ref.id)
-            if not plan.fits:
-                raise NoSpace(f"no room for {ref.uri}: {plan.reason}")
-            evicted, trash = self._evict_all(plan.evict)
-            self._reserved[ref.id] = total
-        self._finish_evictions(evicted, trash)
-        return done
-
-    def _settled(self, model_id: str) -> None:
-        """After a fetch attempt: note what it left in staging (for ``ls``, ``gc`` and the quota)."""
-        with self._mutex:
-            self._reserved.pop(model_id, None)
-            partial = None if model_id in self._records else read_partial(self.layout, model_id)
-            if partial is None:
-                self._partials.pop(model_id, None)
-            else:
-                self._partials[model_id] = partial
-
-    async def _fetch_locked(
-        self,
-        ref: ModelRef,
-        progress: Callable[[Progress], None],
-        *,
-        current: ModelRecord | None = None,
-        expect: str | None = None,
-    ) -> ModelRecord:
-        """List, then (unless ``current`` already holds the origin's revision) stage, fetch, commit."""
-        source = await asyncio.to_thread(self._sources, ref)  # an S3 client takes a second to build
-        staging = Staging(self.layout, ref.id)
-        try:
-            files = await self._list(source)
-            revision = revision_of(files)
-            if expect is not None and not same_revision(revision, expect):
-                raise FetchFailed(
-                    f"{ref.uri}: the origin holds revision {revision}, not the requested {expect} "
-                    "(only the origin's current revision can be fetched)"
-                )
-            if current is not None and current.revision == revision:
-                if is_refresh(staging.dir):  # an interrupted refresh whose change was undone
-                    await asyncio.to_thread(staging.remove)
-                return current
-            try:
-                done = await asyncio.to_thread(self._stage, ref, staging, files)
-                if current is not None:  # a refresh: kept by recovery, resumed at the next start
-                    await asyncio.to_thread(mark_refresh, staging.dir, ref.uri, expect)
-                done = await self._run_fetcher(
-                    ref=ref, source=source, staging=staging, files=files, done=done, progress=progress
-                )
-                return await self._commit_whole(ref, files, done, staging)
-            except NoSpace:
-                await asyncio.to_thread(staging.remove)
-                raise
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    await asyncio.to_thread(staging.remove)
-                    raise NoSpace(f"disk full while fetching {ref.uri}; staging removed") from exc
-                raise FetchFailed(f"local I/O error while fetching {ref.uri}: {exc}") from exc
-        finally:
-            staging.close()
-            await asyncio.shield(asyncio.to_thread(self._settled, ref.id))
-            await source.close()
-
-    async def _list(self, source: Source) -> list[RemoteFile]:
-        """The source's listing; transient errors (5xx, resets) are retried like chunks are."""
-        retry = self._retry
-        for attempt in range(retry.attempts):
-            try:
-                return await source.list_files()
-            except SourceError as exc:
-                if exc.permanent:
-                    raise FetchFailed(exc.message) from exc
-                if attempt + 1 >= retry.attempts:
-                    raise FetchFailed(f"{exc.message} (gave up after {retry.attempts} tries)") from exc
-                log.warning(
-                    "retrying the listing of %s after try %d/%d: %s",
-                    source.uri,
-                    attempt + 1,
-                    retry.attempts,
-                    exc.message,
-                )
-                await asyncio.sleep(retry.delay(attempt))
-        raise AssertionError("unreachable")
-
-    async def _run_fetcher(
-        self,
-        *,
-        ref: ModelRef,
-        source: Source,
-        staging: Staging,
-        files: list[RemoteFile],
-        done: dict[ChunkKey, str],
-        progress: Callable[[Progress], None],
-    ) -> dict[ChunkKey, str]:
-        total = sum(f.size for f in files)
-        counter = ByteCounter()
-        fetcher = Fetcher(
-            source,
-            staging,
-            chunk_bytes=self.settings.chunk_bytes,
-            concurrency=self.settings.concurrency,
-            retry=self._retry,
-            on_bytes=counter.add,
-        )
-        ticker = asyncio.create_task(_tick(counter, total, progress))
-        try:
-            done = await fetcher.run(files, done)
-        except SourceError as exc:
-            if exc.permanent:
-                await asyncio.to_thread(staging.remove)
-            raise FetchFailed(exc.message) from exc
-        finally:
-            ticker.cancel()
-            with suppress(asyncio.CancelledError):
-                await ticker
-        progress(Progress(min(counter.value, total), total))
-        return done
-
-    async def _commit_whole(
-        self,
-        ref: ModelRef,
-        files: list[RemoteFile],
-        done: dict[ChunkKey, str],
-        staging: Staging,
-    ) -> ModelRecord:
-        """Commit in a thread; a cancel arriving meanwhile waits for the (short) commit, then applies."""
-        commit = asyncio.ensure_future(asyncio.to_thread(self._commit, ref, files, done, staging))
-        try:
-            return await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            with suppress(Exception):
-                await commit
-                self._on_change(ref.id)  # committed after all: the caller's relabel must not be lost
-            raise
-
-    def _commit(
-        self,
-        ref: ModelRef,
-        files: list[RemoteFile],
-        done: dict[ChunkKey, str],
-        staging: Staging,
-    ) -> ModelRecord:
-        try:
-            checked = prepare_commit(ref, files, done, staging, chunk_bytes=self.settings.chunk_bytes)
-        except Incomplete as exc:
-            staging.remove()
-            raise VerificationFailed(str(exc)) from exc
-        with self._mutex:  # the record merges pending pins: no pin may slip in between
-            record = self._switch(ref, files, checked, staging)
-            self._records[ref.id] = record
-            self._partials.pop(ref.id, None)
-            unwant(self.layout, ref.id)
-        staging.remove()
-        return record
-
-    def _switch(
-        self, ref: ModelRef, files: list[RemoteFile], checked: list[FileRecord], staging: Staging
-    ) -> ModelRecord:
-        """Under the lock: commit into a directory no record names; a current revision (if still
-        here) first becomes ``records/<id>@<rev8>.json`` with its directory and pod pins, then the
-        new record replaces ``records/<id>.json`` (the atomic switch), then the files move in."""
-        current = self._records.get(ref.id)
-        # Keys and directory names share one namespace, so a superseded record's key never names
-        # another record's directory (quarantine moves ``models/<key>`` along with a bad record).
-        taken = set(self._records) | {r.dir_name for r in self._records.values()}
-        old = superseded(current, taken - {current.dir_name}) if current is not None else None
-        if old is not None:
-            taken.add(old.id)
-            save_record(self.layout, old)
-            log.info("switching %s from revision %s to %s", ref.uri, old.revision, revision_of(files))
-        dir_name = new_dir(ref.id, revision_of(files), taken)
-        try:
-            record = finish_commit(
-                self.layout,
-                ref,
-                files,
-                checked,
-                staging,
-                now=self._now(),
-                dir_name=dir_name,
-                pins=current.pins if current is not None else frozenset(),
-            )
-        except BaseException:
-            if old is not None:  # not switched: the old revision is still the current one
-                self.layout.record(old.id).unlink(missing_ok=True)
-            raise
-        if old is not None:
-            self._records[old.id] = old
-        return record
-
-
-async def _tick(counter: ByteCounter, total: int, progress: Callable[[Progress], None]) -> None:
-    last = -1
-    while True:
-        if counter.value != last:
-            last = counter.value
-            progress(Progress(min(last, total), total))
-        await asyncio.sleep(_PROGRESS_SECONDS)
+        return await self.fetches.origin_revision(ref)

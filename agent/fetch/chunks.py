@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from agent.fetch.sources.base import RemoteFile, Source, SourceError
+from agent.fetch.sources.base import Source, SourceError
 from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
+from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
 from locality.backoff import backoff_delay
 from locality.digests import chunk_count, hash_chunk

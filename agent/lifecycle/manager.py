@@ -16,11 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.cluster.labels import ModelState
 from agent.config import Settings
-from agent.face.metrics import AgentMetrics
-from agent.face.views import partial_view, quarantined_view, record_view
 from agent.fetch.cache import Cache, CacheError, Pinned, Progress, UnknownModel
+from agent.lifecycle.modelstate import ModelState
 from agent.lifecycle.pins import Pins, Wanted
 from agent.lifecycle.refresher import Refresher
 from agent.lifecycle.states import (
@@ -32,6 +30,8 @@ from agent.lifecycle.states import (
     is_verification_failure,
     retry_delay,
 )
+from agent.lifecycle.views import partial_view, quarantined_view, record_view
+from agent.metrics import AgentMetrics
 from agent.store.revswitch import same_revision
 from locality import errors
 from locality.identity import InvalidURI, ModelRef, model_ref

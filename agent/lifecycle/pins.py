@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.fetch.cache import Cache, CacheError, UnknownModel
+from agent.store.cache import Store
+from agent.store.errors import CacheError, UnknownModel
 from locality.identity import ModelRef
 from locality.records import base_id
 
@@ -26,7 +27,7 @@ Wanted = dict[str, tuple[ModelRef, frozenset[str]]]
 class Pins:
     """The wanted set from the watchers and the pins applied to the cache for it."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Store) -> None:
         self.cache = cache
         self.wanted: Wanted = {}
         self.known = False

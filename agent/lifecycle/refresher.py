@@ -12,24 +12,37 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from agent.fetch.cache import CacheError
+from agent.fetch.cache import Cache
+from agent.store.errors import CacheError
 from agent.store.revswitch import same_revision
 from locality import errors
 from locality.identity import InvalidURI, ModelRef, model_ref
-
-if TYPE_CHECKING:
-    from agent.lifecycle.manager import ModelManager
 
 log = logging.getLogger(__name__)
 _IMMUTABLE = re.compile(r"^hf://[^?]*@[0-9a-f]{40}(\?|$)")  # a Hub commit never changes
 
 
+class Host(Protocol):
+    """What the refresher needs of the model manager that owns it (and nothing more)."""
+
+    cache: Cache
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore: ...
+
+    def busy(self) -> set[str]: ...
+
+    def notify(self) -> None: ...
+
+    async def after_switch(self, model_id: str) -> None: ...
+
+
 class Refresher:
     """The refresh tasks of one manager (one per model at a time)."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: Host) -> None:
         self._manager = manager
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.errors: dict[str, str] = {}

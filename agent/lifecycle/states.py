@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.fetch.cache import VerificationFailed
+from agent.store.errors import VerificationFailed
 from locality import errors
 from locality.backoff import backoff_delay
 from locality.identity import ModelRef

@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.fetch.revisions import revision_of
-from agent.fetch.sources.base import RemoteFile, model_etag
 from agent.store import checksums
 from agent.store.durable import fsync_dir, fsync_tree, save_record, write_json_atomic
+from agent.store.files import RemoteFile, model_etag, revision_of
 from agent.store.staging import ChunkKey, Staging
 from locality.digests import chunk_count, file_digest
 from locality.identity import ModelRef

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
-from agent.fetch.revisions import short
+from agent.store.files import short
 from locality.records import ModelRecord
 
 POD_PIN = "pod:"

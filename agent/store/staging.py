@@ -22,8 +22,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.fetch.sources.base import RemoteFile
 from agent.store.durable import write_json_atomic
+from agent.store.files import RemoteFile
 from locality.records import Layout
 
 ChunkKey = tuple[str, int]

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from agent.cluster.labels import ModelState, desired_metadata
-from agent.face.views import public
+from agent.cluster.labels import desired_metadata
+from agent.lifecycle.modelstate import ModelState
+from agent.lifecycle.views import public
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import redact_text
 from locality.settings import redact

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from agent.fetch.sources.base import HttpTarget, RemoteFile, Source, SourceError, checked_files
+from agent.fetch.sources.base import HttpTarget, Source, SourceError, checked_files
 from agent.fetch.sources.timeouts import Timeouts
+from agent.store.files import RemoteFile
 from locality.identity import ModelRef
 
 

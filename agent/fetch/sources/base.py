@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent.store.files import RemoteFile
 from locality.identity import UnsafePath, safe_relpath
 
 # HTTP statuses that retrying cannot fix (for HEADs and ranged GETs alike): the request or the
@@ -25,24 +26,6 @@ class SourceError(Exception):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteFile:
-    """One file of a model at its source: path relative to the model dir, size, ETag, source key.
-
-    ``checksum`` is what the origin vouches the bytes are (``agent.checksums``: ``sha256:<hex>``,
-    ``crc64nvme:<hex>``, ...), checked before commit; ``version`` the origin's own revision of the
-    object (S3 VersionId, Hugging Face commit), pinned by every ranged GET when given.
-    """
-
-    path: str
-    size: int
-    etag: str | None
-    key: str
-    ranges: bool = True  # False: the origin ignores Range; fetch it as one piece
-    checksum: str | None = None
-    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +81,3 @@ def checked_files(uri: str, files: Iterable[RemoteFile]) -> list[RemoteFile]:
     if clash:
         raise SourceError(f"refusing {uri}: {clash[0]!r} is both a file and a directory", permanent=True)
     return out
-
-
-def model_etag(files: list[RemoteFile]) -> str | None:
-    """One ETag for a model: the object's own for one file, else xxh3_64 over ``path\\0etag\\n`` lines."""
-    if len(files) == 1:
-        return files[0].etag
-    import xxhash
-
-    h = xxhash.xxh3_64()
-    for f in files:
-        h.update(f"{f.path}\0{f.etag or ''}\n".encode())
-    return h.hexdigest()

@@ -17,9 +17,10 @@ import os
 from typing import Any
 from urllib.parse import quote
 
-from agent.fetch.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from agent.fetch.sources.base import HttpTarget, SourceError, checked_files
 from agent.fetch.sources.network import environ_proxy
 from agent.fetch.sources.timeouts import Timeouts
+from agent.store.files import RemoteFile
 from locality.hfuri import HfModel, parse_hf
 from locality.identity import ModelRef
 

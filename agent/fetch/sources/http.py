@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 
-from agent.fetch.sources.base import PERMANENT_STATUSES, HttpTarget, RemoteFile, SourceError, checked_files
+from agent.fetch.sources.base import PERMANENT_STATUSES, HttpTarget, SourceError, checked_files
 from agent.fetch.sources.network import environ_proxy
 from agent.fetch.sources.timeouts import Timeouts
 from agent.store import checksums
+from agent.store.files import RemoteFile
 from locality.identity import ModelRef
 
 

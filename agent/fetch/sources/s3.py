@@ -19,9 +19,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, SSLError
 from botocore.utils import get_environ_proxies
 
-from agent.fetch.sources.base import HttpTarget, RemoteFile, SourceError, checked_files
+from agent.fetch.sources.base import HttpTarget, SourceError, checked_files
 from agent.fetch.sources.timeouts import Timeouts
 from agent.store import checksums
+from agent.store.files import RemoteFile
 from locality.identity import ModelRef
 
 PRESIGN_SECONDS = 6 * 3600
