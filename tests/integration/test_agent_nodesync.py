@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent.cluster.nodesync import NodeSync
-from agent.face.metrics import AgentMetrics
+from agent.metrics import AgentMetrics
 from locality.contract import MODELS_ANNOTATION
 from locality.kube import Kube
 from tests.fixtures.fakekube import FakeKube

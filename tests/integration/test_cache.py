@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
-from agent.face.views import record_view
 from agent.fetch.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, UnknownModel
 from agent.fetch.chunks import RetryPolicy
+from agent.lifecycle.views import record_view
 from locality.identity import model_ref
 from locality.records import verify_model_dir
 from tests.fixtures.models import synthetic_model, write_safetensors

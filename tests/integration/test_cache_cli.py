@@ -15,8 +15,8 @@ import pytest
 
 from agent.cli import main
 from agent.config import Settings
-from agent.face.views import record_view
 from agent.fetch.cache import Cache
+from agent.lifecycle.views import record_view
 from locality.identity import model_ref
 from locality.records import Layout, load_record
 from tests.fixtures.models import write_safetensors

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.cluster.nodesync import NodeSync
-from agent.face.metrics import AgentMetrics
+from agent.metrics import AgentMetrics
 from locality.contract import MODELS_ANNOTATION
 from locality.kube import Kube, KubeError
 from tests.fixtures.nodesync import A, B, StateSource, state

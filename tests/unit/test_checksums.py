@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.fetch.revisions import revision_of, short
-from agent.fetch.sources.base import RemoteFile
 from agent.fetch.sources.s3 import s3_checksum
 from agent.store import checksums
+from agent.store.files import RemoteFile, revision_of, short
 
 HELLO_SHA256 = hashlib.sha256(b"hello").hexdigest()
 B64 = base64.b64encode(hashlib.sha256(b"hello").digest()).decode()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.fetch.sources.base import RemoteFile, SourceError, checked_files, model_etag
+from agent.fetch.sources.base import SourceError, checked_files
+from agent.store.files import RemoteFile, model_etag
 
 
 def files(*paths: str) -> list[RemoteFile]:

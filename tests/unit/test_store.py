@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import xxhash
 
-from agent.face.views import record_view
 from agent.fetch.chunks import RetryPolicy, chunk_plan
-from agent.fetch.sources.base import RemoteFile
+from agent.lifecycle.views import record_view
+from agent.store.files import RemoteFile
 from locality.digests import chunk_count, file_digest
 from locality.records import FileRecord, ModelRecord, record_from_json, record_to_json
 
