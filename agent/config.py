@@ -39,6 +39,8 @@ class Settings:
     read_timeout: float = 30.0  # seconds without a byte from the origin before a request fails
     attempts: int = 6  # tries of one listing or chunk on transient errors (first try included)
     refresh_seconds: float = 600.0  # re-check every model's origin this often (0: never)
+    insecure_registries: tuple[str, ...] = ()  # oci:// registries reached over plain HTTP
+    registry_auth_files: tuple[str, ...] = ()  # Docker config files with registry logins, first match wins
 
     def validate(self) -> Settings:
         if not 0 < self.low_watermark < self.high_watermark <= 1:
@@ -82,6 +84,17 @@ def add_cache_args(parser: argparse.ArgumentParser) -> None:
         "--read-timeout",
         help="seconds without a byte from the origin before a try fails "
         "(env MODEL_LOCALITY_READ_TIMEOUT, default 30)",
+    )
+    parser.add_argument(
+        "--insecure-registries",
+        help="comma-separated oci:// registries (host[:port]) spoken to over plain HTTP "
+        "(env MODEL_LOCALITY_INSECURE_REGISTRIES; default none: HTTPS only)",
+    )
+    parser.add_argument(
+        "--registry-auth-file",
+        help="Docker config JSON with registry logins, read before REGISTRY_AUTH_FILE, "
+        "$DOCKER_CONFIG/config.json and ~/.docker/config.json (env MODEL_LOCALITY_REGISTRY_AUTH_FILE; "
+        "a mounted kubernetes.io/dockerconfigjson Secret's .dockerconfigjson)",
     )
     parser.add_argument(
         "--retries",
@@ -161,9 +174,32 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             refresh_seconds=pick.as_float(
                 "refresh_interval", "MODEL_LOCALITY_REFRESH_SECONDS", default=defaults.refresh_seconds
             ),
+            insecure_registries=registries(pick("insecure_registries", "MODEL_LOCALITY_INSECURE_REGISTRIES")),
+            registry_auth_files=auth_files(
+                pick("registry_auth_file", "MODEL_LOCALITY_REGISTRY_AUTH_FILE"), environ
+            ),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from exc
     return settings.validate()
+
+
+def registries(text: str | None) -> tuple[str, ...]:
+    """``host[:port],...`` -> lower-cased registries; a URL or path is a ``ConfigError``."""
+    out = tuple(r.strip().lower() for r in (text or "").split(",") if r.strip())
+    bad = [r for r in out if "/" in r or "@" in r or " " in r]
+    if bad:
+        raise ConfigError(f"insecure registries are host[:port] names, not {bad[0]!r}")
+    return out
+
+
+def auth_files(explicit: str | None, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Where registry logins are looked up, in order: the flag, then what podman and docker read."""
+    files = [p for p in (explicit, environ.get("REGISTRY_AUTH_FILE")) if p]
+    if environ.get("DOCKER_CONFIG"):
+        files.append(str(Path(environ["DOCKER_CONFIG"]) / "config.json"))
+    if environ.get("HOME"):
+        files.append(str(Path(environ["HOME"]) / ".docker" / "config.json"))
+    return tuple(files)
