@@ -16,8 +16,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
-from agent.fetch.sources.base import Source, SourceError
+from agent.fetch.sources.base import Source, SourceError, Unpacker, archives
 from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
 from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
@@ -90,7 +91,8 @@ class Fetcher:
     async def run(self, files: Sequence[RemoteFile], done: dict[ChunkKey, str]) -> dict[ChunkKey, str]:
         """Fetch what ``done`` lacks; raise ``SourceError``, ``OSError`` or ``CancelledError``."""
         loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="fetch")
+        groups = archives(self.source, files)  # files unpacked from archives, not ranged
+        pool = ThreadPoolExecutor(max_workers=self.concurrency + bool(groups), thread_name_prefix="fetch")
         try:
             await loop.run_in_executor(pool, self._open_files, files)
             bad = await loop.run_in_executor(pool, self._recheck, files, dict(done))
@@ -100,13 +102,17 @@ class Fetcher:
             by_path = {f.path: f for f in files}
             for path, index in done:
                 self._on_bytes(self._chunk_len(by_path[path], index))
+            unpacked = {f.path for group in groups.values() for f in group}
+            ranged = [f for f in files if f.path not in unpacked]
             todo = deque(
-                item for item in chunk_plan(files, self.chunk_bytes) if (item[0].path, item[1]) not in done
+                item for item in chunk_plan(ranged, self.chunk_bytes) if (item[0].path, item[1]) not in done
             )
             workers = [
                 asyncio.create_task(self._worker(pool, todo, done))
                 for _ in range(min(self.concurrency, len(todo)))
             ]
+            if groups:
+                workers.append(asyncio.create_task(self._unpack_all(pool, groups, done)))
             try:
                 await asyncio.gather(*workers)
             finally:
@@ -166,6 +172,33 @@ class Fetcher:
                     await asyncio.sleep(self.retry.delay(attempt))
             await self._finish(pool, file, index, job, done)
 
+    async def _unpack_all(
+        self, pool: ThreadPoolExecutor, groups: dict[str, list[RemoteFile]], done: dict[ChunkKey, str]
+    ) -> None:
+        """One archive at a time, beside the ranged workers; its files' chunks are digested after."""
+        loop = asyncio.get_running_loop()
+        source = cast(Unpacker, self.source)
+        for archive, group in groups.items():
+            files = [f for f in group if not all(k in done for k in self._keys(f))]
+            if not files:
+                continue
+            fds = {f.path: self._fds[f.path] for f in files}
+            for attempt in range(1, self.retry.attempts + 1):
+                try:
+                    await loop.run_in_executor(pool, source.unpack, archive, fds, self._stop, self._on_bytes)
+                    break
+                except SourceError as exc:
+                    if exc.permanent or attempt >= self.retry.attempts:
+                        raise
+                    tries = f"{attempt}/{self.retry.attempts}"
+                    log.warning("retrying archive %s after try %s: %s", archive, tries, exc.message)
+                    await asyncio.sleep(self.retry.delay(attempt))
+            for f in files:
+                await self._record_whole(pool, f, done)
+
+    def _keys(self, file: RemoteFile) -> list[ChunkKey]:
+        return [(file.path, i) for i in range(chunk_count(file.size, self.chunk_bytes))]
+
     async def _finish(
         self, pool: ThreadPoolExecutor, file: RemoteFile, index: int, job: ChunkJob, done: dict[ChunkKey, str]
     ) -> None:
@@ -174,7 +207,12 @@ class Fetcher:
             done[key] = job.hasher.hexdigest()
             self.staging.record(key, done[key])
             return
-        # A whole file from an origin without Range support: digest its chunks by reading back.
+        await self._record_whole(pool, file, done)
+
+    async def _record_whole(
+        self, pool: ThreadPoolExecutor, file: RemoteFile, done: dict[ChunkKey, str]
+    ) -> None:
+        """A file written whole (no Range support, or unpacked): digest its chunks by reading back."""
         digests = await asyncio.get_running_loop().run_in_executor(pool, self._hash_file, file)
         for i, digest in enumerate(digests):
             done[(file.path, i)] = digest

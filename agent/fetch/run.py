@@ -14,10 +14,11 @@ import logging
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.config import Settings
 from agent.fetch.chunks import ByteCounter, Fetcher, RetryPolicy
-from agent.fetch.sources import Source, SourceError, Timeouts, open_source
+from agent.fetch.sources import RegistryOptions, Source, SourceError, Timeouts, open_source
 from agent.store.cache import Store
 from agent.store.errors import FetchFailed, NoSpace
 from agent.store.files import RemoteFile, revision_of
@@ -57,7 +58,10 @@ class Fetches:
         )
         timeouts = Timeouts(connect=settings.connect_timeout, read=settings.read_timeout)
         # The benchmark injects a listing that nginx cannot give.
-        self._sources = sources or (lambda ref: open_source(ref, timeouts))
+        registries = RegistryOptions(
+            frozenset(settings.insecure_registries), tuple(map(Path, settings.registry_auth_files))
+        )
+        self._sources = sources or (lambda ref: open_source(ref, timeouts, registries))
 
     async def fetch(
         self,

@@ -5,7 +5,8 @@ This is the data half of the door between the fetch path and the store: a source
 ``agent.store.commit``). ``revision_of`` names what the origin says the content is.
 
 A Hugging Face model's revision is its commit sha (every file of it carries that sha as its
-``version``: 40 hex digits, which no S3 VersionId or HTTP date is); any other model's is 16 hex
+``version``: 40 hex digits, which no S3 VersionId or HTTP date is), an OCI model's its manifest
+digest (64 hex digits, the sha256 without ``sha256:``); any other model's is 16 hex
 digits of xxh3_64 over ``path\\0size\\0pin\\n`` lines of its files, where ``pin`` is the ETag, else
 the origin checksum, else the version (HTTP Last-Modified) of each file. Re-uploading the same
 bytes under S3 versioning keeps the ETag and so the revision: it names content, not uploads.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_COMMIT = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")  # a Hub commit, an OCI manifest digest
 SHORT = 8  # hex digits of a revision in directory names (``models/<id>@<rev8>``)
 
 

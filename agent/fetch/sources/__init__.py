@@ -1,14 +1,17 @@
-"""Model sources: list a model URI's files and say how to GET their bytes (S3, HTTP, Hugging Face)."""
+"""Model sources: list a model URI's files and say how to GET their bytes (S3, HTTP, Hugging Face, OCI)."""
 
 from __future__ import annotations
 
 from agent.fetch.sources.base import HttpTarget, Source, SourceError, checked_files
+from agent.fetch.sources.oci_client import RegistryOptions
 from agent.fetch.sources.timeouts import Timeouts
 from agent.store.files import RemoteFile
 from locality.identity import ModelRef
 
 
-def open_source(ref: ModelRef, timeouts: Timeouts | None = None) -> Source:
+def open_source(
+    ref: ModelRef, timeouts: Timeouts | None = None, registries: RegistryOptions | None = None
+) -> Source:
     """The source for ``ref``'s scheme; the S3 one is imported lazily (it loads boto3)."""
     if ref.scheme == "s3":
         from agent.fetch.sources.s3 import S3Source
@@ -18,9 +21,22 @@ def open_source(ref: ModelRef, timeouts: Timeouts | None = None) -> Source:
         from agent.fetch.sources.hf import HfSource
 
         return HfSource(ref, timeouts)
+    if ref.scheme == "oci":
+        from agent.fetch.sources.oci import OciSource
+
+        return OciSource(ref, timeouts, registries)
     from agent.fetch.sources.http import HttpSource
 
     return HttpSource(ref, timeouts)
 
 
-__all__ = ["HttpTarget", "RemoteFile", "Source", "SourceError", "Timeouts", "checked_files", "open_source"]
+__all__ = [
+    "HttpTarget",
+    "RegistryOptions",
+    "RemoteFile",
+    "Source",
+    "SourceError",
+    "Timeouts",
+    "checked_files",
+    "open_source",
+]

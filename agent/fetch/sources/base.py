@@ -7,7 +7,8 @@ separate concerns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,6 +55,29 @@ class Source(Protocol):
     def target(self, file: RemoteFile) -> HttpTarget: ...
 
     async def close(self) -> None: ...
+
+
+class Unpacker(Protocol):
+    """A source some of whose files are unpacked from archives (OCI tar layers), not ranged:
+    ``unpack`` streams one archive and writes the files ``fds`` names (path -> staging fd)."""
+
+    def archive_of(self, file: RemoteFile) -> str | None: ...
+
+    def unpack(
+        self, archive: str, fds: Mapping[str, int], stop: threading.Event, on_bytes: Callable[[int], None]
+    ) -> None: ...
+
+
+def archives(source: object, files: Sequence[RemoteFile]) -> dict[str, list[RemoteFile]]:
+    """Archive -> the files unpacked from it; empty for a source that only ranges."""
+    archive_of: Callable[[RemoteFile], str | None] | None = getattr(source, "archive_of", None)
+    out: dict[str, list[RemoteFile]] = {}
+    if archive_of is None:
+        return out
+    for f in files:
+        if (archive := archive_of(f)) is not None:
+            out.setdefault(archive, []).append(f)
+    return out
 
 
 def checked_files(uri: str, files: Iterable[RemoteFile]) -> list[RemoteFile]:

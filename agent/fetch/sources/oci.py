@@ -34,6 +34,7 @@ from agent.fetch.sources.oci_manifest import (
 )
 from agent.fetch.sources.oci_tar import LayerScan, Member, TarRefused, Tree, Verified, scan, unpack
 from agent.fetch.sources.timeouts import Timeouts
+from agent.fetch.sources.transfer import Stopped
 from agent.store.files import RemoteFile
 from locality.identity import ModelRef
 from locality.ociuri import OciModel, parse_oci
@@ -84,7 +85,7 @@ class OciSource:
         except TarRefused as exc:
             raise SourceError(f"{self.uri}: {exc}", permanent=True) from None
         except InterruptedError:
-            raise
+            raise Stopped() from None
         except OSError as exc:
             raise SourceError(f"{self.uri}: reading layer {archive}: {exc}", permanent=False) from None
         finally:
