@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -88,22 +87,3 @@ def verbosity(args: argparse.Namespace) -> int:
     """-1 with ``--quiet``, else the number of ``-v``."""
     return -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", 0) or 0)
 
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` for ``web.run_app(sock=...)``; a port in use (or a bad
-    address) is a one-line ``CliError`` here instead of a traceback from inside the server."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sock

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from locality.cli import add_common_flags, listen_socket, run_verb
+from locality.cli import add_common_flags, run_verb
 from locality.httpkit import QuietProbeAccessLogger
+from locality.serve import serve
 from locality.settings import ConfigError
 from scheduler_extender.config import Settings, add_serve_args, settings_from_args
 
@@ -57,14 +59,16 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             await kube.close()
 
         app.on_cleanup.append(close_kube)
-    web.run_app(
-        app,
-        sock=listen_socket(settings.host, settings.port),
-        access_log_class=AccessLogger,
-        shutdown_timeout=settings.grace_seconds,
-        print=None,
+    return asyncio.run(
+        serve(
+            app,
+            prog="model-extender serve",
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.grace_seconds,
+            access_log_class=AccessLogger,
+        )
     )
-    return 0
 
 
 class AccessLogger(QuietProbeAccessLogger):

@@ -7,17 +7,14 @@ import asyncio
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from aiohttp import web
-
 from locality.agentclient import AgentError, client_token_file, file_token, wait_ready
 from locality.cli import add_common_flags, verbosity
-from locality.httpkit import QuietProbeAccessLogger
+from locality.serve import serve as serve_app
 from locality.settings import setup_logging
 from serving.app import Deps, create_app, drain
 from serving.config import ConfigError, Settings, add_arguments, settings_from_args
@@ -62,10 +59,10 @@ def default_deps(settings: Settings) -> Deps:
         return importlib.import_module("serving.model")  # torch: seconds, overlapped with the wait
 
     def load(model_dir: Path) -> Embedder:
-        from serving import model
+        from serving import loading  # no torch: a CPU load reads the weights while torch imports
 
         check = settings.verify == "stream"  # "full" checked before, in a pass of its own
-        return model.load(model_dir, device=settings.device, threads=settings.threads, check=check)
+        return loading.load(model_dir, device=settings.device, threads=settings.threads, check=check)
 
     return Deps(resolve=resolve, load=load, prepare=prepare)
 
@@ -89,37 +86,20 @@ async def wait_for_agent(settings: Settings) -> Path:
 
 async def serve(settings: Settings, deps: Deps) -> int:
     """Listen at once (probes answer while loading); exit 1 on a failed start, 0 after a drain."""
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[str | None] = loop.create_future()  # a failure message, or None on a signal
+    failed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    def finish(message: str | None) -> None:
-        if not outcome.done():
-            outcome.set_result(message)
+    def fail(message: str) -> None:
+        if not failed.done():
+            failed.set_result(message)
 
-    app = create_app(settings, replace(deps, on_fatal=finish))
-    runner = web.AppRunner(app, access_log_class=QuietProbeAccessLogger, handle_signals=False)
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            print(
-                f"model-serve: cannot listen on {settings.host}:{settings.port}: "
-                f"{os.strerror(exc.errno) if exc.errno else exc}",  # aiohttp's strerror is a sentence
-                file=sys.stderr,
-            )
-            return 1
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, finish, None)
-        log.info("listening on %s:%d", settings.host, settings.port)
-        failure = await outcome
-        if failure is not None:
-            print(f"model-serve: {failure}", file=sys.stderr)
-            return 1
-        log.info("stop signal: draining for up to %.0fs", settings.grace_seconds)
-        await drain(app, settings.grace_seconds)
-        return 0
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
+    app = create_app(settings, replace(deps, on_fatal=fail))
+    return await serve_app(
+        app,
+        prog="model-serve",
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.grace_seconds,
+        # Admitted requests finish (new ones get 503, readiness drops) before the listener closes.
+        before_stop=lambda: drain(app, settings.grace_seconds),
+        failed=failed,
+    )

@@ -20,8 +20,8 @@ from agent.config import (
     add_server_args,
     settings_from_args,
 )
-from locality.cli import CliError, listen_socket
-from locality.httpkit import QuietProbeAccessLogger
+from locality.cli import CliError
+from locality.serve import serve
 from locality.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,17 +85,17 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             await kube.close()
 
         app.on_cleanup.append(close_kube)
-    web.run_app(
-        app,
-        sock=listen_socket(settings.host, settings.port),
-        access_log_class=QuietProbeAccessLogger,
-        # SIGTERM budget: <= grace/4 for open requests, then cleanup_ctx spends <= grace/2
-        # checkpointing fetches and <= min(5, grace/4) on a last Node sync.
-        shutdown_timeout=settings.grace_seconds / 4,
-        print=lambda text: log.info("%s", text.strip()),
-        handle_signals=True,
+    # SIGTERM budget: <= grace/4 for open requests, then cleanup_ctx spends <= grace/2
+    # checkpointing fetches and <= min(5, grace/4) on a last Node sync.
+    return asyncio.run(
+        serve(
+            app,
+            prog="model-agent serve",
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.grace_seconds / 4,
+        )
     )
-    return 0
 
 
 def _check_cache_dir(root: Path) -> None:
