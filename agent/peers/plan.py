@@ -97,8 +97,12 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
         if claimed(chunk, board.peers):
             board.unclaimed_since.pop(chunk, None)
             continue
-        if origin_owner(chunk, fetchers) == board.me:
+        owner = origin_owner(chunk, fetchers)
+        if owner == board.me:
             return Step("origin", chunk)
+        if board.peers[owner].origin_inflight:  # the owner is working through its share
+            board.unclaimed_since.pop(chunk, None)
+            continue
         since = board.unclaimed_since.setdefault(chunk, now)
         if now - since >= limits.orphan_grace:
             return Step("origin", chunk)

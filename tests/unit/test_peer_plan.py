@@ -117,6 +117,18 @@ def test_an_orphaned_chunk_is_taken_from_the_origin_after_the_grace() -> None:
     assert next_step(board, 13.0, limits) == Step("origin", theirs)
 
 
+def test_a_busy_owner_is_waited_for_an_idle_one_is_not() -> None:
+    theirs = owned_by(OTHER, BOTH)
+    other_chunk = next(c for c in CHUNKS if c != theirs)
+    working = PeerView(origin_inflight=frozenset({other_chunk}), fetching=True)
+    board = Board(ME, [theirs], {OTHER: working})
+    assert next_step(board, 0.0) == Step("wait")
+    assert next_step(board, 1000.0) == Step("wait")
+    board.peers[OTHER] = PeerView(fetching=True)  # idle: it reads nothing from the origin
+    assert next_step(board, 1000.0) == Step("wait")
+    assert next_step(board, 1003.0) == Step("origin", theirs)
+
+
 def test_a_chunk_the_owner_is_reading_is_never_an_orphan() -> None:
     theirs = owned_by(OTHER, BOTH)
     board = Board(ME, [theirs], {OTHER: PeerView(origin_inflight=frozenset({theirs}), fetching=True)})

@@ -1,0 +1,390 @@
+"""A fetch that takes each chunk from the best source: a peer that holds it verified, else the origin.
+
+``SwarmFetcher`` is a ``Fetcher`` (same staging, journal, data path and origin retries) whose
+workers ask the planner (``agent.peers.plan``) what to do next. A poller reads every known
+peer's chunk map each ``poll_seconds``; a peer's chunk counts only for the same revision, chunk
+size and origin file (``agent.peers.chunkmap``). Each chunk from a peer is hashed in-stream and
+must equal the digest another peer advertises (``expected_digest``); a peer that sends a bad chunk
+is dropped for this fetch, logged and counted, and the chunk comes from elsewhere. Peers that
+time out or fail twice are dropped too; what they held or were reading falls back to the origin.
+While it runs, this fetch's verified chunks are served to others (``Holdings``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from agent.fetch.chunks import Fetcher
+from agent.fetch.sources.base import HttpTarget, Source, SourceError
+from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
+from agent.peers.chunkmap import BadMap, FileId, expected_digest, map_from_json, usable_chunks
+from agent.peers.holdings import Holdings, LiveFetch
+from agent.peers.metrics import PeerMetrics
+from agent.peers.plan import Board, ChunkId, Limits, PeerView, next_step
+from agent.store.files import RemoteFile
+from agent.store.staging import ChunkKey, Staging
+
+log = logging.getLogger(__name__)
+
+
+class Directory(Protocol):
+    """Where peers are found (``agent.peers.directory``): names and base URLs of agents that hold
+    or fetch a model, and this agent's own name among them."""
+
+    me: str
+
+    async def peers(self, model_id: str, revision: str) -> dict[str, str]: ...
+
+    async def joined(self, model_id: str, revision: str) -> None: ...
+
+
+@dataclass
+class PeerNet:
+    """What a fetch needs to use peers (one per agent)."""
+
+    directory: Directory
+    token: Callable[[], str]
+    holdings: Holdings
+    metrics: PeerMetrics
+    limits: Limits = field(default_factory=Limits)
+    peer_timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
+    poll_seconds: float = 0.5
+    rediscover_seconds: float = 15.0
+
+
+@dataclass
+class Tally:
+    """Where one fetch's bytes came from."""
+
+    origin_bytes: int = 0
+    peer_bytes: dict[str, int] = field(default_factory=dict)
+    bad_chunks: int = 0
+    dropped: set[str] = field(default_factory=set)
+
+    def line(self) -> str:
+        peers = sum(self.peer_bytes.values())
+        return (
+            f"{self.origin_bytes} bytes from the origin, {peers} from {len(self.peer_bytes)} peers"
+            f", {self.bad_chunks} bad chunks, {len(self.dropped)} peers dropped"
+        )
+
+
+class SwarmFetcher(Fetcher):
+    """A ``Fetcher`` over the origin and peers (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: Source,
+        staging: Staging,
+        *,
+        net: PeerNet,
+        model_id: str,
+        revision: str,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(source, staging, **kwargs)  # type: ignore[arg-type]
+        self.net, self.model_id, self.revision = net, model_id, revision
+        self.tally = Tally()
+        self._urls: dict[str, str] = {}
+        self._advertised: dict[str, dict[ChunkId, str]] = {}
+        self._failures: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._no_peers: set[ChunkId] = set()  # contested chunks: from the origin only
+        self._board = Board("", [])
+
+    async def run(self, files: Sequence[RemoteFile], done: dict[ChunkKey, str]) -> dict[ChunkKey, str]:
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="swarm")
+        ours = {f.path: FileId(f.size, f.etag, f.version, f.checksum) for f in files}
+        live = LiveFetch(self.model_id, self.revision, self.chunk_bytes, ours, self.staging.files_dir, done)
+        try:
+            await loop.run_in_executor(pool, self._open_files, files)
+            bad = await loop.run_in_executor(pool, self._recheck, files, dict(done))
+            if bad:
+                self.staging.forget(bad, done)
+            by_path = {f.path: f for f in files}
+            for path, index in done:
+                self._on_bytes(self._chunk_len(by_path[path], index))
+            todo = [
+                (f.path, i)
+                for f in files
+                for i in range(-(-f.size // self.chunk_bytes))
+                if (f.path, i) not in done
+            ]
+            board = self._board = Board(self.net.directory.me, todo)
+            self.net.holdings.start(live)
+            await self.net.directory.joined(self.model_id, self.revision)
+            await self._swarm(pool, board, by_path, ours, (live, done))
+        finally:
+            self.net.holdings.finish(self.model_id)
+            self._halt()
+            pool.shutdown(wait=True)
+            for reader in self._readers:
+                reader.close()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        log.info("fetched model %s revision %s: %s", self.model_id, self.revision, self.tally.line())
+        return done
+
+    async def _swarm(
+        self,
+        pool: ThreadPoolExecutor,
+        board: Board,
+        by_path: dict[str, RemoteFile],
+        ours: dict[str, FileId],
+        into: tuple[LiveFetch, dict[ChunkKey, str]],
+    ) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.net.peer_timeout)) as http:
+            poller = asyncio.create_task(self._poll(http, board, ours))
+            try:
+                await self._first_round(board)
+                workers = [
+                    asyncio.create_task(self._pull(pool, board, by_path, into))
+                    for _ in range(min(self.concurrency, max(1, len(board.todo))))
+                ]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    self._halt()
+                    for task in workers:
+                        task.cancel()
+                    await asyncio.gather(*workers, return_exceptions=True)
+            finally:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
+
+    async def _first_round(self, board: Board) -> None:
+        """Wait for the first poll; when peers are known but none fetches yet, one more, so that
+        agents starting together see each other before anyone reads the whole model alone."""
+        for _ in range(2):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.net.poll_seconds * 4)
+            if not self._urls or len(board.fetchers()) > 1:
+                return
+
+    async def _pull(
+        self,
+        pool: ThreadPoolExecutor,
+        board: Board,
+        by_path: dict[str, RemoteFile],
+        into: tuple[LiveFetch, dict[ChunkKey, str]],
+    ) -> None:
+        live, done = into
+        loop = asyncio.get_running_loop()
+        origin = RangeReader(
+            self._stop, timeout=self.retry.read_timeout, connect_timeout=self.retry.connect_timeout
+        )
+        peers = RangeReader(self._stop, timeout=self.net.peer_timeout, connect_timeout=self.net.peer_timeout)
+        self._readers += [origin, peers]
+        while board.todo:
+            step = next_step(board, loop.time(), self.net.limits)
+            if step.kind == "wait" or step.chunk is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.2)
+                continue
+            chunk = step.chunk
+            file = by_path[chunk[0]]
+            job = self._job(file, chunk[1])
+            board.taken.add(chunk)
+            try:
+                if step.kind == "peer" and step.peer is not None:
+                    ok = await self._busy(
+                        board, step.peer, self._from_peer(pool, peers, file, job, (chunk, step.peer))
+                    )
+                else:
+                    live.origin_inflight.add(chunk)
+                    board.origin_busy += 1
+                    try:
+                        ok = await self._from_origin(pool, origin, file, chunk, job)
+                    finally:
+                        board.origin_busy -= 1
+                        live.origin_inflight.discard(chunk)
+                if ok:
+                    await self._finish(pool, file, chunk[1], job, done)
+                    board.todo.remove(chunk)
+            finally:
+                board.taken.discard(chunk)
+                self._wake.set()
+
+    async def _busy(self, board: Board, peer: str, work: Awaitable[bool]) -> bool:
+        view = board.peers.get(peer)
+        if view is not None:
+            board.peers[peer] = dataclasses.replace(view, busy=view.busy + 1)
+        try:
+            return await work
+        finally:
+            view = board.peers.get(peer)
+            if view is not None:
+                board.peers[peer] = dataclasses.replace(view, busy=max(0, view.busy - 1))
+
+    async def _from_origin(
+        self, pool: ThreadPoolExecutor, reader: RangeReader, file: RemoteFile, chunk: ChunkId, job: ChunkJob
+    ) -> bool:
+        """The origin path of ``Fetcher``: retries with back-off, resuming within the chunk."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+
+        def count(n: int) -> None:
+            self.tally.origin_bytes += n
+            self.net.metrics.origin_bytes.inc(n)
+            self._on_bytes(n)
+
+        while True:
+            before = job.received
+            try:
+                target = await loop.run_in_executor(pool, self.source.target, file)
+                await loop.run_in_executor(pool, reader.fetch, target, job, file.etag, count)
+                return True
+            except SourceError as exc:
+                if exc.permanent:
+                    raise
+                attempt = 0 if job.received > before else attempt + 1
+                if attempt >= self.retry.attempts:
+                    raise SourceError(
+                        f"{exc.message} (gave up after {attempt} tries)", permanent=False
+                    ) from exc
+                log.warning(
+                    "retrying %s chunk %d after try %d: %s", file.path, chunk[1], attempt, exc.message
+                )
+                await asyncio.sleep(self.retry.delay(attempt))
+
+    async def _from_peer(
+        self,
+        pool: ThreadPoolExecutor,
+        reader: RangeReader,
+        file: RemoteFile,
+        job: ChunkJob,
+        what: tuple[ChunkId, str],
+    ) -> bool:
+        """One try of chunk ``what[0]`` from peer ``what[1]``; False (the chunk stays to do) if it fails."""
+        chunk, peer = what
+        if chunk not in self._advertised.get(peer, {}):
+            return False  # a stale view: the peer was dropped or no longer has it
+        want = expected_digest(chunk, peer, self._advertised)
+        if want is None:
+            self._contested(chunk)
+            return False
+        target = HttpTarget(
+            url=f"{self._urls[peer]}/v1/peer/models/{self.model_id}/files/{quote(file.path)}"
+            f"?revision={quote(self.revision)}",
+            headers=(("Authorization", f"Bearer {self.net.token()}"),),
+        )
+        job.restart()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                pool, reader.fetch, target, job, None, self._on_bytes
+            )
+        except (SourceError, Stopped, OSError) as exc:
+            self._on_bytes(-job.received)
+            if self._stop.is_set():
+                raise
+            busy = isinstance(exc, SourceError) and "HTTP 503" in exc.message
+            self._failed(peer, "busy" if busy else f"transfer failed: {exc}")
+            job.restart()
+            return False
+        if job.hasher.hexdigest() != want:
+            self._on_bytes(-job.received)
+            self.tally.bad_chunks += 1
+            self.net.metrics.peer_errors.labels("digest").inc()
+            self._drop(peer, f"chunk {file.path}#{chunk[1]} did not match its digest")
+            job.restart()
+            return False
+        self.tally.peer_bytes[peer] = self.tally.peer_bytes.get(peer, 0) + job.received
+        self.net.metrics.peer_bytes.labels("received").inc(job.received)
+        self._failures.pop(peer, None)
+        return True
+
+    def _contested(self, chunk: ChunkId) -> None:
+        """Peers disagree about a chunk's digest: nobody's copy of it is used, the origin's is."""
+        self._no_peers.add(chunk)
+        for chunks in self._advertised.values():
+            chunks.pop(chunk, None)
+        for name, view in self._board.peers.items():
+            self._board.peers[name] = dataclasses.replace(view, holds=view.holds - {chunk})
+
+    def _failed(self, peer: str, why: str) -> None:
+        if why == "busy":
+            return
+        self.net.metrics.peer_errors.labels("transfer").inc()
+        self._failures[peer] = self._failures.get(peer, 0) + 1
+        if self._failures[peer] >= 2:
+            self._drop(peer, why)
+
+    def _drop(self, peer: str, why: str) -> None:
+        if peer not in self.tally.dropped:
+            log.warning("model %s: dropping peer %s for this fetch: %s", self.model_id, peer, why)
+        self.tally.dropped.add(peer)
+        self._advertised.pop(peer, None)
+        self._board.peers.pop(peer, None)
+
+    async def _poll(self, http: aiohttp.ClientSession, board: Board, ours: dict[str, FileId]) -> None:
+        discovered = -1e18
+        while True:
+            now = time.monotonic()
+            if now - discovered >= self.net.rediscover_seconds:
+                discovered = now
+                try:
+                    found = await self.net.directory.peers(self.model_id, self.revision)
+                    self._urls.update(
+                        {n: u.rstrip("/") for n, u in found.items() if n != self.net.directory.me}
+                    )
+                except Exception as exc:  # the directory is a help, never a reason to fail
+                    log.warning("model %s: cannot list peers: %s", self.model_id, exc)
+            names = [n for n in self._urls if n not in self.tally.dropped]
+            views = await asyncio.gather(*(self._read_map(http, n, ours) for n in names))
+            for name, view in zip(names, views, strict=True):
+                busy = board.peers[name].busy if name in board.peers else 0
+                if view is None or name in self.tally.dropped:
+                    board.peers.pop(name, None)
+                else:
+                    board.peers[name] = dataclasses.replace(view, busy=busy)
+            for name in list(board.peers):
+                if name in self.tally.dropped:
+                    del board.peers[name]
+            self._wake.set()
+            await asyncio.sleep(self.net.poll_seconds)
+
+    async def _read_map(
+        self, http: aiohttp.ClientSession, name: str, ours: dict[str, FileId]
+    ) -> PeerView | None:
+        url = f"{self._urls[name]}/v1/peer/models/{self.model_id}"
+        try:
+            async with http.get(
+                url,
+                params={"revision": self.revision},
+                headers={"Authorization": f"Bearer {self.net.token()}"},
+            ) as resp:
+                if resp.status == 404:
+                    self._advertised.pop(name, None)
+                    return None
+                if resp.status != 200:
+                    raise BadMap(f"HTTP {resp.status}")
+                theirs = map_from_json(await resp.json())
+        except (aiohttp.ClientError, TimeoutError, BadMap, ValueError) as exc:
+            self.net.metrics.peer_errors.labels("map").inc()
+            log.debug("model %s: no chunk map from %s: %s", self.model_id, name, exc)
+            self._advertised.pop(name, None)
+            return None
+        usable = usable_chunks(theirs, self.revision, self.chunk_bytes, ours)
+        for chunk in self._no_peers & usable.keys():
+            del usable[chunk]
+        self._advertised[name] = usable
+        inflight = frozenset(c for c in theirs.origin_inflight if c[0] in ours)
+        return PeerView(
+            holds=frozenset(usable), origin_inflight=inflight, fetching=theirs.state == "fetching"
+        )
