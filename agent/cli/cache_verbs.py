@@ -14,9 +14,10 @@ from typing import Any
 from agent.cli.local_client import LocalAgent, error_of
 from agent.cli.render import ls_table, usage_line
 from agent.config import add_cache_args, settings_from_args
+from agent.face.socket import Daemon, open_for_cli
 from agent.fetch.cache import Cache, CacheError, Progress
 from agent.lifecycle.manager import cache_views
-from agent.store.lock import Busy, Daemon, open_for_cli
+from agent.store.lock import Busy
 from locality.cli import CliError
 from locality.identity import InvalidURI, model_ref
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.store.lock import short_path
+from agent.face.socket import short_path
 from locality.cli import CliError
 
 POLL_SECONDS = 0.2

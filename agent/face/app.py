@@ -21,11 +21,12 @@ from aiohttp import web
 
 from agent.config import Settings
 from agent.face.requests import REVISION_FIELDS, revision_fields
+from agent.face.socket import SOCKET_NAME, bind_socket
 from agent.fetch.cache import Cache
 from agent.lifecycle.manager import ModelManager
 from agent.lifecycle.views import public
 from agent.metrics import AgentMetrics
-from agent.store.lock import SOCKET_NAME, Busy, Owner, bind_socket, hold
+from agent.store.lock import Busy, Owner, hold
 from locality import errors
 from locality.auth import Authenticator, Rule, StaticToken, rules_table
 from locality.authmw import NoAuthenticator, auth_middleware, principal_of

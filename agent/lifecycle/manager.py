@@ -18,8 +18,8 @@ from typing import Any
 
 from agent.config import Settings
 from agent.fetch.cache import Cache, CacheError, Pinned, Progress, UnknownModel
-from agent.lifecycle.modelstate import ModelState
-from agent.lifecycle.pins import Pins, Wanted
+from agent.lifecycle.modelstate import ModelState, Wanted
+from agent.lifecycle.pins import Pins
 from agent.lifecycle.refresher import Refresher
 from agent.lifecycle.states import (
     MAX_ERROR_CHARS,

@@ -1,8 +1,13 @@
-"""``ModelState``: one model as the manager reports it and the Node should advertise it (pure)."""
+"""What the lifecycle reports and is told (pure): ``ModelState``, one model as the Node should
+advertise it; ``Wanted``, the models this node should hold with their pin reasons."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from locality.identity import ModelRef
+
+Wanted = dict[str, tuple[ModelRef, frozenset[str]]]  # model id -> (ref, pin reasons)
 
 
 @dataclass(frozen=True, slots=True)

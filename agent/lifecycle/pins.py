@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from agent.lifecycle.modelstate import Wanted
 from agent.store.cache import Store
 from agent.store.errors import CacheError, UnknownModel
-from locality.identity import ModelRef
 from locality.records import base_id
 
 log = logging.getLogger(__name__)
 
 PIN_PREFIXES = ("pod:", "distribution:")
-Wanted = dict[str, tuple[ModelRef, frozenset[str]]]
 
 
 class Pins:

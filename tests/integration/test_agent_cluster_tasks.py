@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from agent.config import Settings
 from agent.face.app import Deps, create_app
-from agent.lifecycle.pins import Wanted
+from agent.lifecycle.modelstate import Wanted
 from locality.kube import Kube
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.polling import eventually

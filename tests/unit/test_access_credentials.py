@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.cluster.access import without_credentials
-from locality.policy import AccessPolicy, Decision, decide, parse_policy
+from locality.access_policy import AccessPolicy, Decision, decide, parse_policy
 
 URI = "s3://models/team-a/llama"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from agent.cluster.access import AccessGate, filter_wanted, pod_namespace
-from agent.lifecycle.pins import Wanted
+from agent.lifecycle.modelstate import Wanted
 from locality import errors
 from locality.identity import ModelRef, model_ref
-from locality.policy import Decision
+from locality.access_policy import Decision
 
 A = model_ref("s3://models/team-a/llama")
 B = model_ref("s3://models/team-b/bert")

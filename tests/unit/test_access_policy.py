@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from locality.policy import AccessPolicy, InvalidPolicy, decide, parse_policy, prefix_matches
+from locality.access_policy import AccessPolicy, InvalidPolicy, decide, parse_policy, prefix_matches
 
 
 def policy(name: str, selector: Any, prefixes: list[str], secret: str | None = None) -> AccessPolicy:

@@ -6,7 +6,7 @@ import pytest
 
 from locality.identity import InvalidURI, model_ref
 from locality.ociuri import parse_oci
-from locality.policy import normalize_prefix, prefix_matches
+from locality.access_policy import normalize_prefix, prefix_matches
 
 D = "sha256:" + "ab" * 32
 

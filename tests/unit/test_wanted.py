@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.cluster.watchers import pod_model_refs, wanted_models, wanted_revisions
+from agent.cluster.wanted import pod_model_refs, wanted_models, wanted_revisions
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import model_ref
 
