@@ -35,6 +35,7 @@ JSON_PATCH = "application/json-patch+json"
 k8s_config: Any = _k8s_config
 
 Kind = Literal["nodes", "pods", "modeldistributions", "modelaccesspolicies"]
+WorkloadKind = Literal["Deployment", "HorizontalPodAutoscaler"]
 
 
 class KubeError(errors.Unavailable):
@@ -104,6 +105,8 @@ class Kube:
         self._authn = k8s.AuthenticationV1Api(api_client)
         self._authz = k8s.AuthorizationV1Api(api_client)
         self._admission = k8s.AdmissionregistrationV1Api(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
+        self._autoscaling = k8s.AutoscalingV2Api(api_client)
         self._timeout = request_timeout
         self._watches: set[Any] = set()  # open watch responses, shut down by close()
         self._lock = threading.Lock()
@@ -168,6 +171,15 @@ class Kube:
         if kind == "modeldistributions":
             return await self._call(self._custom.get_cluster_custom_object, GROUP, VERSION, PLURAL, name)
         raise ValueError(f"unknown kind {kind!r}")
+
+    async def get_workload(self, kind: WorkloadKind, namespace: str, name: str) -> dict[str, Any]:
+        """A Deployment (apps/v1) or HorizontalPodAutoscaler (autoscaling/v2), read only."""
+        if kind == "Deployment":
+            return await self._call(self._apps.read_namespaced_deployment, name, namespace)
+        if kind == "HorizontalPodAutoscaler":
+            read = self._autoscaling.read_namespaced_horizontal_pod_autoscaler
+            return await self._call(read, name, namespace)
+        raise ValueError(f"unknown workload kind {kind!r}")
 
     async def get_namespace(self, name: str) -> dict[str, Any]:
         return await self._call(self._core.read_namespace, name)

@@ -23,6 +23,7 @@ from scheduler_extender import distributions
 from scheduler_extender.config import Settings
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache, ProblemLog
+from scheduler_extender.startup import StartupTracker
 from scheduler_extender.verbs import CONTEXT, VerbContext, filter_handler, prioritize_handler
 from scheduler_extender.watches import WATCHES, Watches, run_watches
 
@@ -72,13 +73,22 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
         clock=deps.clock,
         observe_nodes=lambda verb, n: metrics.nodes_offered.labels(verb).observe(n),
     )
+    startup = StartupTracker(
+        cache.index.get, metrics, wall=deps.wall, timeout=settings.startup_timeout_seconds
+    )
     poke: Callable[[], None] = lambda: None  # noqa: E731
     if deps.kube is None:
         if deps.node_cache is None:
             cache.mark_synced()  # nothing will ever arrive: ready at once
     else:
         watches = Watches.build(
-            deps.kube, cache=cache, settings=settings, metrics=metrics, clock=deps.clock, wall=deps.wall
+            deps.kube,
+            cache=cache,
+            settings=settings,
+            metrics=metrics,
+            startup=startup,
+            clock=deps.clock,
+            wall=deps.wall,
         )
         app[WATCHES] = watches
         app.cleanup_ctx.append(run_watches)
@@ -96,7 +106,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler(metrics.registry), name="metrics")
-    ctx = distributions.DistContext(deps.kube, cache, deps.new_suffix, poke)
+    ctx = distributions.DistContext(deps.kube, cache, deps.new_suffix, poke, startup)
     static = StaticToken(settings.token) if settings.token else None
     authenticator = deps.authenticator or static or NoAuthenticator()
     app.add_subapp("/v1/", distributions.create_subapp(authenticator, ctx))

@@ -32,6 +32,9 @@ class Settings:
     resync_seconds: float = 300.0  # full re-list of Nodes and distributions
     status_interval_seconds: float = 5.0  # at most one status write per distribution per interval
     grace_seconds: float = 10.0
+    startup_timeout_seconds: float = 3600.0  # bound, not Ready after this: counted as not_ready
+    workload_poll_seconds: float = 15.0  # re-read of the Deployment/HPA of a `replicas: auto` distribution
+    default_cold_seconds: float = 300.0  # cold time to ready used until MIN_SAMPLES are measured
     webhook: WebhookSettings | None = None  # None: no admission webhook (no --webhook-port)
 
     @property
@@ -48,6 +51,8 @@ class Settings:
             raise ConfigError("max body size must be between 1 KiB and 2 GiB")
         if self.resync_seconds < 1 or self.status_interval_seconds < 0 or self.grace_seconds < 0:
             raise ConfigError("intervals must be positive")
+        if min(self.startup_timeout_seconds, self.workload_poll_seconds, self.default_cold_seconds) <= 0:
+            raise ConfigError("startup timeout, workload poll and default cold seconds must be positive")
         return self
 
 
@@ -86,6 +91,21 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="minimum seconds between status writes of one distribution (default 5)",
     )
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM grace period (default 10)")
+    parser.add_argument(
+        "--startup-timeout-seconds",
+        type=float,
+        help="an injected pod bound this long and not Ready counts as not_ready (default 3600)",
+    )
+    parser.add_argument(
+        "--workload-poll-seconds",
+        type=float,
+        help="re-read interval of the workload of a `replicas: auto` distribution (default 15)",
+    )
+    parser.add_argument(
+        "--default-cold-seconds",
+        type=float,
+        help="cold time to ready assumed until 3 cold starts of a model are measured (default 300)",
+    )
     add_webhook_args(parser)
 
 
@@ -113,6 +133,15 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
                 "status_interval_seconds", None, default=defaults.status_interval_seconds
             ),
             grace_seconds=pick.as_float("grace_seconds", None, default=defaults.grace_seconds),
+            startup_timeout_seconds=pick.as_float(
+                "startup_timeout_seconds", None, default=defaults.startup_timeout_seconds
+            ),
+            workload_poll_seconds=pick.as_float(
+                "workload_poll_seconds", None, default=defaults.workload_poll_seconds
+            ),
+            default_cold_seconds=pick.as_float(
+                "default_cold_seconds", None, default=defaults.default_cold_seconds
+            ),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

@@ -5,6 +5,8 @@
 live in the Kubernetes API (``locality.kube``), so ``kubectl apply`` of the same object works and a
 restarted extender loses nothing. Every call, reads included, needs the bearer token: model URIs
 may carry signed query strings. ``replicas`` defaults to ``"all"``, as in the CRD.
+``GET /v1/models/{id}/startup``: the model's measured time to ready (``startup.py``), readable by
+whoever may list distributions.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from locality.jsonbody import decode_json
 from locality.kube import Conflict, Kube, KubeError, NotFound
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import InvalidSpec, Spec, as_object, node_view, parse_spec
+from scheduler_extender.startup import StartupTracker
 from scheduler_extender.targets import choose_targets
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_MODEL_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DistContext:
     cache: NodeCache
     new_suffix: Callable[[], str]
     poke: Callable[[], None]  # wake the reconciler (a new or deleted distribution)
+    startup: StartupTracker | None = None  # time-to-ready samples of injected pods
 
     def require_kube(self) -> Kube:
         if self.kube is None:
@@ -58,6 +63,7 @@ RULES = rules_table(
         ("GET", "distributions-list", Rule("list", "modeldistributions")),
         ("GET", "distributions-get", Rule("get", "modeldistributions", name_from="name")),
         ("DELETE", "distributions-delete", Rule("delete", "modeldistributions", name_from="name")),
+        ("GET", "models-startup", Rule("list", "modeldistributions")),
     ]
 )
 
@@ -73,7 +79,19 @@ def create_subapp(authenticator: Authenticator, ctx: DistContext) -> web.Applica
     app.router.add_get("/distributions", list_all, name="distributions-list")
     app.router.add_get("/distributions/{name}", get_one, name="distributions-get")
     app.router.add_delete("/distributions/{name}", delete, name="distributions-delete")
+    app.router.add_get("/models/{model}/startup", startup_summary, name="models-startup")
     return app
+
+
+async def startup_summary(request: web.Request) -> web.Response:
+    """Time to ready of one model (16 hex digits, ``modelId`` in a distribution's status)."""
+    model = request.match_info["model"]
+    if not _MODEL_ID.match(model):
+        raise errors.Invalid(f"{model[:100]!r} is not a model id (16 hex digits, e.g. status.modelId)")
+    tracker = request.app[DIST].startup
+    if tracker is None:
+        raise errors.Unavailable("time to ready is not tracked here")
+    return web.json_response(tracker.summary(model))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -184,4 +202,5 @@ def view(obj: dict[str, Any], cache: NodeCache, spec: Spec | None = None) -> dic
         "ready": sum(1 for t in targets if nodes.get(t, {}).get("state") == "ready"),
         "nodes": nodes,
         "conditions": status.get("conditions") or [],
+        **({"workload": spec.as_dict()["workload"], "auto": status.get("auto")} if spec.workload else {}),
     }

@@ -16,6 +16,8 @@ from locality.httpkit import timing_middleware
 # The scheduler waits on filter (serially) with a 2-5 s timeout; the interesting range is sub-ms to 1 s.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DISTRIBUTION_STATES = ("pending", "progressing", "ready", "unsatisfiable")
+# Binding -> wait container done / Ready: a warm start takes seconds, a cold one up to the wait timeout.
+STARTUP_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
 
 
 class Metrics:
@@ -89,6 +91,30 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+        self.startup = Histogram(
+            "model_locality_startup_seconds",
+            "Seconds from binding to the end of the wait init container (phase=wait) and to Ready "
+            "(phase=ready) of injected pods, by model id and kind of start (warm, fetching, cold)",
+            ["model", "kind", "phase"],
+            buckets=STARTUP_BUCKETS,
+            registry=r,
+        )
+        self.startup_abandoned = Counter(
+            "model_locality_startup_abandoned",
+            "Injected pods that restarted, failed, were deleted or never became Ready before "
+            "their first Ready (not counted as starts), by model id, kind of start and reason",
+            ["model", "kind", "reason"],
+            registry=r,
+        )
+
+    def observe(self, model: str, kind: str, phase: str, seconds: float) -> None:
+        """A time-to-ready sample (``startup.Recorder``)."""
+        self.startup.labels(model, kind, phase).observe(seconds)
+
+    def abandoned(self, model: str, kind: str, reason: str) -> None:
+        """A start that did not end Ready (``startup.Recorder``)."""
+        self.startup_abandoned.labels(model, kind, reason).inc()
 
     def track_node_cache(
         self, size: Callable[[], int], age: Callable[[], float], synced: Callable[[], bool]

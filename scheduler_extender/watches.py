@@ -1,4 +1,5 @@
-"""Background work of a connected extender: the Node and ModelDistribution watches, the reconciler.
+"""Background work of a connected extender: the Node, ModelDistribution and injected-pod watches,
+the reconciler.
 
 Started and stopped with the app (``cleanup_ctx``); a task that dies is logged at once and
 restarted after a pause, so the scheduler verbs never lose their node cache silently.
@@ -20,6 +21,8 @@ from scheduler_extender.config import Settings
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.reconcile import Reconciler
+from scheduler_extender.startup import POD_SELECTOR, StartupTracker
+from scheduler_extender.workloads import Workloads
 
 log = logging.getLogger(__name__)
 RESTART_PAUSE_SECONDS = 1.0
@@ -31,6 +34,7 @@ class Watches:
 
     nodes: Informer
     distributions: Informer
+    pods: Informer  # only pods the webhook labelled: their time to ready (startup.py)
     reconciler: Reconciler
 
     @classmethod
@@ -41,6 +45,7 @@ class Watches:
         cache: NodeCache,
         settings: Settings,
         metrics: Metrics,
+        startup: StartupTracker,
         clock: Callable[[], float],
         wall: Callable[[], float],
     ) -> Watches:
@@ -56,6 +61,14 @@ class Watches:
             resync_seconds=settings.resync_seconds,
             clock=clock,
         )
+        pods = Informer(
+            kube,
+            "pods",
+            label_selector=POD_SELECTOR,
+            on_event=startup.apply,
+            resync_seconds=settings.resync_seconds,
+            clock=clock,
+        )
         reconciler = Reconciler(
             kube,
             cache,
@@ -66,9 +79,12 @@ class Watches:
             wall=wall,
             metrics=metrics,
             ready=lambda: nodes.synced.is_set() and dists.synced.is_set(),
+            workloads=Workloads(kube, ttl=settings.workload_poll_seconds, clock=clock),
+            cold_seconds=startup.cold_seconds,
+            default_cold_seconds=settings.default_cold_seconds,
         )
         cache.attach(nodes.synced.is_set, lambda: nodes.last_sync)
-        return cls(nodes, dists, reconciler)
+        return cls(nodes, dists, pods, reconciler)
 
 
 WATCHES = web.AppKey("watches", Watches)
@@ -83,6 +99,7 @@ async def run_watches(app: web.Application) -> AsyncIterator[None]:
         supervised(
             "distribution watch", watches.distributions.run, restart_delay=pause, restart_on_return=True
         ),
+        supervised("pod watch", watches.pods.run, restart_delay=pause, restart_on_return=True),
         supervised("reconciler", watches.reconciler.run, restart_delay=pause, restart_on_return=True),
     ]
     yield

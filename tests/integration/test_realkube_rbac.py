@@ -39,7 +39,13 @@ EXTENDER: list[Row] = [
     ("patch", MD, "modeldistributions", "status", None, "d", True),
     ("update", MD, "modeldistributions", "status", None, "d", True),
     ("patch", "", "nodes", "", None, "node-a", False),
-    ("list", "", "pods", "", None, None, False),
+    ("list", "", "pods", "", None, None, True),  # time to ready: a label-selected watch
+    ("watch", "", "pods", "", None, None, True),
+    ("get", "", "pods", "", "ml", "p", False),
+    ("get", "apps", "deployments", "", "ml", "serve", True),  # replicas: auto
+    ("get", "autoscaling", "horizontalpodautoscalers", "", "ml", "serve", True),
+    ("list", "autoscaling", "horizontalpodautoscalers", "", None, None, False),
+    ("update", "apps", "deployments", "", "ml", "serve", False),
     ("create", "", "pods", "binding", "ml", "p", False),
     ("get", "", "secrets", "", NAMESPACE, "model-locality-token", False),
     (

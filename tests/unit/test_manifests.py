@@ -261,9 +261,10 @@ def test_crd_schema_is_structural_and_strict(base: list[Obj]) -> None:
         "observedGeneration",
         "conditions",
         "nodes",
+        "auto",
     }
     spec = set(schema["properties"]["spec"]["properties"])
-    assert spec == {"uri", "nodeSelector", "replicas", "revision"}
+    assert spec == {"uri", "nodeSelector", "replicas", "revision", "workload"}
     for path, node in _walk(schema):
         assert "x-kubernetes-preserve-unknown-fields" not in node, f"{path} preserves unknown fields"
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -333,6 +334,9 @@ FULL_STATUS = {
 VALID_DISTRIBUTIONS = {
     "count": _md({"uri": URI, "replicas": 3}),
     "all": _md({"uri": URI, "replicas": "all"}),
+    "auto": _md(
+        {"uri": URI, "replicas": "auto", "workload": {"kind": "Deployment", "namespace": "a", "name": "b"}}
+    ),
     "replicas omitted": _md({"uri": URI}),
     "selector": _md({"uri": URI, "replicas": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"}}),
     "https uri": _md({"uri": "https://example.com/w/model.safetensors"}),
@@ -445,6 +449,9 @@ def test_agent_rbac_is_exactly_what_it_needs(base: list[Obj]) -> None:
 def test_extender_rbac_is_exactly_what_it_needs(base: list[Obj]) -> None:
     assert _grants(base, "model-locality-extender") == {
         ("", "nodes"): {"get", "list", "watch"},
+        ("", "pods"): {"list", "watch"},  # time to ready: the injected pods (label-selected watch)
+        ("apps", "deployments"): {"get"},  # replicas: auto
+        ("autoscaling", "horizontalpodautoscalers"): {"get"},
         ("model-locality.io", "modeldistributions"): {
             "get",
             "list",
