@@ -125,6 +125,25 @@ class Kube:
                 k8s_config.load_incluster_config(client_configuration=configuration)
             except k8s_config.ConfigException:
                 return None
+        return cls._with(configuration, request_timeout)
+
+    @classmethod
+    def connect_user(
+        cls, kubeconfig: str | None = None, context: str | None = None, *, request_timeout: float = 10.0
+    ) -> Kube:
+        """As ``kubectl`` does: ``kubeconfig`` or else ``$KUBECONFIG`` (a ``:``-list) or else
+        ``~/.kube/config``, with ``context`` or the current one; ``KubeError`` when none is usable."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        except Exception as err:  # missing file, bad YAML, unknown context: all one user error
+            raise KubeError(f"cannot use kubeconfig {kubeconfig or '(default)'}: {err}") from err
+        return cls._with(configuration, request_timeout)
+
+    @classmethod
+    def _with(cls, configuration: Any, request_timeout: float) -> Kube:
         # Retry only connection set-up; a read that failed or timed out is the caller's call.
         configuration.retries = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0)
         return cls(k8s.ApiClient(configuration), request_timeout=request_timeout)
@@ -144,9 +163,11 @@ class Kube:
 
         return await asyncio.to_thread(call)
 
-    def _lister(self, kind: Kind) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    def _lister(self, kind: Kind, namespace: str | None = None) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         if kind == "nodes":
             return self._core.list_node, ()
+        if kind == "pods" and namespace:
+            return self._core.list_namespaced_pod, (namespace,)
         if kind == "pods":
             return self._core.list_pod_for_all_namespaces, ()
         if kind == "modeldistributions":
@@ -156,10 +177,16 @@ class Kube:
         raise ValueError(f"unknown kind {kind!r}")
 
     async def list(
-        self, kind: Kind, *, label_selector: str | None = None, field_selector: str | None = None
+        self,
+        kind: Kind,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        namespace: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
-        """Every matching object, and the list's resourceVersion (to watch from)."""
-        fn, args = self._lister(kind)
+        """Every matching object (pods: of ``namespace`` when given, else of all namespaces),
+        and the list's resourceVersion (to watch from)."""
+        fn, args = self._lister(kind, namespace)
         body = await self._call(fn, *args, label_selector=label_selector, field_selector=field_selector)
         return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
 
