@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import platform
 import threading
 from collections import OrderedDict
@@ -86,7 +87,7 @@ class OciSource:
             raise SourceError(f"{self.uri}: {exc}", permanent=True) from None
         except InterruptedError:
             raise Stopped() from None
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise SourceError(f"{self.uri}: reading layer {archive}: {exc}", permanent=False) from None
         finally:
             resp.close()
@@ -157,7 +158,7 @@ class OciSource:
             got = scan(Verified(resp, blob.digest, blob.size), blob.compression or "", blob.root)
         except TarRefused as exc:
             raise SourceError(f"refusing {self.uri}: {exc}", permanent=True) from None
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise SourceError(f"{self.uri}: reading layer {blob.digest}: {exc}", permanent=False) from None
         finally:
             resp.close()

@@ -209,7 +209,8 @@ class RegistryClient:
             conn.connect()
             if conn.sock is not None:
                 conn.sock.settimeout(self._timeouts.read)
-            conn.request(method, path, body=body, headers={"User-Agent": "model-locality", **headers})
+            sent = {"User-Agent": "model-locality", "Connection": "close", **headers}
+            conn.request(method, path, body=body, headers=sent)
             return conn.getresponse()
         except ssl.SSLCertVerificationError as exc:
             conn.close()

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Protocol
 
+import zstandard
+
 _READ = 1 << 20
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
@@ -98,8 +100,6 @@ def decompressed(raw: _Reader, compression: str) -> _Reader:
     if compression == "gzip":
         return _Inflate(raw)
     if compression == "zstd":
-        import zstandard
-
         return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[arg-type]
     return raw
 
@@ -186,24 +186,40 @@ def scan(stream: Verified, compression: str, root: str) -> LayerScan:
     files: dict[str, Member] = {}
     links: dict[str, str] = {}
     whiteouts: list[str] = []
-    with members(decompressed(stream, compression)) as tar:
-        for info in tar:
-            name = clean_name(info.name)
-            rel = inside(root, name)
-            if rel is None or rel == "":
-                continue
-            if posixpath.basename(rel).startswith(_WHITEOUT):
-                whiteouts.append(rel)
-            elif info.isfile():
-                files[rel] = Member(stream.digest, info.name, info.size, _sha256(tar.extractfile(info)))
-                links.pop(rel, None)
-            elif info.issym() or info.islnk():
-                links[rel] = _link_target(root, name, info)
-                files.pop(rel, None)
-            elif not info.isdir():
-                raise TarRefused(f"member {info.name!r} is a device or FIFO")
-    stream.finish()
+
+    def visit(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        name = clean_name(info.name)
+        rel = inside(root, name)
+        if rel is None or rel == "":
+            return
+        if posixpath.basename(rel).startswith(_WHITEOUT):
+            whiteouts.append(rel)
+        elif info.isfile():
+            files[rel] = Member(stream.digest, info.name, info.size, _sha256(tar.extractfile(info)))
+            links.pop(rel, None)
+        elif info.issym() or info.islnk():
+            links[rel] = _link_target(root, name, info)
+            files.pop(rel, None)
+        elif not info.isdir():
+            raise TarRefused(f"member {info.name!r} is a device or FIFO")
+
+    walk(stream, compression, visit)
     return LayerScan(files, links, tuple(whiteouts))
+
+
+def walk(
+    stream: Verified, compression: str, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], None]
+) -> None:
+    """``visit`` every member of the layer, then check the blob; a blob that does not decompress or
+    is no tar is refused naming the layer (as not matching its digest, when it does not)."""
+    try:
+        with members(decompressed(stream, compression)) as tar:
+            for info in tar:
+                visit(tar, info)
+    except (zlib.error, tarfile.TarError, EOFError, zstandard.ZstdError) as exc:
+        stream.finish()  # a blob that is not the named one says so first
+        raise TarRefused(f"layer {stream.digest} is not a readable tar archive: {exc}") from None
+    stream.finish()
 
 
 def _link_target(root: str, name: str, info: tarfile.TarInfo) -> str:
@@ -233,19 +249,19 @@ def unpack(
     stream: Verified, compression: str, sinks: Mapping[str, list[int]], on_bytes: Callable[[int], None]
 ) -> None:
     """Write members named in ``sinks`` (member name -> staging fds) from one layer; verify the blob."""
-    with members(decompressed(stream, compression)) as tar:
-        for info in tar:
-            fds = sinks.get(info.name)
-            if not fds or not info.isfile():
-                continue
-            data = tar.extractfile(info)
-            assert data is not None
-            pos = 0
-            while block := data.read(_READ):
-                for fd in fds:
-                    os.pwrite(fd, block, pos)
-                pos += len(block)
-                on_bytes(len(block) * len(fds))
+
+    def visit(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        fds = sinks.get(info.name)
+        data = tar.extractfile(info) if fds and info.isfile() else None
+        if not fds or data is None:
+            return
+        pos = 0
+        while block := data.read(_READ):
             for fd in fds:
-                os.ftruncate(fd, pos)
-    stream.finish()
+                os.pwrite(fd, block, pos)
+            pos += len(block)
+            on_bytes(len(block) * len(fds))
+        for fd in fds:
+            os.ftruncate(fd, pos)
+
+    walk(stream, compression, visit)
