@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from agent.config import Settings
 from agent.fetch.chunks import RetryPolicy
-from agent.fetch.run import Fetches, Progress
+from agent.fetch.run import Fetches, Movers, Progress
 from agent.fetch.sources import Source
 from agent.store.cache import Store
 from agent.store.errors import (
@@ -48,9 +48,10 @@ class Cache(Store):
         now: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
         sources: Callable[[ModelRef], Source] | None = None,
+        movers: Movers | None = None,
     ) -> None:
         super().__init__(settings, on_change=on_change, now=now)
-        self.fetches = Fetches(self, settings, retry=retry, sources=sources)
+        self.fetches = Fetches(self, settings, retry=retry, sources=sources, movers=movers)
 
     async def fetch(
         self,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.config import Settings
 from agent.fetch.chunks import ByteCounter, Fetcher, RetryPolicy
@@ -30,6 +31,16 @@ from locality.records import ModelRecord
 
 log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2
+
+
+# What moves a model's missing chunks into its staging: ``Fetcher`` (the origin) unless the agent
+# passes another, e.g. ``agent.peers.swarm.movers`` (origin and peers). Called as
+# ``movers(ref, revision, source, staging, chunk_bytes=, concurrency=, retry=, on_bytes=)``.
+Movers = Callable[..., Fetcher]
+
+
+def origin_only(ref: ModelRef, revision: str, source: Source, staging: Staging, **kwargs: Any) -> Fetcher:
+    return Fetcher(source, staging, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,11 @@ class Fetches:
         *,
         retry: RetryPolicy | None = None,
         sources: Callable[[ModelRef], Source] | None = None,
+        movers: Movers | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.movers = movers or origin_only
         self._retry = retry or RetryPolicy(
             attempts=settings.attempts,
             read_timeout=settings.read_timeout,
@@ -187,7 +200,9 @@ class Fetches:
     ) -> dict[ChunkKey, str]:
         total = sum(f.size for f in files)
         counter = ByteCounter()
-        fetcher = Fetcher(
+        fetcher = self.movers(
+            ref,
+            revision_of(files),
             source,
             staging,
             chunk_bytes=self.settings.chunk_bytes,
