@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -35,6 +35,7 @@ from agent.peers.metrics import PeerMetrics
 from agent.peers.plan import Board, ChunkId, Limits, PeerView, next_step
 from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
+from locality.identity import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +49,6 @@ class Directory(Protocol):
     async def peers(self, model_id: str, revision: str) -> dict[str, str]: ...
 
     async def joined(self, model_id: str, revision: str) -> None: ...
-
-
-@dataclass
-class PeerNet:
-    """What a fetch needs to use peers (one per agent)."""
-
-    directory: Directory
-    token: Callable[[], str]
-    holdings: Holdings
-    metrics: PeerMetrics
-    limits: Limits = field(default_factory=Limits)
-    peer_timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
-    poll_seconds: float = 0.5
-    rediscover_seconds: float = 15.0
 
 
 @dataclass
@@ -79,6 +66,33 @@ class Tally:
             f"{self.origin_bytes} bytes from the origin, {peers} from {len(self.peer_bytes)} peers"
             f", {self.bad_chunks} bad chunks, {len(self.dropped)} peers dropped"
         )
+
+
+@dataclass
+class PeerNet:
+    """What a fetch needs to use peers (one per agent)."""
+
+    directory: Directory
+    token: Callable[[], str]
+    holdings: Holdings
+    metrics: PeerMetrics
+    limits: Limits = field(default_factory=Limits)
+    peer_timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
+    poll_seconds: float = 0.5
+    rediscover_seconds: float = 15.0
+    tallies: dict[str, Tally] = field(default_factory=dict)  # model id -> its last fetch's tally
+
+
+def movers(net: PeerNet) -> Callable[..., SwarmFetcher]:
+    """The chunk movers of an agent with peers (``agent.fetch.run.Movers``): one ``SwarmFetcher``
+    per fetch, whose tally lands in ``net.tallies``."""
+
+    def make(ref: ModelRef, revision: str, source: Source, staging: Staging, **kwargs: Any) -> SwarmFetcher:
+        fetcher = SwarmFetcher(source, staging, net=net, model_id=ref.id, revision=revision, **kwargs)
+        net.tallies[ref.id] = fetcher.tally
+        return fetcher
+
+    return make
 
 
 class SwarmFetcher(Fetcher):

@@ -17,13 +17,12 @@ from agent.fetch.cache import Cache
 from agent.fetch.chunks import RetryPolicy
 from agent.peers.auth import StaticPeerGate, TokenSource
 from agent.peers.directory import StaticDirectory
-from agent.peers.fetches import PeerFetches
 from agent.peers.holdings import Holdings
 from agent.peers.limits import Uploads
 from agent.peers.metrics import PeerMetrics
 from agent.peers.plan import Limits
 from agent.peers.server import peer_app
-from agent.peers.swarm import PeerNet
+from agent.peers.swarm import PeerNet, movers
 from locality.identity import model_ref
 from tests.fixtures.origin import Faults, Origin, run_origin
 from tests.fixtures.ports import free_port
@@ -37,7 +36,7 @@ FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05, read_timeout=5, connect_time
 class Agent:
     name: str
     cache: Cache
-    fetches: PeerFetches
+    net: PeerNet
     metrics: PeerMetrics
     runner: web.AppRunner
 
@@ -60,8 +59,7 @@ async def agents(root: Path, count: int, *, upload_bps: float = 0) -> AsyncItera
         for i, port in enumerate(ports):
             name = f"http://127.0.0.1:{port}"
             settings = Settings(cache_dir=root / f"a{i}", chunk_bytes=MiB, concurrency=4).validate()
-            cache = Cache(settings, retry=FAST)
-            holdings, metrics = Holdings(cache.layout), PeerMetrics()
+            holdings, metrics = Holdings(Cache(settings).layout), PeerMetrics()
             net = PeerNet(
                 StaticDirectory(name, urls),
                 TokenSource(token=TOKEN),
@@ -71,13 +69,12 @@ async def agents(root: Path, count: int, *, upload_bps: float = 0) -> AsyncItera
                 peer_timeout=2.0,
                 poll_seconds=0.05,
             )
-            fetches = PeerFetches(cache, settings, retry=FAST, net=net)
-            cache.fetches = fetches
+            cache = Cache(settings, retry=FAST, movers=movers(net))
             app = peer_app(holdings, StaticPeerGate(TOKEN), Uploads(8, upload_bps), metrics)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", port).start()
-            out.append(Agent(name, cache, fetches, metrics, runner))
+            out.append(Agent(name, cache, net, metrics, runner))
         yield out
     finally:
         for agent in out:
@@ -98,7 +95,7 @@ async def test_four_agents_fetch_one_model_each_byte_leaves_the_origin_about_onc
         async with agents(tmp_path, 4) as group:
             records = await asyncio.gather(*(a.cache.fetch(ref) for a in group))
             egress = origin_bytes(origin, "/model.bin")
-            tallies = [a.fetches.tallies[ref.id] for a in group]
+            tallies = [a.net.tallies[ref.id] for a in group]
     for agent, record in zip(group, records, strict=True):
         assert (agent.cache.model_path(record.id) / "model.bin").read_bytes() == data
     assert egress <= 1.15 * len(data), f"origin sent {egress / len(data):.2f}x the model"
@@ -128,7 +125,7 @@ async def test_a_peer_serving_a_corrupted_chunk_is_dropped_and_the_chunk_comes_f
             for index in range(16):  # bit rot on the holder's disk under every chunk
                 flip_byte(holder.cache.model_path(record.id) / "model.bin", index * MiB + 7)
             records = await asyncio.gather(*(a.cache.fetch(ref) for a in fetchers))
-            tallies = [a.fetches.tallies[ref.id] for a in fetchers]
+            tallies = [a.net.tallies[ref.id] for a in fetchers]
     for agent, got in zip(fetchers, records, strict=True):
         assert (agent.cache.model_path(got.id) / "model.bin").read_bytes() == data
     assert all(holder.name in t.dropped for t in tallies if t.bad_chunks)
@@ -147,14 +144,14 @@ async def test_a_peer_killed_mid_transfer_the_fetch_completes(tmp_path: Path) ->
             origin.faults.throttle_bps = 2 * MiB  # slower than the holder: chunks come from the holder
             job = asyncio.create_task(fetcher.cache.fetch(ref))
             for _ in range(200):
-                tally = fetcher.fetches.tallies.get(ref.id)
+                tally = fetcher.net.tallies.get(ref.id)
                 if tally is not None and tally.peer_bytes.get(holder.name, 0) >= 2 * MiB:
                     break
                 await asyncio.sleep(0.05)
             await holder.runner.cleanup()  # the holder dies with transfers in flight
             origin.faults.throttle_bps = 0
             record = await asyncio.wait_for(job, 60)
-            tally = fetcher.fetches.tallies[ref.id]
+            tally = fetcher.net.tallies[ref.id]
     assert (fetcher.cache.model_path(record.id) / "model.bin").read_bytes() == data
     assert 2 * MiB <= tally.peer_bytes[holder.name] < 16 * MiB
     assert tally.origin_bytes > 0
@@ -170,7 +167,7 @@ async def test_a_peer_of_another_revision_is_never_used(tmp_path: Path) -> None:
             before = origin_bytes(origin, "/model.bin")
             record = await fetcher.cache.fetch(ref)
             egress = origin_bytes(origin, "/model.bin") - before
-            tally = fetcher.fetches.tallies[ref.id]
+            tally = fetcher.net.tallies[ref.id]
     assert record.revision != old.revision
     assert (fetcher.cache.model_path(record.id) / "model.bin").read_bytes() == new_data
     assert tally.peer_bytes == {} and egress == 8 * MiB
