@@ -183,11 +183,16 @@ class Kube:
         label_selector: str | None = None,
         field_selector: str | None = None,
         namespace: str | None = None,
+        resource_version: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """Every matching object (pods: of ``namespace`` when given, else of all namespaces),
-        and the list's resourceVersion (to watch from)."""
+        and the list's resourceVersion (to watch from). ``resource_version="0"``: any recent state,
+        served from the API server's watch cache instead of etcd (cheap; may be a moment old)."""
         fn, args = self._lister(kind, namespace)
-        body = await self._call(fn, *args, label_selector=label_selector, field_selector=field_selector)
+        extra = {"resource_version": resource_version} if resource_version is not None else {}
+        body = await self._call(
+            fn, *args, label_selector=label_selector, field_selector=field_selector, **extra
+        )
         return list(body.get("items") or []), str((body.get("metadata") or {}).get("resourceVersion", ""))
 
     async def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
@@ -266,6 +271,24 @@ class Kube:
             return await self.get("nodes", name)
         return await self._call(
             self._core.patch_node, name, {"metadata": metadata}, _content_type=MERGE_PATCH
+        )
+
+    async def patch_pod_metadata(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        labels: Mapping[str, str | None] = {},
+        annotations: Mapping[str, str | None] = {},
+    ) -> dict[str, Any]:
+        """JSON merge patch of a Pod's labels/annotations (an agent's own Pod: docs/peers.md)."""
+        metadata = {"labels": dict(labels), "annotations": dict(annotations)}
+        return await self._call(
+            self._core.patch_namespaced_pod,
+            name,
+            namespace,
+            {"metadata": {k: v for k, v in metadata.items() if v}},
+            _content_type=MERGE_PATCH,
         )
 
     async def create_distribution(self, body: dict[str, Any]) -> dict[str, Any]:
