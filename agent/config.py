@@ -17,6 +17,35 @@ DEFAULT_PORT = 8470
 
 
 @dataclass(frozen=True, slots=True)
+class PeerSettings:
+    """Fetching chunks from other agents (docs/peers.md)."""
+
+    mode: str = "auto"  # auto: in a cluster, find agents through the API; off; or a URL list
+    port: int = 8472  # the peer endpoint's listener (its own, apart from the REST API)
+    url: str | None = None  # how other agents reach ours (default http://$POD_IP:<port>)
+    pod_name: str | None = None  # POD_NAME / POD_NAMESPACE / POD_IP from the downward API
+    pod_namespace: str = "model-locality"
+    pod_ip: str | None = None
+    token_file: str | None = None  # standalone: a token file every agent of the group shares
+    sa_token_file: str = "/var/run/secrets/model-locality-peer/token"  # in a cluster: projected
+    identity: str = "system:serviceaccount:model-locality:model-locality-agent"
+    upload_rate: int = 500 * 2**20  # bytes/s this node uploads to peers, all uploads together
+    max_uploads: int = 8
+    timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
+
+    def validate(self) -> PeerSettings:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"invalid peer port {self.port}")
+        if self.upload_rate < 0 or not 1 <= self.max_uploads <= 1024:
+            raise ConfigError("--upload-rate must be >= 0 (0: unlimited), --max-uploads 1..1024")
+        if not 0 < self.timeout <= 3600:
+            raise ConfigError("--peer-timeout must be between 0 and 3600 seconds")
+        if self.mode not in ("auto", "off") and not self.mode.startswith(("http://", "https://")):
+            raise ConfigError("--peers is auto, off, or a comma-separated list of peer URLs")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the agent is configured with."""
 
@@ -41,6 +70,7 @@ class Settings:
     refresh_seconds: float = 600.0  # re-check every model's origin this often (0: never)
     insecure_registries: tuple[str, ...] = ()  # oci:// registries reached over plain HTTP
     registry_auth_files: tuple[str, ...] = ()  # Docker config files with registry logins, first match wins
+    peers: PeerSettings = PeerSettings()
 
     def validate(self) -> Settings:
         if not 0 < self.low_watermark < self.high_watermark <= 1:
@@ -119,6 +149,50 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_peer_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``serve`` about peers (docs/peers.md)."""
+    parser.add_argument(
+        "--peers",
+        help="auto (in a cluster: other agents, found through the API; default), off, or "
+        "URL,URL,... of peer endpoints (env MODEL_LOCALITY_PEERS)",
+    )
+    parser.add_argument(
+        "--peer-port", type=int, help="peer endpoint port (env MODEL_LOCALITY_PEER_PORT, default 8472)"
+    )
+    parser.add_argument(
+        "--peer-url", help="this agent's peer URL as others reach it (env MODEL_LOCALITY_PEER_URL)"
+    )
+    parser.add_argument(
+        "--peer-token-file",
+        help="standalone: a token shared by the group's agents (env MODEL_LOCALITY_PEER_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--upload-rate", help="bytes/s this node uploads to peers, e.g. 500Mi; 0: unlimited (default 500Mi)"
+    )
+    parser.add_argument("--max-uploads", type=int, help="concurrent uploads to peers (default 8)")
+    parser.add_argument("--peer-timeout", help="seconds without a byte from a peer (default 10)")
+
+
+def peer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> PeerSettings:
+    pick = flag_or_env(args, environ)
+    d = PeerSettings()
+    rate = pick("upload_rate", "MODEL_LOCALITY_UPLOAD_RATE")
+    return PeerSettings(
+        mode=(pick("peers", "MODEL_LOCALITY_PEERS") or d.mode).strip(),
+        port=pick.as_int("peer_port", "MODEL_LOCALITY_PEER_PORT", default=d.port),
+        url=pick("peer_url", "MODEL_LOCALITY_PEER_URL"),
+        pod_name=environ.get("POD_NAME") or None,
+        pod_namespace=environ.get("POD_NAMESPACE") or d.pod_namespace,
+        pod_ip=environ.get("POD_IP") or None,
+        token_file=pick("peer_token_file", "MODEL_LOCALITY_PEER_TOKEN_FILE"),
+        sa_token_file=environ.get("MODEL_LOCALITY_PEER_SA_TOKEN_FILE") or d.sa_token_file,
+        identity=environ.get("MODEL_LOCALITY_PEER_IDENTITY") or d.identity,
+        upload_rate=parse_size(rate) if rate else d.upload_rate,
+        max_uploads=pick.as_int("max_uploads", "MODEL_LOCALITY_MAX_UPLOADS", default=d.max_uploads),
+        timeout=pick.as_float("peer_timeout", "MODEL_LOCALITY_PEER_TIMEOUT", default=d.timeout),
+    ).validate()
+
+
 def add_client_args(parser: argparse.ArgumentParser) -> None:
     """Flags of verbs that talk to a running agent (``wait``)."""
     parser.add_argument("--agent-url", help="agent REST base URL (env MODEL_LOCALITY_AGENT_URL)")
@@ -178,6 +252,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
             registry_auth_files=auth_files(
                 pick("registry_auth_file", "MODEL_LOCALITY_REGISTRY_AUTH_FILE"), environ
             ),
+            peers=peer_settings(args, environ),
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):
