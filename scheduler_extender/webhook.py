@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import logging
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from locality import errors
+from locality.backoff import backoff_delay
 from locality.contract import mapping
 from locality.httpkit import error_middleware, read_body
 from locality.jsonbody import decode_json
+from locality.retry import retry
 from locality.settings import ConfigError
 from locality.tasks import stop, supervised
 from scheduler_extender.certstore import CertKeeper, server_context
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from locality.kube import Kube
 
 log = logging.getLogger(__name__)
+CERT_RETRY = (1.0, 30.0)  # first certificate: back-off base and cap, seconds (was a fixed 5 s)
 
 MAX_REVIEW_BYTES = 8 * 2**20  # a pod is at most ~1.5 MiB in etcd; the review carries it once or twice
 MAX_WARNING = 256  # the API server may truncate longer warnings
@@ -232,13 +236,15 @@ def webhook_runner(
 async def _serve(keeper: CertKeeper, ctx: WebhookContext, host: str, port: int) -> None:
     """First certificate (retried: no listener without one), then listen and keep it current."""
     try:
-        while True:
-            try:
-                wait = await keeper.sync()
-                break
-            except Exception as exc:
-                log.warning("webhook certificate not available yet (retrying in 5s): %s", exc)
-                await asyncio.sleep(5.0)
+        wait = await retry(
+            keeper.sync,
+            attempts=None,
+            delay=lambda n: backoff_delay(n, *CERT_RETRY, random.random()),
+            errors=Exception,
+            on_retry=lambda _, exc, delay: log.warning(
+                "webhook certificate not available yet (retrying in %.1fs): %s", delay, exc
+            ),
+        )
         async with serve_webhook(ctx, host, port, keeper.context):
             log.info(
                 "admission webhook listening on https://%s:%d/mutate (%s mode)", host, port, ctx.install.mode

@@ -19,6 +19,7 @@ from agent.lifecycle.manager import ModelManager
 from agent.metrics import AgentMetrics
 from locality.backoff import backoff_delay
 from locality.kube import Conflict, Kube, KubeError
+from locality.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,23 @@ class NodeSync:
 
     async def reconcile(self) -> None:
         """Re-read the Node and patch until it matches; retries forever with back-off."""
-        attempt = 0
-        while True:
-            try:
-                await self._read()
-                await self._sync_once()
-                return
-            except KubeError as exc:
-                delay = backoff_delay(attempt + 1, self.base_delay, self.max_delay)
-                log.warning("node %s sync failed (%s); retrying in %.1fs", self.node_name, exc, delay)
-                attempt += 1
-                self._current = None
-                await self._sleep(delay)
+
+        async def once() -> None:
+            await self._read()
+            await self._sync_once()
+
+        def retrying(_: int, exc: KubeError, delay: float) -> None:
+            log.warning("node %s sync failed (%s); retrying in %.1fs", self.node_name, exc, delay)
+            self._current = None
+
+        await retry(
+            once,
+            attempts=None,
+            delay=lambda n: backoff_delay(n, self.base_delay, self.max_delay),
+            errors=KubeError,
+            on_retry=retrying,
+            sleep=self._sleep,
+        )
 
     async def run(self) -> None:
         """Sync after every burst of changes, and re-read the Node every ``resync_seconds``."""

@@ -24,6 +24,7 @@ from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
 from locality.backoff import backoff_delay
 from locality.digests import chunk_count, hash_chunk
+from locality.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,6 @@ class Fetcher:
     async def _worker(
         self, pool: ThreadPoolExecutor, todo: deque[tuple[RemoteFile, int]], done: dict[ChunkKey, str]
     ) -> None:
-        loop = asyncio.get_running_loop()
         reader = RangeReader(
             self._stop, timeout=self.retry.read_timeout, connect_timeout=self.retry.connect_timeout
         )
@@ -146,55 +146,67 @@ class Fetcher:
         while todo:
             file, index = todo.popleft()
             job = self._job(file, index)
-            attempt = 0
-            while True:
-                before = job.received
-                try:
-                    target = await loop.run_in_executor(pool, self.source.target, file)
-                    await loop.run_in_executor(pool, reader.fetch, target, job, file.etag, self._on_bytes)
-                    break
-                except SourceError as exc:
-                    if exc.permanent:
-                        raise
-                    attempt = 0 if job.received > before else attempt + 1
-                    if attempt >= self.retry.attempts:
-                        raise SourceError(
-                            f"{exc.message} (gave up after {attempt} tries)", permanent=False
-                        ) from exc
-                    log.warning(
-                        "retrying %s chunk %d after try %d/%d: %s",
-                        file.path,
-                        index,
-                        max(attempt, 1),
-                        self.retry.attempts,
-                        exc.message,
-                    )
-                    await asyncio.sleep(self.retry.delay(attempt))
+            await self._get_chunk(pool, reader, file, index, job)
             await self._finish(pool, file, index, job, done)
+
+    async def _get_chunk(
+        self, pool: ThreadPoolExecutor, reader: RangeReader, file: RemoteFile, index: int, job: ChunkJob
+    ) -> None:
+        """One chunk's GET, retried on transient errors; a try that received bytes resets the count."""
+        loop = asyncio.get_running_loop()
+        seen = [job.received]
+
+        async def get() -> None:
+            seen[0] = job.received
+            target = await loop.run_in_executor(pool, self.source.target, file)
+            await loop.run_in_executor(pool, reader.fetch, target, job, file.etag, self._on_bytes)
+
+        def retrying(n: int, exc: SourceError, _: float) -> None:
+            tries = f"{max(n, 1)}/{self.retry.attempts}"
+            log.warning("retrying %s chunk %d after try %s: %s", file.path, index, tries, exc.message)
+
+        try:
+            await retry(
+                get,
+                attempts=self.retry.attempts,
+                delay=self.retry.delay,
+                errors=SourceError,
+                transient=lambda exc: not exc.permanent,
+                progressed=lambda _: job.received > seen[0],
+                on_retry=retrying,
+            )
+        except SourceError as exc:
+            if exc.permanent:
+                raise
+            gave_up = f"{exc.message} (gave up after {self.retry.attempts} tries)"
+            raise SourceError(gave_up, permanent=False) from exc
 
     async def _unpack_all(
         self, pool: ThreadPoolExecutor, groups: dict[str, list[RemoteFile]], done: dict[ChunkKey, str]
     ) -> None:
         """One archive at a time, beside the ranged workers; its files' chunks are digested after."""
-        loop = asyncio.get_running_loop()
-        source = cast(Unpacker, self.source)
         for archive, group in groups.items():
             files = [f for f in group if not all(k in done for k in self._keys(f))]
             if not files:
                 continue
-            fds = {f.path: self._fds[f.path] for f in files}
-            for attempt in range(1, self.retry.attempts + 1):
-                try:
-                    await loop.run_in_executor(pool, source.unpack, archive, fds, self._stop, self._on_bytes)
-                    break
-                except SourceError as exc:
-                    if exc.permanent or attempt >= self.retry.attempts:
-                        raise
-                    tries = f"{attempt}/{self.retry.attempts}"
-                    log.warning("retrying archive %s after try %s: %s", archive, tries, exc.message)
-                    await asyncio.sleep(self.retry.delay(attempt))
+            await self._unpack(pool, archive, {f.path: self._fds[f.path] for f in files})
             for f in files:
                 await self._record_whole(pool, f, done)
+
+    async def _unpack(self, pool: ThreadPoolExecutor, archive: str, fds: dict[str, int]) -> None:
+        """Unpack one archive into ``fds``, retried whole on transient errors."""
+        loop = asyncio.get_running_loop()
+        source = cast(Unpacker, self.source)
+        await retry(
+            lambda: loop.run_in_executor(pool, source.unpack, archive, fds, self._stop, self._on_bytes),
+            attempts=self.retry.attempts,
+            delay=self.retry.delay,
+            errors=SourceError,
+            transient=lambda exc: not exc.permanent,
+            on_retry=lambda n, exc, _: log.warning(
+                "retrying archive %s after try %d/%d: %s", archive, n, self.retry.attempts, exc.message
+            ),
+        )
 
     def _keys(self, file: RemoteFile) -> list[ChunkKey]:
         return [(file.path, i) for i in range(chunk_count(file.size, self.chunk_bytes))]

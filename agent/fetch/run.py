@@ -28,6 +28,7 @@ from agent.store.revswitch import same_revision
 from agent.store.staging import ChunkKey, Staging
 from locality.identity import ModelRef
 from locality.records import ModelRecord
+from locality.retry import retry
 
 log = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 0.2
@@ -169,24 +170,24 @@ class Fetches:
 
     async def _list(self, source: Source) -> list[RemoteFile]:
         """The source's listing; transient errors (5xx, resets) are retried like chunks are."""
-        retry = self._retry
-        for attempt in range(retry.attempts):
-            try:
-                return await source.list_files()
-            except SourceError as exc:
-                if exc.permanent:
-                    raise FetchFailed(exc.message) from exc
-                if attempt + 1 >= retry.attempts:
-                    raise FetchFailed(f"{exc.message} (gave up after {retry.attempts} tries)") from exc
-                log.warning(
-                    "retrying the listing of %s after try %d/%d: %s",
-                    source.uri,
-                    attempt + 1,
-                    retry.attempts,
-                    exc.message,
-                )
-                await asyncio.sleep(retry.delay(attempt))
-        raise AssertionError("unreachable")
+        attempts = self._retry.attempts
+
+        def retrying(n: int, exc: SourceError, _: float) -> None:
+            log.warning("retrying the listing of %s after try %d/%d: %s", source.uri, n, attempts, exc)
+
+        try:
+            return await retry(
+                source.list_files,
+                attempts=attempts,
+                delay=lambda n: self._retry.delay(n - 1),
+                errors=SourceError,
+                transient=lambda exc: not exc.permanent,
+                on_retry=retrying,
+            )
+        except SourceError as exc:
+            if exc.permanent:
+                raise FetchFailed(exc.message) from exc
+            raise FetchFailed(f"{exc.message} (gave up after {attempts} tries)") from exc
 
     async def _run_fetcher(
         self,
