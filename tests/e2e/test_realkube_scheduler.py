@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "manifests" / "scheduler" / "config.yaml"
 WARM = model_ref("s3://models/org/llama-3-8b")
 NOWHERE = model_ref("s3://models/org/held-by-no-node")
+FETCHING = model_ref("s3://models/org/mixtral-8x7b")
 PODS_NS = "e2e-sched"
 
 
@@ -156,3 +157,30 @@ def test_required_pod_for_a_model_no_node_holds_stays_pending_with_the_reason(
     ), cond
     time.sleep(1.0)  # a second scheduling attempt does not bind it either
     assert not pod(real, "needs-nowhere")["spec"].get("nodeName")
+
+
+def test_pod_lands_on_the_node_90_percent_through_a_fetch(cluster: dict[str, Any]) -> None:
+    """Scoring by time: no node has FETCHING ready; gpu-cold-1 is 90% through fetching it, so
+    kube-scheduler (with the extender's prioritize in its sum) binds the pod there, not to a cold node."""
+    real, logs, url = cluster["real"], cluster["logs"], cluster["url"]
+    progress = {"bytes": 10**10, "state": "fetching", "bytes_done": 9 * 10**9}
+    entry = {FETCHING.id: {"uri": FETCHING.uri, **progress}}
+    body = {"metadata": {"annotations": {MODELS_ANNOTATION: json.dumps(entry)}}}
+    real.request("PATCH", "/api/v1/nodes/gpu-cold-1", body, content_type="application/merge-patch+json")
+    ask = {"Pod": {"metadata": {"annotations": {MODELS_ANNOTATION: FETCHING.uri}}}, "Nodes": None,
+           "NodeNames": ["gpu-warm", "gpu-cold-1", "gpu-cold-2"]}  # fmt: skip
+
+    def scored() -> dict[str, int] | None:
+        request = urllib.request.Request(
+            f"{url}/prioritize", json.dumps(ask).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            scores = {e["Host"]: e["Score"] for e in json.loads(resp.read())}
+        return scores if scores["gpu-cold-1"] == 9 else None  # the extender saw the progress
+
+    assert until("the fetch progress in the node cache", scored, logs) == {
+        "gpu-warm": 0, "gpu-cold-1": 9, "gpu-cold-2": 0
+    }  # fmt: skip
+    create_pod(real, "serve-fetching", {MODELS_ANNOTATION: FETCHING.uri})
+    node = until("serve-fetching bound", lambda: pod(real, "serve-fetching")["spec"].get("nodeName"), logs)
+    assert node == "gpu-cold-1", logs()
