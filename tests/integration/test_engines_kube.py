@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client import ApiException
 
 from locality.contract import pod_models
 from scheduler_extender.injection import DIR_ENV, WAIT_CONTAINER, Install, model_dir, record_path
@@ -99,6 +100,11 @@ def test_every_example_is_accepted_by_the_upstream_crds(engines_kube: RealKube, 
         # Strict: a field the schema does not know is an error, not silently pruned.
         made = engines_kube.request("POST", f"{path}?dryRun=All&fieldValidation=Strict", obj)
         assert made["metadata"]["name"] == obj["metadata"]["name"]
+    bad = find(examples, "InferenceService", "qwen-kserve")
+    bad["spec"]["predictor"]["model"]["storage_uri"] = "s3://models/x"  # a typo the schema does not know
+    path = engines_kube.collection_path(bad["apiVersion"], bad["kind"], "llm-serving")
+    with pytest.raises(ApiException, match=r"unknown field \W*spec\.predictor\.model\.storage_uri"):
+        engines_kube.request("POST", f"{path}?dryRun=All&fieldValidation=Strict", bad)
     scaled = [o for o in examples if o["kind"] == "ScaledObject"]
     targets = {(o["spec"]["scaleTargetRef"]["kind"], o["spec"]["scaleTargetRef"]["name"]) for o in scaled}
     assert targets == {
