@@ -17,6 +17,7 @@ from aiohttp import web
 from agent.config import (
     add_cache_args,
     add_client_args,
+    add_peer_args,
     add_server_args,
     settings_from_args,
 )
@@ -35,6 +36,7 @@ def register(sub: Any) -> None:
         "serve", help="run the node agent (REST API, node labels, pod and distribution watches)"
     )
     add_server_args(serve)
+    add_peer_args(serve)
     add_cache_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -69,7 +71,11 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if kube is None:
         log.warning("standalone mode: %s", "no node name" if not settings.node_name else "no cluster found")
     from agent.cluster.access import AccessGate
+    from agent.peers import wiring
+    from agent.peers.metrics import PeerMetrics
     from locality import auth
+
+    peers = wiring.build(settings, kube, PeerMetrics())
 
     app = create_app(
         settings,
@@ -77,6 +83,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             kube=kube,
             authenticator=auth.build(settings.token, kube),
             access=AccessGate(kube) if kube is not None else None,
+            peers=peers,
         ),
     )
     if kube is not None:

@@ -55,6 +55,7 @@ class Deps:
     authenticator: Authenticator | None = None
     access: Any = None  # agent.cluster.access.AccessGate (in a cluster), or None: no ModelAccessPolicy
     restart_delay: float = 5.0  # seconds before the supervisor restarts a crashed background task
+    peers: Any = None  # agent.peers.wiring.Peers (fetch chunks from other agents), or None: origins only
 
 
 # The RBAC check of each protected route (locality.auth.Rule); a protected route missing here is refused.
@@ -162,7 +163,12 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
         client_max_size=64 << 10,
     )
     app[METRICS] = metrics
-    app[MANAGER] = ModelManager(settings, metrics, cache_factory=deps.cache_factory)
+    cache_factory = deps.cache_factory
+    if deps.peers is not None:
+        for counter in deps.peers.net.metrics.collectors():
+            metrics.registry.register(counter)
+        cache_factory = deps.peers.cache_factory()
+    app[MANAGER] = ModelManager(settings, metrics, cache_factory=cache_factory)
     app[STATE] = AgentState(standalone=deps.kube is None or not settings.node_name)
     if deps.access is not None:
         app[ACCESS] = deps.access
@@ -174,6 +180,13 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler(metrics.registry))
     app.cleanup_ctx.append(_lifecycle(settings, deps))
+    if deps.peers is not None:
+        manager = app[MANAGER]
+        deps.peers.follow(
+            lambda: [(m.id, m.revision) for m in manager.model_states() if m.state == "ready"],
+            manager.subscribe,
+        )
+        app.cleanup_ctx.append(lambda _: deps.peers.serve())
     return app
 
 

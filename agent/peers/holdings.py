@@ -70,6 +70,11 @@ class Holdings:
         with self._lock:
             self._live.pop(model_id, None)
 
+    def live_revisions(self) -> list[tuple[str, str]]:
+        """``(model id, revision)`` of every fetch in progress."""
+        with self._lock:
+            return [(live.model_id, live.revision) for live in self._live.values()]
+
     def find(self, model_id: str, revision: str) -> tuple[ChunkMap, Path] | None:
         """This revision's map and byte directory, a fetch in progress first; None if not held."""
         with self._lock:

@@ -11,7 +11,7 @@ class PeerMetrics:
     """Bytes to and from peers and from the origin, peer errors, refused peer calls."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = registry or CollectorRegistry(auto_describe=True)
+        r = registry or CollectorRegistry(auto_describe=True)  # a registry of its own unless given
         self.registry = r
         self.peer_bytes = Counter(
             f"{PREFIX}_peer_bytes",
@@ -35,3 +35,6 @@ class PeerMetrics:
             ["reason"],
             registry=r,
         )
+
+    def collectors(self) -> list[Counter]:
+        return [self.peer_bytes, self.origin_bytes, self.peer_errors, self.peer_refused]
