@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from locality.kube import KubeError, NotFound
+from locality.timestamps import rfc3339
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
 from scheduler_extender.specs import (
@@ -107,7 +107,7 @@ class Reconciler:
     async def reconcile_once(self) -> float | None:
         """One pass over every distribution; returns seconds until a throttled write is due."""
         now = self._clock()
-        stamp = datetime.fromtimestamp(self._wall(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(self._wall())
         retry: float | None = None
         by_state: dict[str, int] = dict.fromkeys(STATE_BY_REASON.values(), 0)
         targets_by_state: dict[str, int] = {}

@@ -18,10 +18,10 @@ import statistics
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Protocol
 
 from locality.contract import IN_FLIGHT_STATES, mapping, pod_models
+from locality.timestamps import parse_rfc3339 as parse_time
 from scheduler_extender.injection import CLIENT_LABEL, WAIT_CONTAINER
 from scheduler_extender.nodes import NodeState
 
@@ -41,16 +41,6 @@ class Recorder(Protocol):
     def observe(self, model: str, kind: str, phase: str, seconds: float) -> None: ...
 
     def abandoned(self, model: str, kind: str, reason: str) -> None: ...
-
-
-def parse_time(value: object) -> float | None:
-    """RFC 3339 (``2026-01-01T00:00:00Z``) -> epoch seconds; None when absent or not a time."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def kind_of_start(model_ids: tuple[str, ...], label_keys: tuple[str, ...], node: NodeState | None) -> str:

@@ -33,6 +33,7 @@ from locality.jsonbody import decode_json
 from locality.retry import retry
 from locality.settings import ConfigError
 from locality.tasks import stop, supervised
+from locality.timestamps import rfc3339
 from scheduler_extender.certstore import CertKeeper, server_context
 from scheduler_extender.injection import Install, inject
 from scheduler_extender.webhook_config import WebhookSettings
@@ -114,7 +115,7 @@ def warning_event(request: Mapping[str, Any], reason: str, now: float) -> tuple[
         return None
     meta = mapping(mapping(request.get("object")).get("metadata"))
     name = meta.get("name") or meta.get("generateName") or "pod"
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    stamp = rfc3339(now)
     event = {
         "apiVersion": "v1",
         "kind": "Event",
