@@ -16,11 +16,11 @@ from typing import Any
 
 from agent.lifecycle.modelstate import Wanted
 from locality import errors
+from locality.access_policy import AccessPolicy, Decision, InvalidPolicy, decide, parse_policy
 from locality.auth import TtlCache
 from locality.identity import ModelRef, redact_uri
 from locality.informer import Informer
 from locality.kube import Kube, KubeError, NotFound
-from locality.access_policy import AccessPolicy, Decision, InvalidPolicy, decide, parse_policy
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import pytest
 from agent.cluster.access import AccessGate, filter_wanted, pod_namespace
 from agent.lifecycle.modelstate import Wanted
 from locality import errors
-from locality.identity import ModelRef, model_ref
 from locality.access_policy import Decision
+from locality.identity import ModelRef, model_ref
 
 A = model_ref("s3://models/team-a/llama")
 B = model_ref("s3://models/team-b/bert")

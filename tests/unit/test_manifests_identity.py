@@ -11,8 +11,8 @@ import pytest
 
 from agent.face.app import RULES as AGENT_RULES
 from locality import auth
-from locality.agentclient import DEFAULT_TOKEN_FILE
 from locality.access_policy import decide, parse_policy
+from locality.agentclient import DEFAULT_TOKEN_FILE
 from scheduler_extender.distributions import RULES as EXTENDER_RULES
 from scheduler_extender.injection import WAIT_CONTAINER
 from tests.fixtures.kustomize import Obj, render

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from locality.access_policy import normalize_prefix, prefix_matches
 from locality.identity import InvalidURI, model_ref
 from locality.ociuri import parse_oci
-from locality.access_policy import normalize_prefix, prefix_matches
 
 D = "sha256:" + "ab" * 32
 
