@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from agent.store import checksums
 from agent.store.durable import fsync_dir, fsync_tree, save_record, write_json_atomic
 from agent.store.files import RemoteFile, model_etag, revision_of
 from agent.store.staging import ChunkKey, Staging
+from agent.store.trash import to_trash
 from locality.digests import chunk_count, file_digest
 from locality.identity import ModelRef
 from locality.records import FileRecord, Layout, ModelRecord
@@ -114,7 +114,7 @@ def finish_commit(
     save_record(layout, record)
     target = layout.models / dir_name
     if target.exists():  # debris of an unrecorded dir (the caller picked a name no record has)
-        os.rename(target, layout.trash / f"{dir_name}.{uuid.uuid4().hex[:8]}")
+        to_trash(layout, target)
     os.rename(staging.files_dir, target)
     fsync_dir(layout.models)
     layout.pending_pins(ref.id).unlink(missing_ok=True)

@@ -8,13 +8,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.store.durable import fsync_dir, write_json_atomic
+from agent.store.trash import to_trash
 from locality.identity import InvalidURI, ModelRef, model_ref
 from locality.records import Layout
 
@@ -132,8 +132,7 @@ def free_quarantined(layout: Layout, key: str) -> Path | None:
     path = layout.quarantine / key
     if not path.is_dir():
         return None
-    trash = layout.trash / f"q-{key}.{uuid.uuid4().hex[:8]}"
-    os.rename(path, trash)
+    trash = to_trash(layout, path, f"q-{key}")
     for suffix in (".json", ".reason"):
         (layout.quarantine / f"{key}{suffix}").unlink(missing_ok=True)
     fsync_dir(layout.quarantine)
@@ -163,10 +162,3 @@ def wanted(layout: Layout) -> list[ModelRef]:
         if ref.id == path.name.split(".")[0]:
             refs.append(ref)
     return refs
-
-
-def remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

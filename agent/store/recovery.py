@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
+from agent.store import trash
 from agent.store.durable import fsync_dir
 from agent.store.partials import quarantine
 from agent.store.refreshmarks import is_refresh
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 
 def recover(layout: Layout) -> list[ModelRecord]:
     """Bring ``layout`` to a consistent state and return the committed records."""
-    for path in layout.trash.iterdir():
-        _remove(path)
+    trash.empty(layout)
     records = []
     for path in sorted(layout.records.glob("*.json")):
         model_id = path.name.removesuffix(".json")
@@ -59,7 +58,7 @@ def recover(layout: Layout) -> list[ModelRecord]:
     for path in layout.models.iterdir():
         if path.name not in dirs:
             log.warning("removing %s: a model directory without a record", path)
-            _remove_via_trash(layout, path)
+            trash.discard(layout, path)
     for path in layout.staging.iterdir():
         # A committed model's staging is debris unless it is a marked refresh (resumed at start).
         debris = path.name in known and not is_refresh(path)
@@ -135,23 +134,7 @@ def _remove_unlocked(layout: Layout, path: Path) -> bool:
         os.close(fd)
         return False
     try:
-        _remove(path)
+        trash.remove_tree(path)
     finally:
         os.close(fd)
     return True
-
-
-def _remove_via_trash(layout: Layout, path: Path) -> None:
-    trash = layout.trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        os.rename(path, trash)
-    except OSError:
-        trash = path
-    _remove(trash)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -18,9 +18,7 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,13 +33,13 @@ from agent.store.partials import (
     free_quarantined,
     partials,
     quarantined,
-    remove_tree,
     unwant,
     want,
     wanted,
 )
 from agent.store.recovery import read_record, recover, remove_staging
 from agent.store.refreshmarks import interrupted_refreshes
+from agent.store.trash import remove_tree, to_trash
 from locality.digests import verify_files
 from locality.identity import ModelRef
 from locality.records import RECORD_KEY, Layout, ModelRecord
@@ -349,9 +347,7 @@ class Shelf:
     def _unlink(self, model_id: str) -> Path:
         """Under the lock: rename the dir into trash (atomic for readers), drop the record; the
         caller deletes the returned trash dir once the lock is released (it may take seconds)."""
-        trash = self.layout.trash / f"{model_id}.{uuid.uuid4().hex[:8]}"
-        with suppress(FileNotFoundError):
-            os.rename(self.model_path(model_id), trash)
+        trash = to_trash(self.layout, self.model_path(model_id), model_id, missing_ok=True)
         self.layout.record(model_id).unlink(missing_ok=True)
         unwant(self.layout, model_id)
         fsync_dir(self.layout.records)
