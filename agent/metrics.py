@@ -6,7 +6,7 @@ Every name is ``model_locality_agent_*`` with the unit suffix Prometheus recomme
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -43,6 +43,17 @@ class AgentMetrics:
         self.models = Gauge(f"{PREFIX}_models", "Models known to the agent, by state.", ["state"], registry=r)
         self.cache_used = Gauge(f"{PREFIX}_cache_used_bytes", "Bytes used by the cache.", registry=r)
         self.cache_quota = Gauge(f"{PREFIX}_cache_quota_bytes", "Byte quota of the cache.", registry=r)
+        # With these two an alert can tell "over the watermark and eviction cannot help".
+        self.cache_pinned = Gauge(
+            f"{PREFIX}_cache_pinned_bytes",
+            "Bytes of committed models that are pinned (used by pods, targeted by distributions).",
+            registry=r,
+        )
+        self.cache_high_watermark = Gauge(
+            f"{PREFIX}_cache_high_watermark_bytes",
+            "Eviction starts above this many bytes (the quota times the high watermark).",
+            registry=r,
+        )
         self.quarantined = Gauge(
             f"{PREFIX}_quarantined_models",
             "Models set aside in quarantine/ because their record could not be parsed.",
@@ -88,6 +99,11 @@ class AgentMetrics:
     def set_usage(self, used: int, quota: int) -> None:
         self.cache_used.set(used)
         self.cache_quota.set(quota)
+
+    def track_pins(self, pinned: Callable[[], int], high_watermark: Callable[[], int]) -> None:
+        """Read the pinned bytes and the high watermark at scrape time."""
+        self.cache_pinned.set_function(lambda: float(pinned()))
+        self.cache_high_watermark.set_function(lambda: float(high_watermark()))
 
     def middleware(self) -> Middleware:
         """Count every request by its route template (not the raw path: ids would explode labels)."""

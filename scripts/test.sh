@@ -16,4 +16,9 @@ if ! command -v docker-registry >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; } >&2 \
     || { echo "test.sh: could not install docker-registry (Debian package)" >&2; exit 1; }
 fi
+# promtool (Debian's prometheus package) for tests/integration/test_monitoring.py: `promtool check/test rules`.
+if ! command -v promtool >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >&2 \
+    || { echo "test.sh: could not install promtool (Debian package prometheus)" >&2; exit 1; }
+fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -53,6 +53,7 @@ class ModelManager:
         self.settings = settings
         self.metrics = metrics
         self.cache = cache_factory(settings, on_change=self._cache_changed)
+        metrics.track_pins(self._pinned_bytes, self._high_watermark_bytes)
         self._clock = clock
         self._jobs: dict[str, Job] = {}
         self._sem = asyncio.Semaphore(settings.max_parallel_models)
@@ -60,6 +61,7 @@ class ModelManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._known_ready: set[str] = set()
         self._deleting: set[str] = set()
+        self._scanned = False  # the scrape-time gauges read the cache only after start()'s scan
         self.pins = Pins(self.cache)
         self._closing = False
         self.refresher = Refresher(self)
@@ -73,6 +75,7 @@ class ModelManager:
         self._loop = asyncio.get_running_loop()
         records = await asyncio.to_thread(self.cache.scan)
         self._known_ready = {r.id for r in records}
+        self._scanned = True
         log.info("cache scanned: %d committed model(s) in %s", len(records), self.settings.cache_dir)
         for ref in self.cache.wanted():  # accepted over REST before a restart: resume them
             if ref.id not in self._jobs:
@@ -400,6 +403,20 @@ class ModelManager:
         else:
             self._known_ready.add(model_id)
         self._changed()
+
+    def _pinned_bytes(self) -> int:
+        """Committed bytes eviction may not free (read at scrape time: pins change no state)."""
+        if not self._scanned:
+            return 0
+        return sum(r.total_bytes for r in self.cache.records() if r.pins)
+
+    def _high_watermark_bytes(self) -> int:
+        if not self._scanned:
+            return 0
+        try:
+            return int(self.cache.usage()[1] * self.settings.high_watermark)
+        except OSError:  # the disk's size unreadable (no quota set): no value, not a failed scrape
+            return 0
 
     def _changed(self) -> None:
         self.metrics.set_model_counts(s.state for s in self.model_states())
