@@ -3,6 +3,7 @@ tar member safety, whiteouts and links, streamed decompression and blob verifica
 
 from __future__ import annotations
 
+import argparse
 import base64
 import gzip
 import hashlib
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from agent.config import add_cache_args, settings_from_args
 from agent.fetch.sources.oci_auth import CredentialsError, config_files, find_login, parse_challenges
 from agent.fetch.sources.oci_manifest import MODELPACK, OCI_INDEX, OCI_MANIFEST, ManifestError, choose, layers
 from agent.fetch.sources.oci_tar import TarRefused, Tree, Verified, clean_name, scan, unpack
+from locality.settings import ConfigError
 
 D = "sha256:" + "0" * 64
 
@@ -350,3 +353,42 @@ def test_unpack_writes_members_and_links_and_checks_the_blob(tmp_path: Path) -> 
         unpack(Verified(io.BytesIO(blob), D, len(blob)), "gzip", {}, got.append)
     with pytest.raises(TarRefused, match="longer than"):
         unpack(Verified(io.BytesIO(blob), D, 10), "gzip", {}, got.append)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "insecure", "files"),
+    [
+        pytest.param([], {}, (), (), id="none"),
+        pytest.param(
+            ["--insecure-registries", " Reg:5000, ,b "], {}, ("reg:5000", "b"), (), id="flag-lower-cased"
+        ),
+        pytest.param(
+            [],
+            {
+                "MODEL_LOCALITY_INSECURE_REGISTRIES": "r",
+                "MODEL_LOCALITY_REGISTRY_AUTH_FILE": "/s/.dockerconfigjson",
+                "REGISTRY_AUTH_FILE": "/a.json",
+                "DOCKER_CONFIG": "/d",
+                "HOME": "/h",
+            },
+            ("r",),
+            ("/s/.dockerconfigjson", "/a.json", "/d/config.json", "/h/.docker/config.json"),
+            id="environment-order",
+        ),
+    ],
+)
+def test_registry_settings(
+    argv: list[str], environ: dict[str, str], insecure: tuple[str, ...], files: tuple[str, ...]
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_cache_args(parser)
+    settings = settings_from_args(parser.parse_args(argv), environ)
+    assert (settings.insecure_registries, settings.registry_auth_files) == (insecure, files)
+
+
+@pytest.mark.parametrize("value", ["http://reg:5000", "reg/path", "user@reg"])
+def test_insecure_registries_are_names_not_urls(value: str) -> None:
+    parser = argparse.ArgumentParser()
+    add_cache_args(parser)
+    with pytest.raises(ConfigError, match="host\\[:port\\]"):
+        settings_from_args(parser.parse_args(["--insecure-registries", value]), {})
