@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from locality.records import verify_model_dir  # noqa: E402
+from locality.recordcheck import verify_model_dir  # noqa: E402
 from tests.fixtures.cached import commit_copy  # noqa: E402
 from tests.fixtures.models import minilm_dir, synthetic_model  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402

@@ -14,7 +14,8 @@ Layout under the cache root::
     quarantine/<id>/       a model whose record could not be parsed, kept (``<id>.json`` beside)
     .lock, agent.sock      the owner lock (a daemon holds it) and the daemon's local API socket
 
-Only the agent writes here (``agent.durable``); serving only reads a record to check its model.
+Only the agent writes here (``agent.store.durable``); serving only reads a record to check its model
+(``locality.recordcheck``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locality.digests import DIGEST_SCHEME, verify_files
+from locality.digests import DIGEST_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +233,10 @@ def record_for_dir(layout: Layout, name: str) -> ModelRecord | None:
     return None
 
 
-def verify_model_dir(model_dir: Path) -> list[str] | None:
-    """For the serving process: re-hash a committed ``<root>/models/<id>``; None if not in a cache."""
+def record_at(model_dir: Path) -> ModelRecord | None:
+    """The record of a committed ``<root>/models/<dir>`` found by its path; None when the
+    directory is not in a node cache (or has no readable record)."""
     model_dir = Path(model_dir).resolve()
-    layout = Layout(model_dir.parent.parent)
     if model_dir.parent.name != "models":
         return None
-    record = record_for_dir(layout, model_dir.name)
-    if record is None:
-        return None
-    return verify_files(model_dir, record)
+    return record_for_dir(Layout(model_dir.parent.parent), model_dir.name)

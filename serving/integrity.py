@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from locality.records import verify_model_dir
+from locality.recordcheck import verify_model_dir
 
 MAX_HEADER = 100 * 2**20  # the safetensors reference implementation refuses larger headers
 DTYPE_BYTES = {

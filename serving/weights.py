@@ -10,7 +10,6 @@ every file of the model once.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from pathlib import Path
 
 import xxhash
 
-from locality.digests import hash_chunk
-from locality.records import FileRecord, Layout, ModelRecord, record_for_dir
+from locality.recordcheck import verify_files
+from locality.records import FileRecord, ModelRecord, record_at
 from serving.integrity import Header, IntegrityError, read_header, record_mismatch, weight_files
 from serving.reads import Source
 
@@ -58,10 +57,7 @@ class Plan:
 
 def cache_record(model_dir: Path) -> ModelRecord | None:
     """The agent's record of a committed ``<root>/models/<id>``; None when not in a node cache."""
-    model_dir = model_dir.resolve()
-    if model_dir.parent.name != "models":
-        return None
-    return record_for_dir(Layout(model_dir.parent.parent), model_dir.name)
+    return record_at(model_dir)
 
 
 def plan(model_dir: Path, *, check: bool) -> Plan:
@@ -146,31 +142,6 @@ def check_other_files(plan: Plan) -> None:
     if plan.record is None:
         return
     weights = {s.header.path.relative_to(plan.model_dir).as_posix() for s in plan.shards}
-    problems = []
-    buf = memoryview(bytearray(8 << 20))
-    for f in plan.record.files:
-        if f.path not in weights:
-            problems.extend(_check_file(plan.model_dir, f, buf))
-    known = {f.path for f in plan.record.files}
-    for path in sorted(p for p in plan.model_dir.rglob("*") if not p.is_dir()):
-        if path.relative_to(plan.model_dir).as_posix() not in known:
-            problems.append(f"{path.relative_to(plan.model_dir)}: not part of the model")
+    problems = verify_files(plan.model_dir, plan.record, skip=weights)
     if problems:
         raise record_mismatch(plan.model_dir, problems)
-
-
-def _check_file(model_dir: Path, f: FileRecord, buf: memoryview) -> list[str]:
-    try:
-        fd = os.open(model_dir / f.path, os.O_RDONLY)
-    except OSError as exc:
-        return [f"{f.path}: missing ({exc.strerror})"]
-    try:
-        if os.fstat(fd).st_size != f.size:
-            return [f"{f.path}: size {os.fstat(fd).st_size} != {f.size}"]
-        for i, want in enumerate(f.chunk_digests):
-            offset = i * f.chunk_bytes
-            if hash_chunk(fd, offset, min(f.chunk_bytes, f.size - offset), buf) != want:
-                return [f"{f.path}: chunk {i} (bytes {offset}..{offset + f.chunk_bytes}) differs"]
-    finally:
-        os.close(fd)
-    return []

@@ -23,7 +23,8 @@ from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
 from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
 from locality.backoff import backoff_delay
-from locality.digests import chunk_count, hash_chunk
+from locality.digests import chunk_count
+from locality.recordcheck import hash_chunk
 from locality.retry import retry
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ from agent.store.partials import (
 from agent.store.recovery import read_record, recover, remove_staging
 from agent.store.refreshmarks import interrupted_refreshes
 from agent.store.trash import remove_tree, to_trash
-from locality.digests import verify_files
 from locality.identity import ModelRef
+from locality.recordcheck import verify_files
 from locality.records import RECORD_KEY, Layout, ModelRecord
 from locality.units import human_size
 

@@ -19,7 +19,7 @@ from agent.fetch.cache import Cache, FetchFailed, NoSpace, Pinned, Progress, Unk
 from agent.fetch.chunks import RetryPolicy
 from agent.lifecycle.views import record_view
 from locality.identity import model_ref
-from locality.records import verify_model_dir
+from locality.recordcheck import verify_model_dir
 from tests.fixtures.models import synthetic_model, write_safetensors
 from tests.fixtures.origin import Faults, run_origin
 from tests.fixtures.s3server import S3Server

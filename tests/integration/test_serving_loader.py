@@ -197,7 +197,7 @@ def test_truncated_file_fails_naming_it(tmp_path: Path, cached: bool) -> None:
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        pytest.param("config", "config.json: chunk 0", id="config.json edited"),
+        pytest.param("config", "config.json: xxh3_128 mismatch in bytes 0..", id="config.json edited"),
         pytest.param("extra", "stray.bin: not part of the model", id="file the record does not list"),
         pytest.param("lost", "tokenizer.json: missing", id="file of the record removed"),
     ],
