@@ -53,6 +53,7 @@ COPY locality ./locality
 COPY agent ./agent
 COPY scheduler_extender ./scheduler_extender
 COPY serving ./serving
+COPY fleetview ./fleetview
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels .
 
