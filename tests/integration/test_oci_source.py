@@ -24,7 +24,15 @@ from agent.config import Settings
 from agent.fetch.cache import Cache, FetchFailed, VerificationFailed
 from agent.fetch.sources.network import tls_context
 from locality.identity import model_ref
-from tests.fixtures.registry import OCI_INDEX, OCI_MANIFEST, Registry, descriptor, run_front, run_registry
+from tests.fixtures.registry import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REFRESH_TOKEN,
+    Registry,
+    descriptor,
+    run_front,
+    run_registry,
+)
 
 MiB = 2**20
 MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
@@ -263,7 +271,7 @@ async def test_a_moved_tag_is_a_new_revision(registry: Registry, tmp_path: Path)
 async def test_hostile_tar_is_refused_with_nothing_written(
     registry: Registry, tmp_path: Path, entries: list[tuple[str, bytes | tuple[str, str]]], why: str
 ) -> None:
-    repo = f"models/hostile-{abs(hash(why)) % 1000}"
+    repo = "models/hostile-" + "-".join(why.split()[:2]).strip("'")
     push_image(registry, repo, "v1", [tar_gz([("models/ok.bin", b"ok"), *entries])])
     root = tmp_path / "c"
     with pytest.raises(FetchFailed, match=why):
@@ -329,12 +337,15 @@ async def test_token_auth_over_tls_with_a_private_ca(tmp_path: Path, monkeypatch
         with pytest.raises(FetchFailed, match=r"not trusted.*SSL_CERT_FILE"):
             await make_cache(tmp_path / "a", auth_file=config).fetch(uri)
         monkeypatch.setenv("SSL_CERT_FILE", str(reg.ca.ca_file))
+        oauth = reg.docker_config(tmp_path / "oauth", identity_token=REFRESH_TOKEN)
         tls_context.cache_clear()  # the data path keeps one context per CA bundle for the process
         try:
             record = await make_cache(tmp_path / "b", auth_file=config).fetch(uri)
+            assert record.total_bytes == MiB + 5
+            record = await make_cache(tmp_path / "d", auth_file=oauth).fetch(uri)
+            assert record.total_bytes == MiB + 5  # an identitytoken is used as an OAuth2 refresh token
         finally:
             tls_context.cache_clear()
-        assert record.total_bytes == MiB + 5
 
 
 def test_kill_9_mid_blob_then_fetch_again_resumes(registry: Registry, tmp_path: Path) -> None:

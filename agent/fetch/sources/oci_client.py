@@ -106,19 +106,13 @@ class RegistryClient:
         if "service" in challenge.params:
             query["service"] = challenge.params["service"]
         login = self._find_login()
-        header = basic_header(login) if login is not None and not login.identity_token else None
-        resp = self._raw("GET", f"{realm}?{urlencode(query)}", {"Authorization": header} if header else {})
         if login is not None and login.identity_token:  # an OAuth2 refresh token: POST the form
-            resp.close()
-            form = urlencode(
-                {
-                    **query,
-                    "grant_type": "refresh_token",
-                    "refresh_token": login.identity_token,
-                    "client_id": "model-locality",
-                }
-            )
+            grant = {"grant_type": "refresh_token", "refresh_token": login.identity_token}
+            form = urlencode({**query, **grant, "client_id": "model-locality"})
             resp = self._raw("POST", realm, {"Content-Type": "application/x-www-form-urlencoded"}, form)
+        else:
+            auth = {"Authorization": basic_header(login)} if login is not None else {}
+            resp = self._raw("GET", f"{realm}?{urlencode(query)}", auth)
         if resp.status in (401, 403):
             resp.close()
             raise self._refused(resp.status, "the token service refused")
@@ -132,8 +126,10 @@ class RegistryClient:
             doc = json.loads(resp.read(1 << 20))
             token = str(doc.get("token") or doc.get("access_token") or "")
             expires = float(doc.get("expires_in") or 60)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             token, expires = "", 0.0
+        finally:
+            resp.close()
         if not token:
             raise SourceError(f"{self.model.display}: the token service gave no token", permanent=False)
         return f"Bearer {token}", time.time() + expires
