@@ -227,6 +227,11 @@ def test_layer_kinds(
             id="bad-digest",
         ),
         pytest.param(
+            {"mediaType": OCI_MANIFEST, "layers": [{**_layer("a/b"), "annotations": ["x"]}]},
+            "annotations that are not an object",
+            id="annotations-list",
+        ),
+        pytest.param(
             {"mediaType": "application/vnd.oci.artifact.manifest.v1+json", "layers": []},
             "unsupported manifest media type",
             id="artifact-manifest",

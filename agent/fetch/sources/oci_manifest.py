@@ -23,6 +23,7 @@ INDEXES = (OCI_INDEX, DOCKER_LIST)
 MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join((*MANIFESTS, *INDEXES))
 MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
+MODELPACK_CONFIG = "application/vnd.cncf.model.config.v1+json"
 FILEPATH = "org.cncf.model.filepath"
 TITLE = "org.opencontainers.image.title"
 ORAS_UNPACK = "io.deis.oras.content.unpack"
@@ -90,10 +91,9 @@ def layers(manifest: Mapping[str, Any], image_dir: str) -> list[Blob]:
     """Every layer of ``manifest`` as a ``Blob``; ``ManifestError`` for one that cannot be used."""
     if manifest.get("mediaType") not in MANIFESTS:
         raise ManifestError(f"unsupported manifest media type {manifest.get('mediaType')!r}")
-    modelpack = (
-        manifest.get("artifactType") == MODELPACK
-        or (manifest.get("config") or {}).get("mediaType") == "application/vnd.cncf.model.config.v1+json"
-    )
+    config = manifest.get("config")
+    config_type = config.get("mediaType") if isinstance(config, Mapping) else None
+    modelpack = manifest.get("artifactType") == MODELPACK or config_type == MODELPACK_CONFIG
     out = [_layer(_descriptor(d), image_dir, modelpack) for d in manifest.get("layers") or []]
     if not out:
         raise ManifestError("the manifest has no layers")
@@ -132,6 +132,9 @@ def _descriptor(d: Any) -> Mapping[str, Any]:
     size = d.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"descriptor {d['digest']} has no valid size")
+    for field in ("annotations", "platform"):
+        if not isinstance(d.get(field) or {}, Mapping):
+            raise ManifestError(f"descriptor {d['digest']} has {field} that are not an object")
     return d
 
 
