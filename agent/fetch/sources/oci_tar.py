@@ -100,7 +100,7 @@ def decompressed(raw: _Reader, compression: str) -> _Reader:
     if compression == "gzip":
         return _Inflate(raw)
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[arg-type]
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[arg-type]
     return raw
 
 
