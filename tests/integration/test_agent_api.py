@@ -19,6 +19,7 @@ from agent.face.app import MANAGER, create_app
 from locality.agentclient import AgentError, wait_ready
 from locality.identity import model_ref
 from tests.fixtures.models import synthetic_model
+from tests.fixtures.polling import eventually
 from tests.fixtures.s3server import S3Server
 
 TOKEN = "s3cr3t-token"
@@ -50,15 +51,15 @@ def is_dir(path: str) -> bool:
 async def until_state(
     client: Client, model_id: str, states: set[str], within: float = 30.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        resp = await client.get(f"/v1/models/{model_id}")
-        body = await resp.json()
-        if body.get("state") in states:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"model {model_id} never reached {states}: {body}")
+    last: dict[str, Any] = {}
+
+    async def body() -> dict[str, Any] | None:
+        last.clear()
+        last.update(await (await client.get(f"/v1/models/{model_id}")).json())
+        return dict(last) if last.get("state") in states else None
+
+    what = lambda: f"model {model_id} state in {states}: {last}"  # noqa: E731
+    return await eventually(body, within, what, interval=0.05)
 
 
 async def test_post_fetches_and_get_shows_path(client: Client, small_model: str) -> None:

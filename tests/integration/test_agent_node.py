@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,6 +24,7 @@ from locality.contract import CACHE_ANNOTATION, MODELS_ANNOTATION
 from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.models import synthetic_model
+from tests.fixtures.polling import eventually_sync
 from tests.fixtures.ports import free_port
 from tests.fixtures.s3server import S3Server
 
@@ -60,17 +60,15 @@ class Agent:
 
 def until(check: Callable[[], Any], what: str, agent: Agent | None = None, within: float = 30.0) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` (and the agent log)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
+
+    def alive_and(check: Callable[[], Any] = check) -> Any:
         if agent is not None and agent.proc.poll() is not None:
             raise AssertionError(
                 f"agent exited ({agent.proc.returncode}) while waiting for {what}\n{agent.logs()}"
             )
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{agent.logs() if agent else ''}")
+        return check()
+
+    return eventually_sync(alive_and, within, lambda: f"{what}\n{agent.logs() if agent else ''}")
 
 
 @pytest.fixture()

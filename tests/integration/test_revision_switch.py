@@ -3,9 +3,7 @@ atomic, the old directory stays while a pod pins it, then eviction takes it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from locality.identity import model_ref
 from locality.records import Layout, record_for_dir
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import run_origin
+from tests.fixtures.polling import eventually
 from tests.fixtures.s3server import S3Server
 
 MiB = 2**20
@@ -168,13 +167,13 @@ async def until_ready(client: Client, uri: str) -> dict[str, Any]:
 async def until(
     client: Client, model_id: str, done: Callable[[dict[str, Any]], bool], within: float = 30.0
 ) -> dict[str, Any]:
-    deadline, view = time.monotonic() + within, {}
-    while time.monotonic() < deadline:
-        view = dict(await (await client.get(f"/v1/models/{model_id}")).json())
-        if done(view):
-            return view
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"model {model_id} never got there: {view}")
+    last: dict[str, Any] = {}
+
+    async def view() -> dict[str, Any] | None:
+        last.update(await (await client.get(f"/v1/models/{model_id}")).json())
+        return dict(last) if done(last) else None
+
+    return await eventually(view, within, lambda: f"model {model_id} never got there: {last}", interval=0.05)
 
 
 async def test_scheduled_refresh_switches_without_a_request(

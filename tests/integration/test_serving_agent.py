@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.polling import eventually_sync
 from tests.fixtures.ports import free_port
 from tests.fixtures.s3server import S3Server
 
@@ -45,14 +45,12 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 
 def _until_ready(url: str, proc: subprocess.Popen[bytes], log: Path, within: float = 180) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()}")
-        if _get(url)[0] == 200:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never ready:\n{log.read_text()}")
+        return _get(url)[0] == 200
+
+    eventually_sync(ready, within, lambda: f"{url} ready\n{log.read_text()}", interval=0.1)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:

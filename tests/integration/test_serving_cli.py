@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from locality.identity import model_ref
 from serving.cli import main
 from tests.fixtures.cached import commit_copy
+from tests.fixtures.polling import eventually
 from tests.fixtures.ports import free_port
 
 URI = "s3://models/sentence-transformers/all-MiniLM-L6-v2"
@@ -175,14 +175,12 @@ async def test_model_uri_through_the_agent_then_serve_and_drain(minilm: Path, tm
 
 
 async def _wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    async def ready() -> bool:
         assert proc.poll() is None, "model-serve exited before it was ready"
         try:
             async with http.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
-                    return
+                return resp.status == 200
         except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("model-serve never became ready")
+            return False
+
+    await eventually(ready, 120, "model-serve ready", interval=0.1)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube
 from tests.fixtures.models import write_safetensors
 from tests.fixtures.origin import Faults, run_origin
+from tests.fixtures.polling import eventually_sync
 from tests.fixtures.ports import free_port
 
 NODE = "node-r"
@@ -41,13 +41,7 @@ def call(url: str, method: str = "GET", body: Any = None) -> tuple[int, str]:
 
 
 def until(check: Any, what: str, log: Path, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}\n{log.read_text(errors='replace')[-3000:]}")
+    return eventually_sync(check, within, lambda: f"{what}\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def leaks(text: str) -> list[str]:

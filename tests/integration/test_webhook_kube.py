@@ -23,6 +23,7 @@ from locality.identity import model_ref
 from scheduler_extender.certstore import CertKeeper, server_context
 from scheduler_extender.injection import DIR_ENV, INJECTED_ANNOTATION, WAIT_CONTAINER, Install, inject
 from scheduler_extender.webhook import EVENT_REASON, WebhookContext, serve_webhook
+from tests.fixtures.polling import eventually
 from tests.fixtures.ports import free_port
 from tests.fixtures.realkube import RealKube
 
@@ -145,16 +146,15 @@ async def registered(real_kube: RealKube, install: Install, *, wall: Any = None)
 async def until_effective(hook: Hook, seconds: float = 20.0) -> None:
     """The API server picks up a new webhook configuration asynchronously: dry-run until it bites."""
     ns = hook.ns()
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
+
+    async def bites() -> bool:
         pod = await asyncio.to_thread(create_pod, hook.kube, ns, pod_body("probe"), dry_run=True)
-        if INJECTED_ANNOTATION in pod["metadata"].get("annotations", {}):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(
-                "the API server never called the webhook:\n" + hook.kube.log("kube-apiserver")[-3000:]
-            )
-        await asyncio.sleep(0.2)
+        return INJECTED_ANNOTATION in pod["metadata"].get("annotations", {})
+
+    def what() -> str:
+        return "the API server calls the webhook\n" + hook.kube.log("kube-apiserver")[-3000:]
+
+    await eventually(bites, seconds, what, interval=0.2)
 
 
 async def create(hook: Hook, ns: str, body: dict[str, Any]) -> dict[str, Any]:
