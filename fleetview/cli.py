@@ -113,4 +113,3 @@ def _nothing(view: views.View) -> str:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-

@@ -205,4 +205,3 @@ def render_ids(refs: Sequence[ModelRef], fmt: str | None) -> str:
     if fmt in ("json", "yaml"):
         return render.document("ModelId", refs, fmt)
     return render.tabulate(render.ID_COLUMNS, refs, wide=fmt == "wide")
-

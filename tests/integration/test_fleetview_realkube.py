@@ -12,11 +12,13 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client import ApiException
 
 from agent.cluster.labels import desired_metadata
 from agent.lifecycle.modelstate import ModelState
@@ -51,12 +53,36 @@ def state(ref: Any, st: str, size: int, revision: str | None = None) -> ModelSta
     return ModelState(ref.id, ref.uri, ref.label_key, st, size, revision)
 
 
+CREATED = (  # removed after the module: other tests share this server (a distribution of "all")
+    f"/api/v1/nodes/{N1}",
+    f"/api/v1/nodes/{N2}",
+    f"/api/v1/namespaces/{NS}/pods/server",
+    "/api/v1/namespaces/fv-other/pods/other",
+    "/apis/model-locality.io/v1alpha1/modeldistributions/fv-alpha",
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/fv-node-reader",
+    "/apis/rbac.authorization.k8s.io/v1/clusterroles/fv-node-reader",
+)
+
+
+def remove_all(kube: RealKube) -> None:
+    for path in CREATED:
+        with contextlib.suppress(ApiException):  # 404: not created (yet)
+            kube.request(
+                "DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0}
+            )
+
+
 @pytest.fixture(scope="module")
-def fleet(real_kube_crd: RealKube) -> RealKube:
+def fleet(real_kube_crd: RealKube) -> Iterator[RealKube]:
     kube = real_kube_crd
-    for name in (N1, N2):
-        with contextlib.suppress(Exception):
-            kube.request("DELETE", f"/api/v1/nodes/{name}")
+    remove_all(kube)
+    try:
+        yield populate(kube)
+    finally:
+        remove_all(kube)
+
+
+def populate(kube: RealKube) -> RealKube:
     labels, annotations = agent_metadata(
         [state(A, "ready", 3 * GiB, "rev-0123456789abcdef"), state(B, "ready", 5 * GiB)], 8 * GiB, 10 * GiB
     )

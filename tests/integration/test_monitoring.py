@@ -264,7 +264,10 @@ def monitoring_kube(real_kube: RealKube) -> Iterator[RealKube]:
     real_kube.apply_manifests(
         [yaml.load((CRDS / RULES_CRD).read_bytes(), Loader=yaml.CSafeLoader)], timeout=60.0
     )
-    real_kube.create_namespace("model-locality")
+    try:  # shared with other tests: created when missing, never replaced (its labels stay)
+        real_kube.request("GET", "/api/v1/namespaces/model-locality")
+    except ApiException:
+        real_kube.create_namespace("model-locality")
     yield real_kube
 
 
@@ -277,6 +280,7 @@ def test_the_upstream_crd_and_the_api_server_accept_both_objects(
         with contextlib.suppress(ApiException):  # left by an earlier run of this module
             monitoring_kube.request("DELETE", f"{base}/{meta['name']}")
         created = monitoring_kube.request("POST", f"{base}?fieldValidation=Strict", obj)
+        monitoring_kube.request("DELETE", f"{base}/{meta['name']}")
         assert created["metadata"]["name"] == meta["name"]
         if obj["kind"] == "PrometheusRule":
             assert created["spec"] == obj["spec"], "nothing pruned by the CRD's schema"

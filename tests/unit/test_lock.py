@@ -121,9 +121,7 @@ def test_torch_stays_at_the_tested_release() -> None:
     assert LOCK["torch"].version == Version("2.13.0")
 
 
-@pytest.mark.parametrize(
-    "path", ["scripts/setup.sh", "docker/agent.Dockerfile", "docker/serving.Dockerfile"]
-)
+@pytest.mark.parametrize("path", ["scripts/setup.sh", "docker/agent.Dockerfile", "docker/serving.Dockerfile"])
 def test_installers_use_the_lock(path: str) -> None:
     text = (ROOT / path).read_text()
     installs = [
