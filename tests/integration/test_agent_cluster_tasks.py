@@ -68,12 +68,19 @@ async def test_a_failing_cluster_task_restarts_the_set_without_duplicating_it(
     async def watches(kind: str) -> int:
         return await asyncio.to_thread(fake_kube.open_watches, kind)
 
+    def opened(kind: str) -> int:
+        """Watches of ``kind`` ever requested: 2 once the restarted set has opened its own."""
+        return sum(1 for r in fake_kube.requests if r.is_watch and r.path.rsplit("/", 1)[-1] == kind)
+
     await eventually(lambda: gate.runs == 2, what="the restarted set")
     await eventually(
-        lambda: _all(watches("pods"), watches("modeldistributions")), what="the restarted watches"
+        lambda: opened("pods") >= 2 and opened("modeldistributions") >= 2, what="the restarted set's watches"
     )
-    await asyncio.sleep(0.5)  # a duplicated set would have its second watches open by now
-    assert (await watches("pods"), await watches("modeldistributions")) == (1, 1)
+    # The restarted set's watches are open; a duplicated set would keep the first ones open beside them.
+    await eventually(
+        lambda: _all(watches("pods"), watches("modeldistributions")), what="one watch of each kind"
+    )
+    assert (opened("pods"), opened("modeldistributions")) == (2, 2)
     assert gate.runs == 2
     assert "background task cluster crashed" in caplog.text
     assert "policy informer failed (test)" in caplog.text

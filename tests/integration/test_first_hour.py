@@ -5,7 +5,6 @@ Every test runs the real CLI (``main(argv)`` or a subprocess) and asserts what t
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main as agent_main
+from tests.fixtures.polling import eventually
 
 
 @contextlib.contextmanager
@@ -284,9 +284,12 @@ async def test_a_second_fetch_says_who_holds_the_model(
         async with staging_lock(layout, "0123456789abcdef"):
             pass
 
+    def said_waiting() -> bool:
+        return any("waiting for another fetch" in r.getMessage() for r in caplog.records)
+
     async with staging_lock(layout, "0123456789abcdef"):
         second = asyncio.ensure_future(fetch_again())
-        await asyncio.sleep(0.3)
+        await eventually(said_waiting, what="the second fetch waiting")
         assert not second.done()
     await asyncio.wait_for(second, 5)
     waits = [r.getMessage() for r in caplog.records if "waiting for another fetch" in r.getMessage()]
@@ -340,10 +343,10 @@ async def test_post_and_get_of_a_model_answer_the_same_object(
     got = await client.get(f"/v1/models/{model_ref(uri).id}")
     assert posted.status == 202 and got.status == 200
     assert set((await posted.json()).keys()) == set((await got.json()).keys())
-    deadline = time.monotonic() + 30
-    while (await (await client.get(f"/v1/models/{model_ref(uri).id}")).json())["state"] != "ready":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    async def ready() -> bool:
+        return bool((await (await client.get(f"/v1/models/{model_ref(uri).id}")).json())["state"] == "ready")
+
+    await eventually(ready, 30, "the model ready", interval=0.05)
     again = await (await client.post("/v1/models", json={"uri": uri}, headers=auth)).json()
     assert again == await (await client.get(f"/v1/models/{model_ref(uri).id}")).json()
 

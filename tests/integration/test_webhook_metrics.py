@@ -4,7 +4,6 @@ each review its HTTPS listener answers as mutated, skipped or failed."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import ssl
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from scheduler_extender.app import create_app
@@ -91,7 +91,7 @@ async def test_reviews_counted_by_result(tmp_path: Path, aiohttp_client: Client)
 
 
 async def test_a_webhook_listener_that_could_not_start_is_restarted(
-    tmp_path: Path, aiohttp_client: Client
+    tmp_path: Path, aiohttp_client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The port is taken when the extender starts: the listener fails, is restarted by its supervisor,
     and serves once the port is free (before, it logged once and stayed down for the process's life)."""
@@ -118,7 +118,8 @@ async def test_a_webhook_listener_that_could_not_start_is_restarted(
             except (aiohttp.ClientConnectionError, ssl.SSLError, TimeoutError):
                 return False
 
-        await asyncio.sleep(0.5)
+        stopped = "the admission webhook stopped"
+        await eventually(lambda: stopped in caplog.text, within=15, what="the failed start logged")
         assert not await webhook_answers()  # the squatter holds the port (it never speaks TLS)
         squatter.close()
         await eventually(webhook_answers, within=15, what="the restarted webhook listener")

@@ -291,14 +291,32 @@ def _fake_tool(bin_dir: Path, name: str, script: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
 
+SCRIPT_TOOLS = ("sed", "head", "dirname")  # the commands build-images.sh runs besides the builders
+
+
+def _script_tools(bin_dir: Path) -> Path:
+    """A directory with links to just the tools the script needs: a PATH of our own, so that a real
+    ``docker`` or ``buildah`` on the host (often beside ``sed`` in /usr/bin) is never found."""
+    tools = bin_dir / "script-tools"  # a sub-directory: not searched through bin_dir's PATH entry
+    tools.mkdir(exist_ok=True)
+    for name in SCRIPT_TOOLS:
+        found = shutil.which(name)
+        assert found, f"{name} is not installed"
+        if not (tools / name).exists():
+            (tools / name).symlink_to(found)
+    return tools
+
+
 def _build(args: list[str], bin_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base_path = os.pathsep.join(str(Path(shutil.which(t) or "/bin/sh").parent) for t in ("sed", "bash"))
+    bash = shutil.which("bash")
+    assert bash
+    tools = _script_tools(bin_dir)
     return subprocess.run(
-        ["bash", str(BUILD_SCRIPT), *args],
+        [bash, str(BUILD_SCRIPT), *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": f"{bin_dir}{os.pathsep}{base_path}", "HOME": str(bin_dir), **env},
+        env={"PATH": f"{bin_dir}{os.pathsep}{tools}", "HOME": str(bin_dir), **env},
     )
 
 
