@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
-from agent.fetch.cache import Cache, FetchFailed, VerificationFailed
+from agent.fetch.cache import Cache, FetchFailed, NoSpace, VerificationFailed
 from agent.fetch.sources.network import tls_context
 from locality.identity import model_ref
 from tests.fixtures.registry import (
@@ -278,6 +278,25 @@ async def test_hostile_tar_is_refused_with_nothing_written(
         await make_cache(root, registry.host).fetch(model_ref(f"oci://{registry.host}/{repo}:v1"))
     names = await asyncio.to_thread(lambda: {p.name for p in tmp_path.rglob("*") if p.is_file()})
     assert not names & {"escape.txt", "abs.txt", "ok.bin", "link"}  # refused at listing: nothing written
+
+
+async def test_an_image_larger_than_the_quota_is_refused_before_a_byte_is_written(
+    registry: Registry, tmp_path: Path
+) -> None:
+    layer = tar_gz([("models/zeros.bin", bytes(64 * MiB))])  # 64 MiB that gzip makes ~64 KiB
+    assert len(layer) < MiB
+    push_image(registry, "models/bomb", "v1", [layer])
+    root = tmp_path / "c"
+    with run_front(registry) as front:
+        settings = Settings(cache_dir=root, quota_bytes=8 * MiB, insecure_registries=(front.host,))
+        with pytest.raises(NoSpace, match="no room for"):
+            await Cache(settings.validate()).fetch(model_ref(f"oci://{front.host}/models/bomb:v1"))
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    assert [p for p, _ in front.served if p.endswith(digest)] == [
+        f"/v2/models/bomb/blobs/{digest}"
+    ]  # scan only
+    sizes = await asyncio.to_thread(lambda: [p.stat().st_size for p in root.rglob("*") if p.is_file()])
+    assert sum(sizes) < MiB  # records and locks only: the 64 MiB were never written
 
 
 @pytest.mark.parametrize(
