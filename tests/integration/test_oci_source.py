@@ -312,6 +312,20 @@ async def test_missing_reference_names_it(registry: Registry, tmp_path: Path, ur
         await make_cache(tmp_path / "c", registry.host).fetch(model_ref(f"oci://{registry.host}/{uri}"))
 
 
+async def test_403_names_the_reference_and_5xx_is_retried(registry: Registry, tmp_path: Path) -> None:
+    push_modelpack(registry, "models/pack", "v1", {"a.bin": b"a"})
+    with run_front(registry) as front:
+        front.status["/v2/models/pack/manifests/v1"] = 403
+        uri = model_ref(f"oci://{front.host}/models/pack:v1")
+        with pytest.raises(FetchFailed, match=r"models/pack:v1: registry answered 403"):
+            await make_cache(tmp_path / "a", front.host).fetch(uri)
+        front.status["/v2/models/pack/manifests/v1"] = 503
+        with pytest.raises(
+            FetchFailed, match=r"HTTP 503 for the manifest \(UNAVAILABLE\).*gave up after 3 tries"
+        ):
+            await make_cache(tmp_path / "b", front.host).fetch(uri)
+
+
 async def test_unsupported_layer_media_type_names_the_reference(registry: Registry, tmp_path: Path) -> None:
     push_artifact(registry, "models/odd", "v1", [("application/x-strange", b"?", {})], "application/x-odd")
     with pytest.raises(
