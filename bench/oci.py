@@ -38,8 +38,8 @@ MODELPACK = "application/vnd.cncf.model.manifest.v1+json"
 WEIGHT = "application/vnd.cncf.model.weight.v1.raw"
 CLIENTS = {
     "ours": "model-locality (`model-agent fetch`, 8 GETs, 32 MiB chunks, verified, fsynced, committed)",
-    "oras": "oras-py `OrasClient.pull` (PyPI oras {oras})",
-    "skopeo": "`skopeo copy docker:// oci:` (Debian skopeo {skopeo})",
+    "oras": "oras-py `OrasClient.pull` (PyPI oras {oras}; checks no digest, no fsync)",
+    "skopeo": "`skopeo copy docker:// oci:` (Debian skopeo {skopeo}; checks digests, OCI layout)",
 }
 
 
