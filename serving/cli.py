@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ from locality.agentclient import AgentError, client_token_file, file_token, wait
 from locality.cli import add_common_flags, verbosity
 from locality.serve import serve as serve_app
 from locality.settings import setup_logging
+from serving import loading  # no torch: a CPU load reads the weights while torch imports
 from serving.app import Deps, create_app, drain
 from serving.config import ConfigError, Settings, add_arguments, settings_from_args
 from serving.startup import Embedder, StartupError
@@ -56,11 +56,9 @@ def default_deps(settings: Settings) -> Deps:
         return await wait_for_agent(settings)
 
     def prepare() -> object:
-        return importlib.import_module("serving.model")  # torch: seconds, overlapped with the wait
+        return loading.runtime()  # torch: seconds, overlapped with the wait (and a CPU load's reads)
 
     def load(model_dir: Path) -> Embedder:
-        from serving import loading  # no torch: a CPU load reads the weights while torch imports
-
         check = settings.verify == "stream"  # "full" checked before, in a pass of its own
         return loading.load(model_dir, device=settings.device, threads=settings.threads, check=check)
 

@@ -1,14 +1,10 @@
-"""One pass from the node cache to the device: parallel large reads, hashed as read, tensors in place.
+"""Tensors over a load's buffers: host memory on CPU, a pinned double-buffered pass on CUDA.
 
-Each shard is read into one buffer by several worker threads (a task is one record chunk, so
-each read is large and sequential and each chunk is hashed by the thread that read it). Pages
-not in the page cache are read with ``O_DIRECT`` straight into the destination, cached ones are
-copied from the cache (``Source``). On CPU the buffer is the tensors' memory: one
-anonymous private map per shard (page-aligned for ``O_DIRECT``, no zero-fill: its pages are
-first touched by the read) and every tensor is ``torch.frombuffer`` over its byte range, no
-second copy. On CUDA each worker reads into two pinned host buffers in turn and copies each to
-the shard's device buffer with ``non_blocking`` on its own stream while it reads the next
-(double buffering); tensors are views of the device buffer. Imported by ``serving.model`` only.
+On CPU the buffers are ``serving.hostload``'s (read and checked without torch) and every tensor
+is ``torch.frombuffer`` over its byte range, no second copy. On CUDA each worker reads into two
+pinned host buffers in turn and copies each to the shard's device buffer with ``non_blocking``
+on its own stream while it reads the next (double buffering); tensors are views of the device
+buffer. Imported by ``serving.model`` only.
 """
 
 from __future__ import annotations
@@ -17,23 +13,18 @@ import ctypes
 import logging
 import math
 import mmap
-import queue
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from serving import weights
+from serving import hostload, weights
+from serving.hostload import BLOCK_BYTES, WORKERS, HostWeights, Run
 from serving.integrity import IntegrityError, TensorEntry
-from serving.reads import ALIGN, Source
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 16 * 2**20  # one preadv; also the size of each pinned staging buffer on CUDA
-WORKERS = 4
 TORCH_DTYPES = {
     "BOOL": "bool", "U8": "uint8", "I8": "int8", "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn",
     "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16", "I32": "int32",
@@ -55,27 +46,36 @@ def load_state_dict(
     directory outside a cache loads with header checks only). Raises ``IntegrityError`` naming
     the file (and the chunk's byte range) on any damage.
     """
+    target = torch.device(device)
+    if target.type != "cuda":
+        host = hostload.read_host(model_dir, check=check, workers=workers, block_bytes=block_bytes)
+        return tensors_of(host)
     start = time.perf_counter()
     plan = weights.plan(model_dir, check=check)
-    target = torch.device(device)
-    if target.type == "cuda":
-        buffers: list[torch.Tensor | mmap.mmap] = [
-            torch.empty(s.header.size, dtype=torch.uint8, device=target) for s in plan.shards
-        ]
-    else:
-        buffers = [_host_buffer(s.header.size) for s in plan.shards]
-    _read_all(plan, buffers, target, workers, block_bytes, meanwhile=lambda: weights.check_other_files(plan))
+    buffers = [torch.empty(s.header.size, dtype=torch.uint8, device=target) for s in plan.shards]
+    meanwhile = lambda: weights.check_other_files(plan)  # noqa: E731
+    hostload.read_all(plan, buffers, _cuda_worker, workers, block_bytes, meanwhile=meanwhile)
+    return _tensors(plan, buffers, str(target), time.perf_counter() - start)
+
+
+def tensors_of(host: HostWeights) -> dict[str, torch.Tensor]:
+    """The tensors of a host read, each a view of its shard's buffer (no copy)."""
+    return _tensors(host.plan, host.buffers, "cpu", host.seconds)
+
+
+def _tensors(
+    plan: weights.Plan, buffers: Sequence[torch.Tensor | mmap.mmap], where: str, seconds: float
+) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for shard, buf in zip(plan.shards, buffers, strict=True):
         for entry in shard.header.tensors:
             tensors[entry.name] = _tensor(buf, shard.header.data_start, entry, shard.header.path)
-    seconds = time.perf_counter() - start
     log.info(
-        "%s: %d tensors, %.0f MB on %s in %.3fs (%.0f MB/s)%s",
-        model_dir,
+        "%s: %d tensors, %.0f MB on %s, read in %.3fs (%.0f MB/s)%s",
+        plan.model_dir,
         len(tensors),
         plan.total_bytes / 1e6,
-        target,
+        where,
         seconds,
         plan.total_bytes / 1e6 / max(seconds, 1e-9),
         ", digests match" if plan.record is not None else "",
@@ -83,132 +83,39 @@ def load_state_dict(
     return tensors
 
 
-def _read_all(
-    plan: weights.Plan,
-    buffers: list[torch.Tensor | mmap.mmap],
-    target: torch.device,
-    workers: int,
-    block: int,
-    *,
-    meanwhile: Callable[[], None],
-) -> None:
-    """Run the segments on ``workers`` threads and ``meanwhile`` on this one (the small files'
-    check, overlapped with the weights' reads); the first failure stops the others and is raised."""
-    segs = weights.segments(plan)
-    sources: list[Source] = []
+def _cuda_worker(run: Run) -> None:
+    """Read into pinned buffer A, copy it to the device asynchronously while reading into B."""
+    stream = torch.cuda.Stream()
+    staging = [torch.empty(run.block, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    views = [_writable(t) for t in staging]
+    pending: list[torch.cuda.Event | None] = [None, None]
+    turn = 0
+
+    def sink(_offset: int, _n: int) -> memoryview:
+        event = pending[turn]
+        if event is not None:
+            event.synchronize()  # the copy out of this buffer has finished: reuse it
+        return views[turn]
+
+    def copier(dst: torch.Tensor) -> weights.Filled:
+        def filled(offset: int, n: int, _view: memoryview) -> None:
+            nonlocal turn
+            with torch.cuda.stream(stream):
+                dst[offset : offset + n].copy_(staging[turn][:n], non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+            pending[turn] = event
+            turn ^= 1
+
+        return filled
+
     try:
-        sources.extend(Source(s.header.path) for s in plan.shards)
-        run = _Run(plan, buffers, sources, segs, block)
-        work = run.cuda_worker if target.type == "cuda" else run.cpu_worker
-        n = max(1, min(workers, len(segs)))
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="serving-load") as pool:
-            futures = [pool.submit(run.guarded, work) for _ in range(n)]
-            run.guarded(meanwhile)
-        failures = [exc for exc in (f.exception() for f in futures) if exc is not None]
-        if failures:  # inside the try: a worker's read error (EIO) is named like this thread's
-            raise failures[0]
-    except OSError as exc:
-        raise IntegrityError(
-            f"{exc.filename or plan.model_dir}: cannot read ({exc.strerror or exc})"
-        ) from exc
+        while (seg := run.next()) is not None:
+            dst = run.buffers[seg.shard]
+            assert isinstance(dst, torch.Tensor)
+            run.read(seg, sink, copier(dst))
     finally:
-        for source in sources:
-            source.close()
-
-
-class _Run:
-    """The shared state of one load: the segments left, open files, buffers, the stop flag."""
-
-    def __init__(
-        self,
-        plan: weights.Plan,
-        buffers: list[torch.Tensor | mmap.mmap],
-        sources: list[Source],
-        segs: list[weights.Segment],
-        block: int,
-    ) -> None:
-        self.plan, self.buffers, self.sources, self.block = plan, buffers, sources, block
-        self.todo: queue.SimpleQueue[weights.Segment] = queue.SimpleQueue()
-        for seg in segs:
-            self.todo.put(seg)
-        self.stop = threading.Event()
-
-    def guarded(self, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except BaseException:
-            self.stop.set()
-            raise
-
-    def next(self) -> weights.Segment | None:
-        """The next segment, or None when none is left or another worker failed."""
-        if self.stop.is_set():
-            return None
-        try:
-            return self.todo.get_nowait()
-        except queue.Empty:
-            return None
-
-    def read(self, seg: weights.Segment, sink: weights.Sink, filled: weights.Filled) -> None:
-        source = self.sources[seg.shard]
-        weights.read_segment(source, seg, sink=sink, filled=filled, block=self.block, stop=self.stop)
-
-    def cpu_worker(self) -> None:
-        """Read straight into the shard's buffer: that memory becomes the tensors."""
-        views = [memoryview(b) for b in self.buffers if isinstance(b, mmap.mmap)]
-        while (seg := self.next()) is not None:
-            self.read(seg, _slicer(views[seg.shard]), _nothing)
-
-    def cuda_worker(self) -> None:
-        """Read into pinned buffer A, copy it to the device asynchronously while reading into B."""
-        stream = torch.cuda.Stream()
-        staging = [torch.empty(self.block, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-        views = [_writable(t) for t in staging]
-        pending: list[torch.cuda.Event | None] = [None, None]
-        turn = 0
-
-        def sink(_offset: int, _n: int) -> memoryview:
-            event = pending[turn]
-            if event is not None:
-                event.synchronize()  # the copy out of this buffer has finished: reuse it
-            return views[turn]
-
-        def copier(dst: torch.Tensor) -> weights.Filled:
-            def filled(offset: int, n: int, _view: memoryview) -> None:
-                nonlocal turn
-                with torch.cuda.stream(stream):
-                    dst[offset : offset + n].copy_(staging[turn][:n], non_blocking=True)
-                    event = torch.cuda.Event()
-                    event.record(stream)
-                pending[turn] = event
-                turn ^= 1
-
-            return filled
-
-        try:
-            while (seg := self.next()) is not None:
-                dst = self.buffers[seg.shard]
-                assert isinstance(dst, torch.Tensor)
-                self.read(seg, sink, copier(dst))
-        finally:
-            stream.synchronize()  # no copy may outlive its pinned buffer
-
-
-def _host_buffer(size: int) -> mmap.mmap:
-    """Private anonymous memory for one shard, rounded up to whole pages (a direct read of the
-    file's tail fills its last page). Unlike ``bytearray`` nothing is zeroed up front."""
-    return mmap.mmap(-1, max(1, -(-size // ALIGN) * ALIGN), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-
-
-def _slicer(view: memoryview) -> weights.Sink:
-    def sink(offset: int, _n: int) -> memoryview:
-        return view[offset:]  # to the buffer's end: room for a direct read's rounded-up tail
-
-    return sink
-
-
-def _nothing(_offset: int, _n: int, _view: memoryview) -> None:
-    return None
+        stream.synchronize()  # no copy may outlive its pinned buffer
 
 
 def _writable(t: torch.Tensor) -> memoryview:

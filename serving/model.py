@@ -7,16 +7,21 @@ from here only). All calls here block; the app runs them on its inference thread
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from transformers import MODEL_MAPPING, AutoConfig, AutoTokenizer
+
+# PreTrainedModel: the whole modeling stack (seconds), imported here so the prepare thread pays it
+from transformers import MODEL_MAPPING, AutoConfig, AutoTokenizer, PreTrainedModel
 
 from serving import loader
+from serving.hostload import HostWeights
 from serving.integrity import IntegrityError
 
 DEFAULT_MAX_TOKENS = 512
@@ -64,6 +69,25 @@ def pick_device(wanted: str) -> str:
     return wanted
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What a model needs besides its weights: config, the class it names (imported), tokenizer."""
+
+    config: Any
+    cls: Any
+    tokenizer: Any
+
+
+def parts(model_dir: Path) -> Parts:
+    """Read ``config.json`` and the tokenizer, import the model class; ``ModelLoadError`` if any fails."""
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        return Parts(config, MODEL_MAPPING[type(config)], tokenizer)
+    except Exception as exc:  # the loaders raise anything from OSError to ValueError
+        raise _load_error(model_dir, exc) from exc
+
+
 def load(
     model_dir: Path, *, device: str = "auto", threads: int | None = None, check: bool = True
 ) -> TorchEmbedder:
@@ -73,37 +97,113 @@ def load(
     record (``check``, when the directory is a cached model) and placed on the device; a damaged
     file raises ``IntegrityError`` naming the file and chunk.
     """
+    target = _setup(device, threads)
+    state = loader.load_state_dict(model_dir, device=target, check=check)  # IntegrityError as is
+    return _embedder(model_dir, state, target, parts(model_dir))
+
+
+def load_host(
+    model_dir: Path, host: HostWeights, found: Parts, *, device: str = "cpu", threads: int | None = None
+) -> TorchEmbedder:
+    """The model over weights already read into host memory and checked (``serving.hostload``).
+
+    ``device`` is normally the CPU; a GPU that ``auto`` finds after all gets a copy of the model.
+    """
+    target = _setup(device, threads)
+    model = _embedder(model_dir, loader.tensors_of(host), "cpu", found)
+    if target != "cpu":
+        model._model.to(target)
+        model.device = target
+    return model
+
+
+def _setup(device: str, threads: int | None) -> str:
     if threads:
         torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
-    target = pick_device(device)
-    state = loader.load_state_dict(model_dir, device=target, check=check)  # IntegrityError as is
+    return pick_device(device)
+
+
+def _embedder(model_dir: Path, state: dict[str, torch.Tensor], target: str, found: Parts) -> TorchEmbedder:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = _build(model_dir, state, target)
+        model = _build(found, state, target)
     except IntegrityError:
         raise
-    except Exception as exc:  # the loaders raise anything from OSError to ValueError
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"cannot load the model in {model_dir}: {reason}") from exc
-    return TorchEmbedder(tokenizer, model, target, _max_tokens(model_dir, tokenizer, model))
+    except Exception as exc:
+        raise _load_error(model_dir, exc) from exc
+    return TorchEmbedder(found.tokenizer, model, target, _max_tokens(model_dir, found.tokenizer, model))
 
 
-def _build(model_dir: Path, state: dict[str, torch.Tensor], target: str, *, adopt: bool | None = None) -> Any:
+def _load_error(model_dir: Path, exc: Exception) -> ModelLoadError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ModelLoadError(f"cannot load the model in {model_dir}: {reason}")
+
+
+def _build(found: Parts, state: dict[str, torch.Tensor], target: str) -> Any:
     """The model class of ``config.json`` over ``state``'s tensors, without copying them.
 
-    transformers places a given state dict on the CPU unless ``accelerate`` drives a device
-    map, so for a GPU the model is built over untouched host placeholders (``torch.empty``
-    costs no page until written) and each parameter is then pointed at its device tensor.
+    On the CPU: built with its parameters on the meta device (no memory, no random init) and
+    each pointed at its tensor (``assign``); a checkpoint that needs renaming, tying or
+    initialising goes through ``from_pretrained``. transformers places a given state dict on
+    the CPU unless ``accelerate`` drives a device map, so for a GPU the model is built over
+    untouched host placeholders (``torch.empty`` costs no page until written) and each
+    parameter is then pointed at its device tensor.
     """
-    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    cls = MODEL_MAPPING[type(config)]
-    if not (target != "cpu" if adopt is None else adopt):
-        return cls.from_pretrained(None, config=config, state_dict=state).eval()
+    config, cls = found.config, found.cls
+    if target == "cpu":
+        model = assemble(cls, config, state)
+        if model is None:
+            model = cls.from_pretrained(None, config=config, state_dict=state)
+        return model.eval()
     hosts = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in state.items()}
     model, info = cls.from_pretrained(None, config=config, state_dict=hosts, output_loading_info=True)
     _adopt(model, hosts, state, set(info["missing_keys"]))
     return model.to(target).eval()
+
+
+def assemble(
+    cls: type[PreTrainedModel], config: Any, state: dict[str, torch.Tensor]
+) -> PreTrainedModel | None:
+    """``cls(config)`` over exactly ``state``'s tensors, or None when they are not exactly its
+    parameters and persistent buffers (extra non-persistent buffers, which old checkpoints
+    carry, are left out as ``from_pretrained`` does)."""
+    with _parameters_on_meta():
+        model = cls(config)
+    wanted = set(model.state_dict())
+    extra = set(state) - wanted
+    if wanted - set(state) or not extra <= _non_persistent(model):
+        return None
+    model.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    return model
+
+
+def _non_persistent(model: Any) -> set[str]:
+    return {
+        f"{prefix}.{name}".lstrip(".")
+        for prefix, module in model.named_modules()
+        for name in module._non_persistent_buffers_set
+    }
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter registered meanwhile moves to the meta device (its init is then free);
+    buffers stay real (position ids and the like are computed in ``__init__``, not loaded)."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None:
+            kind = type(param)
+            module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
 
 
 def _adopt(

@@ -90,10 +90,13 @@ async def start(
 
 
 def _quietly(prepare: Callable[[], object]) -> None:
+    start = time.perf_counter()
     try:
         prepare()
     except Exception as exc:  # the loader repeats the import and reports the error properly
         log.debug("prepare failed: %s", exc)
+        return
+    log.info("prepared (model runtime imported) in %.3fs", time.perf_counter() - start)
 
 
 async def _phase(metrics: Metrics, name: str, work: Awaitable[T]) -> T:

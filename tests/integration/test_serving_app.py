@@ -7,6 +7,7 @@ import base64
 import math
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -149,15 +150,32 @@ async def test_readiness_flips_only_after_warm_up(
     aiohttp_client: MakeClient, minilm: Path, embedder: Embedder
 ) -> None:
     gated = Gated(embedder, closed=True)
-    client = await aiohttp_client(create_app(settings(minilm), deps(minilm, gated)))
+    load_entered, load_gate = threading.Event(), threading.Event()
+
+    def load(_: Path) -> Embedder:  # held by the test: the load gauge must cover the whole wait
+        load_entered.set()
+        if not load_gate.wait(timeout=30):
+            raise RuntimeError("test gate never opened")
+        return gated
+
+    client = await aiohttp_client(create_app(settings(minilm), replace(deps(minilm, gated), load=load)))
+    try:
+        await until(lambda: is_set(load_entered))
+        held_from = time.perf_counter()
+        assert (await client.get("/readyz")).status == 503
+        assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "load"}) == 0
+        held = time.perf_counter() - held_from
+    finally:
+        load_gate.set()
     try:
         await until(lambda: is_set(gated.entered))  # warm-up is running
         assert (await client.get("/readyz")).status == 503
         assert (await client.get("/healthz")).status == 200  # alive while starting
         resp = await client.post("/v1/embeddings", json={"input": "too early"})
         assert resp.status == 503 and "not ready" in (await resp.json())["error"]["message"]
-        # The load phase is over (recorded, so above the gauge's initial 0); warm-up is not.
-        assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "load"}) > 0
+        # The load phase is over and its gauge covers at least the time the test held the load
+        # (so it is above its initial 0); warm-up is not over.
+        assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "load"}) >= held
         assert await metric(client, "model_locality_serving_startup_phase_seconds", {"phase": "warmup"}) == 0
         assert await metric(client, "model_locality_serving_ready") == 0
     finally:
