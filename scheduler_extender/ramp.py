@@ -61,6 +61,26 @@ class Workload:
     gpus_per_pod: int = 0  # 0: unknown
 
 
+@dataclass(frozen=True, slots=True)
+class WorkloadRef:
+    """``spec.workload`` of a distribution."""
+
+    kind: str  # Deployment | HorizontalPodAutoscaler
+    namespace: str
+    name: str
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A workload as read (``workloads.Workloads``), or why it could not be."""
+
+    workload: Workload | None
+    error: str | None = None
+
+
 def parse_scale_up(behavior: object) -> ScaleUp:
     """``spec.behavior`` of an autoscaling/v2 HPA -> its scale-up rules (defaults filled in)."""
     rules = mapping(mapping(behavior).get("scaleUp"))

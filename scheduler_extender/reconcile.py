@@ -19,6 +19,7 @@ from locality.kube import KubeError, NotFound
 from locality.timestamps import rfc3339
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache
+from scheduler_extender.ramp import WorkloadRef
 from scheduler_extender.specs import (
     AUTO,
     AutoInputs,
@@ -28,7 +29,7 @@ from scheduler_extender.specs import (
     node_view,
     parse_spec,
 )
-from scheduler_extender.workloads import WorkloadRef, Workloads
+from scheduler_extender.workloads import Workloads
 
 log = logging.getLogger(__name__)
 

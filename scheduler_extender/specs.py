@@ -23,9 +23,8 @@ from typing import Any
 from locality.identity import InvalidURI, ModelRef, model_ref
 from scheduler_extender.index import NodeIndex
 from scheduler_extender.nodes import NodeState
-from scheduler_extender.ramp import pods_per_node, warm_nodes
+from scheduler_extender.ramp import Lookup, WorkloadRef, pods_per_node, warm_nodes
 from scheduler_extender.targets import ALL, Want, choose_targets, eligible
-from scheduler_extender.workloads import Lookup, WorkloadRef
 
 AUTO = "auto"
 WORKLOAD_KINDS = ("Deployment", "HorizontalPodAutoscaler")

@@ -11,34 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from locality.contract import mapping
 from locality.kube import KubeError, NotFound
-from scheduler_extender.ramp import Workload, from_deployment, from_hpa
+from scheduler_extender.ramp import Lookup, WorkloadRef, from_deployment, from_hpa
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadRef:
-    """``spec.workload`` of a distribution."""
-
-    kind: str  # Deployment | HorizontalPodAutoscaler
-    namespace: str
-    name: str
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """A workload read (or why it could not be)."""
-
-    workload: Workload | None
-    error: str | None = None
 
 
 class Workloads:

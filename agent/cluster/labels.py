@@ -5,8 +5,11 @@ Pure: no I/O, no clock. ``nodesync`` applies the patch through the Kubernetes ed
 Contract (the node contract, ``locality.contract``): the Node carries ``<label key>: "ready"``
 for every committed model and no other model label of ours; ``model-locality.io/models`` holds compact JSON
 ``{id: {"uri", "bytes", "state"}}``; ``model-locality.io/cache`` holds
-``{"used_bytes", "quota_bytes"}`` for the extender's free-space estimate. Byte progress is not
-part of either annotation, so they change only when a model changes state.
+``{"used_bytes", "quota_bytes"}`` for the extender's free-space estimate. For the extender's
+time-to-ready score, an in-flight entry carries ``bytes_done`` and ``model-locality.io/fetch-rate``
+the measured bytes/s, each rewritten only on a material change (``locality.contract``:
+``progress_changed``, ``rate_changed``) and progress only when the caller allows it (``nodesync``
+bounds progress-only writes in time); otherwise the written value is kept, so no patch follows.
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ from dataclasses import dataclass, field
 from agent.lifecycle.modelstate import ModelState
 from locality.contract import (
     CACHE_ANNOTATION,
+    FETCH_RATE_ANNOTATION,
     MODELS_ANNOTATION,
     READY,
     CacheUsage,
     ModelEntry,
+    format_fetch_rate,
     mapping,
+    parse_fetch_rate,
+    parse_models_annotation,
+    progress_changed,
+    rate_changed,
     str_map,
 )
 from locality.identity import is_model_label, redact_uri
@@ -61,6 +70,9 @@ def desired_metadata(
     *,
     max_bytes: int = MAX_MODELS_ANNOTATION_BYTES,
     max_failed: int = MAX_FAILED_ENTRIES,
+    written: NodeMetadata | None = None,
+    progress: bool = True,
+    rate: float | None = None,
 ) -> NodeMetadata:
     """Labels for ready models; the models annotation (bounded) and the cache annotation.
 
@@ -69,6 +81,9 @@ def desired_metadata(
     ``max_bytes``. Ready models always get their label even if their entry had to be dropped.
     """
     ordered = sorted(models, key=lambda m: (_STATE_ORDER.get(m.state, 9), m.id))
+    before = written.annotations if written is not None else {}
+    entries, _ = parse_models_annotation(before.get(MODELS_ANNOTATION))
+    shown = {mid: e.bytes_done for mid, e in entries.items()}
     labels = {m.label_key: READY for m in ordered if m.state == "ready"}
     summary: dict[str, dict[str, object]] = {}
     size, failed = 2, 0  # "{}"
@@ -78,7 +93,8 @@ def desired_metadata(
                 continue
             failed += 1
         # Node annotations are world-readable: no credentials or signed query strings in them.
-        entry = ModelEntry(redact_uri(m.uri), m.bytes, m.state, m.revision).as_json()
+        done = _done(m, shown.get(m.id), progress)
+        entry = ModelEntry(redact_uri(m.uri), m.bytes, m.state, m.revision, done).as_json()
         cost = len(_compact({m.id: entry})) - 1  # minus the braces, plus a comma
         if size + cost > max_bytes:
             break
@@ -88,7 +104,20 @@ def desired_metadata(
         MODELS_ANNOTATION: _compact(dict(sorted(summary.items()))),
         CACHE_ANNOTATION: _compact(CacheUsage(used_bytes, quota_bytes).as_json()),
     }
+    shown_rate, _ = parse_fetch_rate(before.get(FETCH_RATE_ANNOTATION))
+    if rate is not None and rate_changed(shown_rate, rate):
+        annotations[FETCH_RATE_ANNOTATION] = format_fetch_rate(rate)
     return NodeMetadata(labels=labels, annotations=annotations)
+
+
+def _done(model: ModelState, shown: int | None, progress: bool) -> int | None:
+    """``bytes_done`` to advertise: the new value when it moved materially and progress may be
+    written now, else the one the Node shows (kept as it is: no write for it)."""
+    if model.bytes_done is None:
+        return None
+    if progress and progress_changed(shown, model.bytes_done, model.bytes or None):
+        return model.bytes_done
+    return shown
 
 
 def node_patch(current: NodeMetadata, desired: NodeMetadata) -> NodePatch:

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.config import Settings
 from agent.fetch.cache import Cache, CacheError, Pinned, Progress, UnknownModel
-from agent.lifecycle.modelstate import ModelState, Wanted
+from agent.lifecycle.modelstate import FetchRate, ModelState, Wanted
 from agent.lifecycle.pins import Pins
 from agent.lifecycle.refresher import Refresher
 from agent.lifecycle.states import (
@@ -64,6 +64,7 @@ class ModelManager:
         self._scanned = False  # the scrape-time gauges read the cache only after start()'s scan
         self.pins = Pins(self.cache)
         self._closing = False
+        self.fetch_rate = FetchRate()  # advertised on the Node (agent.cluster.nodesync)
         self.refresher = Refresher(self)
         self._revisions: dict[str, str] = {}  # model id -> revision its distribution pins
         self._asked: dict[str, str] = {}  # model id -> revision last refreshed to for that pin
@@ -248,9 +249,11 @@ class ModelManager:
             async with self._sem:
                 job.state = "fetching"
                 self._changed()
+                fetching_since = self._clock()
                 record = await self.cache.fetch(
                     ref, progress=lambda p: self._progress(job, p), expect=job.expect
                 )
+            self.fetch_rate.record(job.bytes_done, self._clock() - fetching_since)
             outcome = "ready"
             self._known_ready.add(ref.id)
             if self._jobs.get(ref.id) is job:
@@ -384,6 +387,7 @@ class ModelManager:
                 label_key=job.ref.label_key,
                 state=job.state,
                 bytes=job.bytes_total or 0,
+                bytes_done=job.bytes_done if job.state in ("queued", "fetching") else None,
             )
         return list(states.values())
 
