@@ -1,7 +1,9 @@
-"""Settings helpers every service uses: flag-or-env lookup, sizes, token files, logging.
+"""Settings helpers every service uses: declared settings, flag-or-env lookup, sizes, token files, logging.
 
-Each service builds one frozen ``Settings`` in its own ``config.py`` from these; nothing else reads
-``os.environ``. Errors are ``ConfigError``: the CLI prints them as one line and exits 2.
+Each service declares each setting once (``Setting``: flag, variable, default, help) in its own
+``config.py``, adds the flags with ``add_settings`` and builds one frozen ``Settings`` with
+``Values``; nothing else reads ``os.environ``. Errors are ``ConfigError``: the CLI prints them as
+one line and exits 2.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import argparse
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from locality.identity import redact_text
 
@@ -89,9 +92,85 @@ class FlagOrEnv:
             raise ConfigError(f"{origin}={text!r} is not {what}") from None
 
 
-def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> FlagOrEnv:
-    """The ``pick`` of a service's ``settings_from_args`` (see ``FlagOrEnv``)."""
-    return FlagOrEnv(args, environ)
+def flag_or_env(args: argparse.Namespace, environ: Mapping[str, str]) -> Values:
+    """The ``pick`` of a service's ``settings_from_args`` (see ``FlagOrEnv`` and ``Values``)."""
+    return Values(args, environ)
+
+
+_NO_DEFAULT: Any = None  # a setting without a default is None when not set
+_TEXT: Any = str
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One setting, declared once: its flag, its environment variable (and deprecated old names,
+    which still work with a warning), its default and its help; ``--help`` shows all of them.
+
+    ``flag=None``: set by the environment only (the downward API, the webhook's injection).
+    ``parse`` turns the text into the value; its ``ValueError`` becomes a ``ConfigError`` naming
+    the flag or variable. ``shown``: the default as ``--help`` words it ("" hides it).
+    """
+
+    flag: str | None
+    help: str
+    env: str | None = None
+    default: T = _NO_DEFAULT
+    parse: Callable[[str], T] = _TEXT
+    deprecated: tuple[str, ...] = ()
+    shown: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination: ``--cache-dir`` -> ``cache_dir``."""
+        return (self.flag or "").lstrip("-").replace("-", "_")
+
+    def help_text(self) -> str:
+        """``help (env NAME, default VALUE)``, from the declaration."""
+        shown = self.shown if self.shown is not None else _words(self.default)
+        notes = [f"env {self.env}"] if self.env else []
+        notes += [f"default {shown}"] if shown else []
+        return f"{self.help} ({', '.join(notes)})" if notes else self.help
+
+
+def _words(default: object) -> str:
+    """A default as ``--help`` shows it: ``300.0`` -> ``300``; None -> nothing."""
+    if default is None:
+        return ""
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def add_settings(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: Iterable[Setting[Any]]
+) -> None:
+    """One flag per declared setting (values are parsed later, by ``Values``, so that a bad flag and a
+    bad variable get the same one-line error)."""
+    for setting in settings:
+        if setting.flag is not None:
+            parser.add_argument(setting.flag, *setting.aliases, dest=setting.dest, help=setting.help_text())
+
+
+_WHAT = {int: "an integer", float: "a number"}
+
+
+class Values(FlagOrEnv):
+    """``values(SETTING)``: the flag if given, else the variable (or a deprecated one), else the default."""
+
+    def get(self, setting: Setting[T]) -> T:
+        text, origin = self.where(setting.dest, setting.env, *setting.deprecated)
+        if text is None:
+            return setting.default
+        try:
+            return setting.parse(text)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            what = _WHAT.get(setting.parse)  # type: ignore[call-overload]
+            raise ConfigError(f"{origin}={text!r} is not {what}" if what else f"{origin}: {exc}") from None
+
+    def given(self, setting: Setting[Any]) -> bool:
+        """Whether the flag or a variable of ``setting`` is set (non-empty)."""
+        return self.where(setting.dest, setting.env, *setting.deprecated)[0] is not None
 
 
 def load_token(token_file: str | None) -> str | None:
