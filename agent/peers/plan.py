@@ -35,6 +35,7 @@ class Limits:
     origin_slots: int = 2  # our origin reads in flight while other fetchers share the work
     solo_origin_slots: int = 8  # ... and when we fetch alone (as fast as without peers)
     orphan_grace: float = 3.0  # seconds a chunk may be unclaimed before anyone takes it from the origin
+    warmup: float = 2.0  # seconds a fetch that knows of peers stays at origin_slots before going solo
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Board:
     taken: set[ChunkId] = field(default_factory=set)  # chunks we are fetching now
     origin_busy: int = 0  # our origin reads in flight
     unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
+    started: float | None = None  # when the fetch began, if it knows of peers that may join it
 
     def fetchers(self) -> list[str]:
         return sorted({self.me, *(name for name, view in self.peers.items() if view.fetching)})
@@ -90,7 +92,8 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
     if step is not None:
         return step
     fetchers = board.fetchers()
-    slots = limits.origin_slots if len(fetchers) > 1 else limits.solo_origin_slots
+    warming = board.started is not None and now - board.started < limits.warmup
+    slots = limits.origin_slots if len(fetchers) > 1 or warming else limits.solo_origin_slots
     if board.origin_busy >= slots:
         return WAIT
     for chunk in open_chunks:

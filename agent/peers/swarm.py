@@ -165,6 +165,8 @@ class SwarmFetcher(Fetcher):
             poller = asyncio.create_task(self._poll(http, board, ours))
             try:
                 await self._first_round(board)
+                if self._urls:  # peers that may be starting too: share the origin until they show
+                    board.started = asyncio.get_running_loop().time()
                 workers = [
                     asyncio.create_task(self._pull(pool, board, by_path, into))
                     for _ in range(min(self.concurrency, max(1, len(board.todo))))

@@ -169,3 +169,9 @@ def test_simulated_swarm_reads_each_chunk_from_the_origin_once() -> None:
             board.todo.remove(step.chunk)
     assert sorted(origin_reads) == sorted(chunks)
     assert all(holds[n] == set(chunks) for n in names)
+
+
+def test_a_fetch_that_knows_of_peers_warms_up_before_going_solo() -> None:
+    board = Board(ME, CHUNKS[:20], origin_busy=2, started=100.0)
+    assert next_step(board, 101.0, Limits(origin_slots=2, warmup=2.0)) == Step("wait")
+    assert next_step(board, 102.0, Limits(origin_slots=2, warmup=2.0)).kind == "origin"
