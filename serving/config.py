@@ -11,15 +11,71 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from locality.identity import InvalidURI, model_ref
-from locality.settings import ConfigError, flag_or_env, load_token
+from locality.settings import ConfigError, Setting, Values, add_settings, flag_or_env, load_token
 from serving.naming import default_name, parse_names
 
 DEFAULT_PORT = 8000
 DEFAULT_AGENT_URL = "http://127.0.0.1:8470"
 DEVICES = ("auto", "cpu", "cuda")
 VERIFY_MODES = ("stream", "full", "off")
+
+
+def _setting(
+    flag: str, help: str, name: str, default: Any = None, parse: Any = str, **more: Any
+) -> Setting[Any]:
+    """A ``model-serve`` setting: variable ``MODEL_LOCALITY_SERVE_<NAME>`` (``MODEL_SERVE_<NAME>``
+    still works, with a warning)."""
+    env = f"MODEL_LOCALITY_SERVE_{name}"
+    return Setting(flag, help, env, default, parse, (f"MODEL_SERVE_{name}",), **more)
+
+
+# Each setting once: flag, variable (and its old name), default, help.
+MODEL_DIR = _setting("--model-dir", "model directory, e.g. the node cache path", "MODEL_DIR")
+MODEL_URI = _setting("--model-uri", "model URI; the local agent fetches it", "MODEL_URI")
+MODEL_NAME = _setting(
+    "--served-model-name",
+    "name(s) the model answers to, comma-separated, the first answered as `model`",
+    "MODEL_NAME",
+    shown="the URI's last segment, from the agent's record for a cache directory, else "
+    "config.json's _name_or_path, else the directory name",
+    aliases=("--model-name",),
+)
+HOST = _setting("--host", "listen address", "HOST", "0.0.0.0")
+PORT = _setting("--port", "listen port", "PORT", DEFAULT_PORT, int)
+DEVICE = _setting("--device", "auto | cpu | cuda", "DEVICE", "auto", str.lower)
+THREADS = _setting("--threads", "torch CPU threads", "THREADS", None, int)
+MAX_BATCH = _setting("--max-batch", "inputs per forward pass", "MAX_BATCH", 32, int)
+MAX_WAIT_MS = _setting("--max-wait-ms", "wait for a fuller batch, ms", "MAX_WAIT_MS", 5.0, float)
+MAX_QUEUE = _setting("--max-queue", "queued inputs before 429", "MAX_QUEUE", 1024, int)
+MAX_INPUTS = _setting("--max-inputs", "inputs per request", "MAX_INPUTS", 256, int)
+MAX_CHARS = _setting("--max-chars", "characters per input", "MAX_CHARS", 20_000, int)
+VERIFY = _setting(
+    "--verify",
+    "stream (check digests while loading, one pass) | full (re-hash first) | off",
+    "VERIFY",
+    "stream",
+    str.lower,
+)
+AGENT_URL = Setting(
+    "--agent-url", "agent REST URL", "MODEL_LOCALITY_AGENT_URL", DEFAULT_AGENT_URL, lambda u: u.rstrip("/")
+)
+TOKEN_FILE: Setting[str | None] = Setting(
+    "--token-file",
+    "agent bearer token file, read again for every request",
+    "MODEL_LOCALITY_SERVE_TOKEN_FILE",
+    deprecated=("MODEL_LOCALITY_TOKEN_FILE",),
+    shown="/var/run/secrets/model-locality/token when it exists",
+)
+WAIT_TIMEOUT = _setting("--wait-timeout", "seconds to wait for the cache", "WAIT_TIMEOUT", 1800.0, float)
+GRACE_SECONDS = _setting("--grace-seconds", "SIGTERM drain period", "GRACE_SECONDS", 25.0, float)
+# What the admission webhook injects into a pod (no flags): one model's directory (and URI), or a
+# JSON object URI -> directory for several.
+INJECTED_DIR: Setting[str | None] = Setting(None, "injected model directory", "MODEL_LOCALITY_MODEL_DIR")
+INJECTED_URI: Setting[str | None] = Setting(None, "injected model URI", "MODEL_LOCALITY_MODEL_URI")
+INJECTED_DIRS: Setting[str | None] = Setting(None, "injected URI -> directory", "MODEL_LOCALITY_MODEL_DIRS")
 
 __all__ = ["ConfigError", "Settings", "add_arguments", "settings_from_args"]
 
@@ -32,24 +88,24 @@ class Settings:
     model_uri: str | None = None
     model_name: str = "model"  # the name answered in ``model``; requests naming another get 404
     model_aliases: tuple[str, ...] = ()  # more names requests may use (--served-model-name a,b)
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    device: str = "auto"  # auto: CUDA when torch sees one, else CPU
+    host: str = HOST.default
+    port: int = PORT.default
+    device: str = DEVICE.default  # auto: CUDA when torch sees one, else CPU
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    max_batch: int = 32  # inputs per forward pass
-    max_wait: float = 0.005  # seconds the first queued input waits for company
-    max_queue: int = 1024  # inputs waiting; beyond this a request gets 429
-    max_inputs: int = 256  # inputs in one request
-    max_chars: int = 20_000  # characters in one input (tokens past the model's limit are truncated)
+    max_batch: int = MAX_BATCH.default  # inputs per forward pass
+    max_wait: float = MAX_WAIT_MS.default / 1000  # seconds the first queued input waits for company
+    max_queue: int = MAX_QUEUE.default  # inputs waiting; beyond this a request gets 429
+    max_inputs: int = MAX_INPUTS.default  # inputs in one request
+    max_chars: int = MAX_CHARS.default  # characters in one input (tokens past the limit: truncated)
     max_body_bytes: int = 8 * 2**20
     # stream: hash each chunk as the loader reads it (one pass); full: re-hash the whole model
     # before loading (a second read); off: header checks only. Only node-cache models have digests.
-    verify: str = "stream"
-    agent_url: str = DEFAULT_AGENT_URL
+    verify: str = VERIFY.default
+    agent_url: str = AGENT_URL.default
     token: str | None = None
     token_file: str | None = None  # where ``token`` came from: re-read for every agent request
-    wait_timeout: float = 1800.0
-    grace_seconds: float = 25.0
+    wait_timeout: float = WAIT_TIMEOUT.default
+    grace_seconds: float = GRACE_SECONDS.default
 
     def validate(self) -> Settings:
         if (self.model_dir is None) == (self.model_uri is None):
@@ -77,52 +133,15 @@ class Settings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag of ``model-serve``; defaults are applied in ``settings_from_args``."""
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument(
-        "--model-dir", help="model directory, e.g. the node cache path (env MODEL_LOCALITY_SERVE_MODEL_DIR)"
-    )
-    src.add_argument(
-        "--model-uri", help="model URI; the local agent fetches it (env MODEL_LOCALITY_SERVE_MODEL_URI)"
-    )
-    parser.add_argument(
-        "--served-model-name",
-        "--model-name",
-        dest="model_name",
-        help="name(s) the model answers to, comma-separated, the first answered as `model` "
-        "(env MODEL_LOCALITY_SERVE_MODEL_NAME; default: the URI's last segment, from the agent's "
-        "record for a cache directory, else config.json's _name_or_path, else the directory name)",
-    )
-    parser.add_argument("--host", help="listen address (env MODEL_LOCALITY_SERVE_HOST, default 0.0.0.0)")
-    parser.add_argument(
-        "--port", type=int, help=f"listen port (env MODEL_LOCALITY_SERVE_PORT, default {DEFAULT_PORT})"
-    )
-    parser.add_argument("--device", help="auto | cpu | cuda (env MODEL_LOCALITY_SERVE_DEVICE, default auto)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (env MODEL_LOCALITY_SERVE_THREADS)")
-    parser.add_argument("--max-batch", type=int, help="inputs per forward pass (default 32)")
-    parser.add_argument("--max-wait-ms", type=float, help="wait for a fuller batch, ms (default 5)")
-    parser.add_argument("--max-queue", type=int, help="queued inputs before 429 (default 1024)")
-    parser.add_argument("--max-inputs", type=int, help="inputs per request (default 256)")
-    parser.add_argument("--max-chars", type=int, help="characters per input (default 20000)")
-    parser.add_argument(
-        "--verify",
-        help="stream (default: check digests while loading, one pass) | full (re-hash first) | off"
-        " (env MODEL_LOCALITY_SERVE_VERIFY)",
-    )
+    add_settings(parser.add_mutually_exclusive_group(), (MODEL_DIR, MODEL_URI))
+    add_settings(parser, (MODEL_NAME, HOST, PORT, DEVICE, THREADS, MAX_BATCH, MAX_WAIT_MS, MAX_QUEUE))
+    add_settings(parser, (MAX_INPUTS, MAX_CHARS, VERIFY))
     parser.add_argument("--no-verify", action="store_true", help="the same as --verify off")
-    parser.add_argument(
-        "--agent-url", help=f"agent REST URL (env MODEL_LOCALITY_AGENT_URL, {DEFAULT_AGENT_URL})"
-    )
-    parser.add_argument(
-        "--token-file",
-        help="agent bearer token file, read again for every request (env MODEL_LOCALITY_SERVE_TOKEN_FILE "
-        "or MODEL_LOCALITY_TOKEN_FILE; default /var/run/secrets/model-locality/token when it exists)",
-    )
-    parser.add_argument("--wait-timeout", type=float, help="seconds to wait for the cache (default 1800)")
-    parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain period (default 25)")
+    add_settings(parser, (AGENT_URL, TOKEN_FILE, WAIT_TIMEOUT, GRACE_SECONDS))
 
 
 def _injected(
-    model_dir: str | None, model_uri: str | None, environ: Mapping[str, str]
+    model_dir: str | None, model_uri: str | None, values: Values
 ) -> tuple[str | None, str | None, str | None]:
     """(model_dir, model_uri, uri of an injected dir) after what the admission webhook injected.
 
@@ -130,8 +149,7 @@ def _injected(
     the one entry of ``MODEL_LOCALITY_MODEL_DIRS`` (JSON URI -> dir). With --model-uri of a model
     in ``MODEL_LOCALITY_MODEL_DIRS``: its mounted directory (the init container already waited).
     """
-    one = environ.get("MODEL_LOCALITY_MODEL_DIR") or None
-    raw = environ.get("MODEL_LOCALITY_MODEL_DIRS") or None
+    one, raw = values.get(INJECTED_DIR), values.get(INJECTED_DIRS)
     dirs: dict[str, str] = {}
     if raw:
         try:
@@ -143,7 +161,7 @@ def _injected(
         dirs = {str(k): v for k, v in parsed.items()}
     if model_dir is None and model_uri is None:
         if one:
-            return one, None, environ.get("MODEL_LOCALITY_MODEL_URI") or None
+            return one, None, values.get(INJECTED_URI)
         if len(dirs) == 1:
             uri, path = next(iter(dirs.items()))
             return path, None, uri
@@ -165,81 +183,34 @@ def _injected(
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Merge flags over environment over defaults; raise ``ConfigError`` on anything unusable."""
-
-    pick = flag_or_env(args, environ)
-    d = Settings()
-    model_dir = pick("model_dir", "MODEL_LOCALITY_SERVE_MODEL_DIR", "MODEL_SERVE_MODEL_DIR")
-    model_uri = pick("model_uri", "MODEL_LOCALITY_SERVE_MODEL_URI", "MODEL_SERVE_MODEL_URI")
-    if model_dir and model_uri and args.model_dir is None and args.model_uri is None:
-        raise ConfigError(
-            "MODEL_LOCALITY_SERVE_MODEL_DIR and MODEL_LOCALITY_SERVE_MODEL_URI are both set; keep one"
-        )
-    if args.model_dir is not None or args.model_uri is not None:  # a flag beats the other's env
-        model_dir, model_uri = args.model_dir, args.model_uri
-    model_dir, model_uri, injected_uri = _injected(model_dir, model_uri, environ)
-    token_file = pick("token_file", "MODEL_LOCALITY_SERVE_TOKEN_FILE", "MODEL_LOCALITY_TOKEN_FILE")
-    token = load_token(token_file)
-    names = parse_names(
-        pick("model_name", "MODEL_LOCALITY_SERVE_MODEL_NAME", "MODEL_SERVE_MODEL_NAME") or ""
-    ) or (default_name(model_dir, model_uri or injected_uri),)
-    try:
-        thread_envs = ("MODEL_LOCALITY_SERVE_THREADS", "MODEL_SERVE_THREADS")
-        threads = pick.as_int("threads", *thread_envs, default=0) if pick("threads", *thread_envs) else None
-        wait_ms = pick.as_float(
-            "max_wait_ms",
-            "MODEL_LOCALITY_SERVE_MAX_WAIT_MS",
-            "MODEL_SERVE_MAX_WAIT_MS",
-            default=d.max_wait * 1000,
-        )
-        verify = (
-            "off"
-            if getattr(args, "no_verify", False)
-            else pick("verify", "MODEL_LOCALITY_SERVE_VERIFY", "MODEL_SERVE_VERIFY") or d.verify
-        )
-        settings = Settings(
-            model_dir=Path(model_dir) if model_dir else None,
-            model_uri=model_uri,
-            model_name=names[0],
-            model_aliases=names[1:],
-            host=pick("host", "MODEL_LOCALITY_SERVE_HOST", "MODEL_SERVE_HOST") or d.host,
-            port=pick.as_int("port", "MODEL_LOCALITY_SERVE_PORT", "MODEL_SERVE_PORT", default=d.port),
-            device=(pick("device", "MODEL_LOCALITY_SERVE_DEVICE", "MODEL_SERVE_DEVICE") or d.device).lower(),
-            threads=threads,
-            max_batch=pick.as_int(
-                "max_batch", "MODEL_LOCALITY_SERVE_MAX_BATCH", "MODEL_SERVE_MAX_BATCH", default=d.max_batch
-            ),
-            max_wait=wait_ms / 1000,
-            max_queue=pick.as_int(
-                "max_queue", "MODEL_LOCALITY_SERVE_MAX_QUEUE", "MODEL_SERVE_MAX_QUEUE", default=d.max_queue
-            ),
-            max_inputs=pick.as_int(
-                "max_inputs",
-                "MODEL_LOCALITY_SERVE_MAX_INPUTS",
-                "MODEL_SERVE_MAX_INPUTS",
-                default=d.max_inputs,
-            ),
-            max_chars=pick.as_int(
-                "max_chars", "MODEL_LOCALITY_SERVE_MAX_CHARS", "MODEL_SERVE_MAX_CHARS", default=d.max_chars
-            ),
-            verify=verify.lower(),
-            agent_url=(pick("agent_url", "MODEL_LOCALITY_AGENT_URL") or d.agent_url).rstrip("/"),
-            token=token,
-            token_file=token_file,
-            wait_timeout=pick.as_float(
-                "wait_timeout",
-                "MODEL_LOCALITY_SERVE_WAIT_TIMEOUT",
-                "MODEL_SERVE_WAIT_TIMEOUT",
-                default=d.wait_timeout,
-            ),
-            grace_seconds=pick.as_float(
-                "grace_seconds",
-                "MODEL_LOCALITY_SERVE_GRACE_SECONDS",
-                "MODEL_SERVE_GRACE_SECONDS",
-                default=d.grace_seconds,
-            ),
-        )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"bad setting: {exc}") from exc
-    return settings.validate()
+    values = flag_or_env(args, environ)
+    model_dir, model_uri = values.get(MODEL_DIR), values.get(MODEL_URI)
+    flags = (getattr(args, MODEL_DIR.dest, None), getattr(args, MODEL_URI.dest, None))
+    if model_dir and model_uri and flags == (None, None):
+        raise ConfigError(f"{MODEL_DIR.env} and {MODEL_URI.env} are both set; keep one")
+    if flags != (None, None):  # a flag beats the other's env
+        model_dir, model_uri = flags
+    model_dir, model_uri, injected_uri = _injected(model_dir, model_uri, values)
+    token_file = values.get(TOKEN_FILE)
+    names = parse_names(values.get(MODEL_NAME) or "") or (default_name(model_dir, model_uri or injected_uri),)
+    return Settings(
+        model_dir=Path(model_dir) if model_dir else None,
+        model_uri=model_uri,
+        model_name=names[0],
+        model_aliases=names[1:],
+        host=values.get(HOST),
+        port=values.get(PORT),
+        device=values.get(DEVICE),
+        threads=values.get(THREADS),
+        max_batch=values.get(MAX_BATCH),
+        max_wait=values.get(MAX_WAIT_MS) / 1000,
+        max_queue=values.get(MAX_QUEUE),
+        max_inputs=values.get(MAX_INPUTS),
+        max_chars=values.get(MAX_CHARS),
+        verify="off" if getattr(args, "no_verify", False) else values.get(VERIFY),
+        agent_url=values.get(AGENT_URL),
+        token=load_token(token_file),
+        token_file=token_file,
+        wait_timeout=values.get(WAIT_TIMEOUT),
+        grace_seconds=values.get(GRACE_SECONDS),
+    ).validate()

@@ -106,7 +106,9 @@ def test_flipped_data_bytes_in_a_cached_model_fail_verification(minilm: Path, tm
         pytest.param(["--model-dir", "x", "--max-batch", "0"], "--max-batch", id="zero batch"),
         pytest.param(["--model-dir", "x", "--port", "70000"], "invalid port", id="bad port"),
         pytest.param(
-            ["--model-dir", "x", "--threads", "many"], "invalid int value", id="threads not a number"
+            ["--model-dir", "x", "--threads", "many"],
+            "--threads='many' is not an integer",
+            id="threads not a number",
         ),
     ],
 )
