@@ -75,7 +75,8 @@ class Fetches:
         registries = RegistryOptions(
             frozenset(settings.insecure_registries), tuple(map(Path, settings.registry_auth_files))
         )
-        self._sources = sources or (lambda ref: open_source(ref, timeouts, registries))
+        hub = settings.hf_endpoint
+        self._sources = sources or (lambda ref: open_source(ref, timeouts, registries, hub))
 
     async def fetch(
         self,

@@ -33,18 +33,18 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Hub]:
         "org/liar": HubRepo(FILES, lfs=LFS, wrong_sha256=frozenset({"model.safetensors"})),
     }
     with run_hub(repos) as running:
-        monkeypatch.setenv("HF_ENDPOINT", running.url)
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         yield running
 
 
-def make_cache(root: Path) -> Cache:
-    return Cache(Settings(cache_dir=root, chunk_bytes=MiB, concurrency=2, attempts=4).validate())
+def make_cache(root: Path, hub: Hub) -> Cache:
+    settings = Settings(cache_dir=root, chunk_bytes=MiB, concurrency=2, attempts=4, hf_endpoint=hub.url)
+    return Cache(settings.validate())
 
 
 async def test_include_globs_fetch_only_those_files_checked_by_the_hub(hub: Hub, tmp_path: Path) -> None:
-    cache = make_cache(tmp_path / "cache")
+    cache = make_cache(tmp_path / "cache", hub)
     ref = model_ref("hf://org/open?include=*.safetensors,config.json")
     record = await cache.fetch(ref)
     assert sorted(f.path for f in record.files) == ["config.json", "model.safetensors"]
@@ -62,14 +62,14 @@ async def test_include_globs_fetch_only_those_files_checked_by_the_hub(hub: Hub,
 
 async def test_wrong_lfs_sha256_fails_naming_the_file(hub: Hub, tmp_path: Path) -> None:
     with pytest.raises(VerificationFailed, match=r"model\.safetensors: origin checksum mismatch"):
-        await make_cache(tmp_path / "cache").fetch(model_ref("hf://org/liar?include=*.safetensors"))
+        await make_cache(tmp_path / "cache", hub).fetch(model_ref("hf://org/liar?include=*.safetensors"))
 
 
 async def test_signed_url_expiring_mid_fetch_is_replaced_and_staged_bytes_kept(
     hub: Hub, tmp_path: Path
 ) -> None:
     hub.expire_after, hub.expire_next = 1, 2
-    record = await make_cache(tmp_path / "cache").fetch(model_ref("hf://org/open?include=*.safetensors"))
+    record = await make_cache(tmp_path / "cache", hub).fetch(model_ref("hf://org/open?include=*.safetensors"))
     assert record.total_bytes == len(WEIGHTS)
     assert hub.expire_next == 0 and hub.served == len(WEIGHTS)  # no byte fetched twice
 
@@ -77,18 +77,18 @@ async def test_signed_url_expiring_mid_fetch_is_replaced_and_staged_bytes_kept(
 async def test_gated_repo_needs_hf_token(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ref = model_ref("hf://org/gated")
     with pytest.raises(FetchFailed, match=r"401.*set HF_TOKEN") as failed:
-        await make_cache(tmp_path / "a").fetch(ref)
+        await make_cache(tmp_path / "a", hub).fetch(ref)
     assert hub.token not in str(failed.value)
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     with pytest.raises(FetchFailed, match=r"403.*no access"):
-        await make_cache(tmp_path / "b").fetch(ref)
+        await make_cache(tmp_path / "b", hub).fetch(ref)
     monkeypatch.setenv("HF_TOKEN", hub.token)
-    record = await make_cache(tmp_path / "c").fetch(ref)  # the CDN refuses a forwarded token
+    record = await make_cache(tmp_path / "c", hub).fetch(ref)  # the CDN refuses a forwarded token
     assert [f.path for f in record.files] == ["config.json"]
 
 
 async def test_unknown_revision_fails_clearly(hub: Hub, tmp_path: Path) -> None:
     with pytest.raises(FetchFailed, match="no revision 'v9' of repo org/open"):
-        await make_cache(tmp_path / "cache").fetch(model_ref("hf://org/open@v9"))
+        await make_cache(tmp_path / "cache", hub).fetch(model_ref("hf://org/open@v9"))
     with pytest.raises(FetchFailed, match="no file of org/open matches"):
-        await make_cache(tmp_path / "cache").fetch(model_ref("hf://org/open?include=*.gguf"))
+        await make_cache(tmp_path / "cache", hub).fetch(model_ref("hf://org/open?include=*.gguf"))

@@ -10,7 +10,10 @@ from locality.identity import ModelRef
 
 
 def open_source(
-    ref: ModelRef, timeouts: Timeouts | None = None, registries: RegistryOptions | None = None
+    ref: ModelRef,
+    timeouts: Timeouts | None = None,
+    registries: RegistryOptions | None = None,
+    hf_endpoint: str | None = None,
 ) -> Source:
     """The source for ``ref``'s scheme; the S3 one is imported lazily (it loads boto3)."""
     if ref.scheme == "s3":
@@ -18,9 +21,9 @@ def open_source(
 
         return S3Source(ref, timeouts)
     if ref.scheme == "hf":
-        from agent.fetch.sources.hf import HfSource
+        from agent.fetch.sources.hf import DEFAULT_ENDPOINT, HfSource
 
-        return HfSource(ref, timeouts)
+        return HfSource(ref, timeouts, hf_endpoint or DEFAULT_ENDPOINT)
     if ref.scheme == "oci":
         from agent.fetch.sources.oci import OciSource
 

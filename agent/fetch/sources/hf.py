@@ -5,15 +5,15 @@ size, LFS sha256 or git blob id, and the commit sha, which is the record's revis
 through our own ranged data path, one ``resolve/<commit>/<path>`` GET per chunk, so every chunk
 follows the Hub's redirect to its CDN afresh (a signed URL that expired mid-fetch is replaced on
 the next try; staged bytes are kept). Endpoint and token come from the Hub's own variables, as
-the S3 source takes boto3's chain: ``HF_ENDPOINT`` (a mirror), ``HF_TOKEN`` or the token file
-(``HF_TOKEN_PATH``, default ``~/.cache/huggingface/token``) for gated and private repos.
+the S3 source takes boto3's chain: ``HF_TOKEN`` or the token file (``HF_TOKEN_PATH``, default
+``~/.cache/huggingface/token``) for gated and private repos. The endpoint (a mirror) is a setting
+of the agent (``--hf-endpoint``, env ``HF_ENDPOINT``), handed in like the timeouts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import os
 from typing import Any
 from urllib.parse import quote
 
@@ -30,10 +30,12 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 class HfSource:
     """One Hub model repo at one revision, filtered by the URI's include/exclude globs."""
 
-    def __init__(self, ref: ModelRef, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self, ref: ModelRef, timeouts: Timeouts | None = None, endpoint: str = DEFAULT_ENDPOINT
+    ) -> None:
         self.uri = ref.uri
         self.model: HfModel = parse_hf(ref.authority, ref.path)
-        self._endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self._endpoint = endpoint.rstrip("/")
         self._timeouts = timeouts or Timeouts()
         self._token: str | None = None
         self._commit: str | None = None
