@@ -58,7 +58,7 @@ PLANTED = [
     ("a second kubernetes door", "agent/config.py", "import kubernetes\n", "Only locality.kube"),
     ("boto3 outside the S3 source", "agent/fetch/run.py", "import boto3\n", "boto3 and botocore"),
     ("a core does I/O", "locality/identity.py", "import os\n", "Pure cores"),
-    ("a core reaches I/O via a module", "agent/store/eviction.py", "import agent.store.durable\n", "Pure cores"),
+    ("a core reaches I/O via another", "agent/store/eviction.py", "import agent.store.lock\n", "Pure cores"),
     (
         "a cycle hidden behind TYPE_CHECKING",
         "locality/kube.py",
