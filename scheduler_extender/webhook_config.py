@@ -8,10 +8,72 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from locality.settings import ConfigError, FlagOrEnv
+from locality.settings import ConfigError, Setting, Values, add_settings
 from scheduler_extender.injection import MODES, Install
 
 DEFAULT_WEBHOOK_PORT = 8473
+_INSTALL = Install()
+
+# Each setting once: flag, variable, default, help.
+WEBHOOK_PORT: Setting[int | None] = Setting(
+    "--webhook-port",
+    f"HTTPS port of POST /mutate, e.g. {DEFAULT_WEBHOOK_PORT}",
+    "MODEL_LOCALITY_WEBHOOK_PORT",
+    None,
+    int,
+)
+INJECTION_MODE: Setting[str] = Setting(
+    "--injection-mode",
+    "scheduler (set schedulerName) | affinity (node affinity on the model labels, for "
+    "clusters without a second scheduler)",
+    "MODEL_LOCALITY_INJECTION_MODE",
+    _INSTALL.mode,
+    lambda text: text.strip().lower(),
+)
+AGENT_IMAGE = Setting(
+    "--agent-image",
+    "image of the injected wait container",
+    "MODEL_LOCALITY_AGENT_IMAGE",
+    _INSTALL.agent_image,
+)
+AGENT_PORT = Setting("--agent-port", "the agents' hostPort", None, _INSTALL.agent_port, int)
+CACHE_DIR = Setting("--cache-dir", "the agents' cache directory on the host", None, _INSTALL.cache_dir)
+SCHEDULER_NAME = Setting(
+    "--scheduler-name", "schedulerName set in scheduler mode", None, _INSTALL.scheduler_name
+)
+NAMESPACE = Setting("--namespace", "namespace of the TLS Secret", "POD_NAMESPACE", "model-locality")
+CONFIGURATION = Setting(
+    "--webhook-configuration", "MutatingWebhookConfiguration to keep the caBundle of", None, "model-locality"
+)
+SECRET = Setting(
+    "--webhook-secret", "Secret holding the webhook CA and certificate", None, "model-locality-webhook-tls"
+)
+HOSTS: Setting[tuple[str, ...] | None] = Setting(
+    "--webhook-hosts",
+    "comma-separated DNS names/IPs of the serving certificate",
+    None,
+    None,
+    lambda text: tuple(h.strip() for h in text.split(",")),
+    shown="model-locality-extender.<namespace>.svc",
+)
+CERT_DIR: Setting[str | None] = Setting(
+    "--webhook-cert-dir",
+    "serve tls.crt/tls.key from this directory (cert-manager)",
+    "MODEL_LOCALITY_WEBHOOK_CERT_DIR",
+)
+WEBHOOK_SETTINGS = (
+    WEBHOOK_PORT,
+    INJECTION_MODE,
+    AGENT_IMAGE,
+    AGENT_PORT,
+    CACHE_DIR,
+    SCHEDULER_NAME,
+    NAMESPACE,
+    CONFIGURATION,
+    SECRET,
+    HOSTS,
+    CERT_DIR,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +82,9 @@ class WebhookSettings:
 
     port: int = DEFAULT_WEBHOOK_PORT
     install: Install = field(default_factory=Install)
-    namespace: str = "model-locality"  # of the TLS Secret: the extender's own namespace
-    configuration: str = "model-locality"  # the MutatingWebhookConfiguration whose caBundle we keep
-    secret: str = "model-locality-webhook-tls"
+    namespace: str = NAMESPACE.default  # of the TLS Secret: the extender's own namespace
+    configuration: str = CONFIGURATION.default  # the MutatingWebhookConfiguration whose caBundle we keep
+    secret: str = SECRET.default
     hosts: tuple[str, ...] = ("model-locality-extender.model-locality.svc",)
     cert_dir: str | None = None  # tls.crt/tls.key from elsewhere (cert-manager): no Secret, no caBundle
 
@@ -42,58 +104,28 @@ class WebhookSettings:
 
 def add_webhook_args(parser: argparse.ArgumentParser) -> None:
     hook = parser.add_argument_group("admission webhook (off unless --webhook-port is given)")
-    hook.add_argument(
-        "--webhook-port",
-        type=int,
-        help=f"HTTPS port of POST /mutate, e.g. {DEFAULT_WEBHOOK_PORT} (env MODEL_LOCALITY_WEBHOOK_PORT)",
-    )
-    hook.add_argument(
-        "--injection-mode",
-        help="scheduler (set schedulerName) | affinity (node affinity on the model labels, for "
-        "clusters without a second scheduler) (env MODEL_LOCALITY_INJECTION_MODE, default scheduler)",
-    )
-    hook.add_argument(
-        "--agent-image", help="image of the injected wait container (env MODEL_LOCALITY_AGENT_IMAGE)"
-    )
-    hook.add_argument("--agent-port", type=int, help="the agents' hostPort (default 8470)")
-    hook.add_argument(
-        "--cache-dir", help="the agents' cache directory on the host (default /var/lib/model-locality)"
-    )
-    hook.add_argument(
-        "--scheduler-name", help="schedulerName set in scheduler mode (default model-locality-scheduler)"
-    )
-    hook.add_argument(
-        "--namespace", help="namespace of the TLS Secret (env POD_NAMESPACE, default model-locality)"
-    )
-    hook.add_argument("--webhook-configuration", help="MutatingWebhookConfiguration to keep the caBundle of")
-    hook.add_argument("--webhook-secret", help="Secret holding the webhook CA and certificate")
-    hook.add_argument("--webhook-hosts", help="comma-separated DNS names/IPs of the serving certificate")
-    hook.add_argument("--webhook-cert-dir", help="serve tls.crt/tls.key from this directory (cert-manager)")
+    add_settings(hook, WEBHOOK_SETTINGS)
 
 
-def webhook_settings(pick: FlagOrEnv) -> WebhookSettings | None:
+def webhook_settings(values: Values) -> WebhookSettings | None:
     """The webhook's settings, or None without ``--webhook-port``; ``ConfigError`` on junk."""
-    if not pick("webhook_port", "MODEL_LOCALITY_WEBHOOK_PORT"):
+    port = values.get(WEBHOOK_PORT)
+    if port is None:
         return None
-    d, i = WebhookSettings(), Install()
-    namespace = pick("namespace", "POD_NAMESPACE") or d.namespace
-    mode = (pick("injection_mode", "MODEL_LOCALITY_INJECTION_MODE") or i.mode).strip().lower()
+    namespace, hosts = values.get(NAMESPACE), values.get(HOSTS)
     install = Install(
-        mode=mode,  # type: ignore[arg-type]  # checked by validate()
-        agent_image=pick("agent_image", "MODEL_LOCALITY_AGENT_IMAGE") or i.agent_image,
-        agent_port=pick.as_int("agent_port", None, default=i.agent_port),
-        cache_dir=pick("cache_dir", None) or i.cache_dir,
-        scheduler_name=pick("scheduler_name", None) or i.scheduler_name,
+        mode=values.get(INJECTION_MODE),  # type: ignore[arg-type]  # checked by validate()
+        agent_image=values.get(AGENT_IMAGE),
+        agent_port=values.get(AGENT_PORT),
+        cache_dir=values.get(CACHE_DIR),
+        scheduler_name=values.get(SCHEDULER_NAME),
     )
-    hosts = pick("webhook_hosts", None)
     return WebhookSettings(
-        port=pick.as_int("webhook_port", "MODEL_LOCALITY_WEBHOOK_PORT", default=d.port),
+        port=port,
         install=install,
         namespace=namespace,
-        configuration=pick("webhook_configuration", None) or d.configuration,
-        secret=pick("webhook_secret", None) or d.secret,
-        hosts=tuple(h.strip() for h in hosts.split(","))
-        if hosts
-        else (f"model-locality-extender.{namespace}.svc",),
-        cert_dir=pick("webhook_cert_dir", "MODEL_LOCALITY_WEBHOOK_CERT_DIR"),
+        configuration=values.get(CONFIGURATION),
+        secret=values.get(SECRET),
+        hosts=hosts or (f"model-locality-extender.{namespace}.svc",),
+        cert_dir=values.get(CERT_DIR),
     ).validate()
