@@ -171,7 +171,7 @@ def start_agents(
             ]
         else:
             cmd += ["--peers", "off"]
-        log = (work / f"agent{i}.log").open("wb")
+        log = (work / f"agent{i}-of-{len(agents)}-{'peers' if peers else 'origin'}.log").open("wb")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     for _, ip in agents:
         wait_http(f"http://{ip}:8470/healthz")

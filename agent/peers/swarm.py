@@ -116,6 +116,7 @@ class SwarmFetcher(Fetcher):
         self._failures: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._no_peers: set[ChunkId] = set()  # contested chunks: from the origin only
+        self._seen: dict[str, float] = {}  # peer -> when its chunk map was last read
         self._board = Board("", [])
 
     async def run(self, files: Sequence[RemoteFile], done: dict[ChunkKey, str]) -> dict[ChunkKey, str]:
@@ -161,7 +162,8 @@ class SwarmFetcher(Fetcher):
         ours: dict[str, FileId],
         into: tuple[LiveFetch, dict[ChunkKey, str]],
     ) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.net.peer_timeout)) as http:
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.net.poll_seconds * 4))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             poller = asyncio.create_task(self._poll(http, board, ours))
             try:
                 await self._first_round(board)
@@ -365,10 +367,13 @@ class SwarmFetcher(Fetcher):
             views = await asyncio.gather(*(self._read_map(http, n, ours) for n in names))
             for name, view in zip(names, views, strict=True):
                 busy = board.peers[name].busy if name in board.peers else 0
-                if view is None or name in self.tally.dropped:
-                    board.peers.pop(name, None)
-                else:
+                if view is not None:
                     board.peers[name] = dataclasses.replace(view, busy=busy)
+                    self._seen[name] = now
+                elif (
+                    name not in self._advertised or now - self._seen.get(name, -1e18) > self.net.peer_timeout
+                ):
+                    board.peers.pop(name, None)  # holds nothing, or gone: its share moves to others
             for name in list(board.peers):
                 if name in self.tally.dropped:
                     del board.peers[name]
@@ -392,9 +397,9 @@ class SwarmFetcher(Fetcher):
                     raise BadMap(f"HTTP {resp.status}")
                 theirs = map_from_json(await resp.json())
         except (aiohttp.ClientError, TimeoutError, BadMap, ValueError) as exc:
+            # A slow answer keeps the last view until peer_timeout (a busy peer is not a gone one).
             self.net.metrics.peer_errors.labels("map").inc()
             log.debug("model %s: no chunk map from %s: %s", self.model_id, name, exc)
-            self._advertised.pop(name, None)
             return None
         usable = usable_chunks(theirs, self.revision, self.chunk_bytes, ours)
         for chunk in self._no_peers & usable.keys():
