@@ -3,7 +3,7 @@ read from an agent, and agents find each other through their own Pods' labels.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,11 @@ async def get(url: str, revision: str, token: str | None, path: str = "") -> tup
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     if path:
         headers["Range"] = "bytes=0-99"
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url + path, params={"revision": revision}, headers=headers) as resp:
-            body = await resp.read()
-            return resp.status, body
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url + path, params={"revision": revision}, headers=headers) as resp,
+    ):
+        return resp.status, await resp.read()
 
 
 async def test_only_the_agents_service_account_reads_from_an_agent(
@@ -134,19 +135,17 @@ async def test_agents_find_each_other_by_their_pods_labels(real_kube: RealKube, 
         directory = KubeDirectory(kube, NS, "agent-c", lambda: None)
         want = {"agent-a": "http://agent-a:8472"}  # not b (other revision), not c itself
 
-        async def found() -> dict[str, str]:
-            return await directory.peers("0123456789abcdef", "rev1aaaaaaaa")
+        async def listed() -> bool:
+            return await directory.peers("0123456789abcdef", "rev1aaaaaaaa") == want
 
-        await eventually(lambda: _equal(found(), want), what="agent-a listed as the only peer")
+        await eventually(listed, what="agent-a listed as the only peer")  # type: ignore[arg-type]
         pod = real_kube.request("GET", f"/api/v1/namespaces/{NS}/pods/agent-a")
         assert pod["metadata"]["labels"][f"{PREFIX}0123456789abcdef"].endswith(".rev1aaaa")
         assert pod["metadata"]["annotations"][URL_ANNOTATION] == "http://agent-a:8472"
         syncs["agent-a"].held = list  # evicted: the label goes
         await syncs["agent-a"].sync_once()
-        await eventually(lambda: _equal(found(), {}), what="agent-a gone from the directory")
+        want = {}
+        await eventually(listed, what="agent-a gone from the directory")  # type: ignore[arg-type]
     finally:
         await kube.close()
 
-
-async def _equal(got: Awaitable[dict[str, str]], want: dict[str, str]) -> bool:
-    return await got == want
