@@ -267,3 +267,13 @@ def test_the_console_script_reads_kubeconfig_from_the_environment(fleet: RealKub
     )
     assert done.returncode == 0, done.stderr
     assert cells(done.stdout)[1][:6] == ["fv-alpha", A.uri, "2", "2", "1", "Fetching"]
+
+
+def test_the_context_flag_picks_a_kubeconfig_context(
+    fleet: RealKube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = plugin(capsys, fleet.kubeconfig, "nodes", N1, "--context", "real")
+    assert code == 0 and cells(out)[1][0] == N1
+    code, out, err = plugin(capsys, fleet.kubeconfig, "nodes", N1, "--context", "elsewhere")
+    assert (code, out) == (1, "")
+    assert "cannot use kubeconfig" in err and "elsewhere" in err and len(err.splitlines()) == 1
