@@ -24,6 +24,8 @@ AGENT: list[Row] = [
     ("patch", "", "nodes", "status", None, "node-a", False),
     ("get", "", "pods", "", "ml", "p", False),
     ("create", "", "pods", "eviction", "ml", "p", False),
+    ("patch", "", "pods", "", NAMESPACE, "model-locality-agent-x", True),  # peers: its own Pod's labels
+    ("patch", "", "pods", "", "ml", "p", False),
     ("get", "", "secrets", "", NAMESPACE, "model-locality-token", False),
     ("create", MD, "modeldistributions", "", None, None, False),
     ("patch", MD, "modeldistributions", "status", None, "d", False),

@@ -643,8 +643,13 @@ def test_agent_daemonset(base: list[Obj]) -> None:
     assert any(t.get("key") == "nvidia.com/gpu" for t in spec["tolerations"])
     agent = container(ds, "agent")
     assert env_of(agent)["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-    (port,) = agent["ports"]
+    port, peer_port = agent["ports"]
     assert port["containerPort"] == AGENT_PORT and port["hostPort"] == AGENT_PORT
+    assert peer_port["containerPort"] == 8472 and "hostPort" not in peer_port  # docs/peers.md: pod network
+    peer_token = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "peer-token")
+    (source,) = peer_token["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "model-locality-peer"
+    assert {"POD_NAME", "POD_NAMESPACE", "POD_IP"} <= set(env_of(agent))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe_port(agent, agent[probe]) == AGENT_PORT
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
@@ -1089,8 +1094,11 @@ def _selects(policy_peer: Obj, labels: dict[str, str]) -> bool:
 
 def test_network_policies_admit_the_right_callers(base: list[Obj], examples: list[Obj]) -> None:
     agent_np = find(base, "NetworkPolicy", "model-locality-agent")
-    (rule,) = agent_np["spec"]["ingress"]
+    rule, peers_rule = agent_np["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == [AGENT_PORT]
+    agent_labels = find(base, "DaemonSet", "model-locality-agent")["spec"]["template"]["metadata"]["labels"]
+    assert [p["port"] for p in peers_rule["ports"]] == [8472]  # docs/peers.md: agents only
+    assert [_selects(peer, agent_labels) for peer in peers_rule["from"]] == [True]
     serving_labels = injected(examples, base)["spec"]["template"]["metadata"]["labels"]
     assert any(
         _selects(peer, serving_labels) and peer.get("namespaceSelector") == {} for peer in rule["from"]
