@@ -100,13 +100,23 @@ async def post_model(request: web.Request) -> web.Response:
     return web.json_response(public(answer), status=202)
 
 
+# Adds where a model's last fetch got its bytes (origin_bytes, peer_bytes, peers) when the agent
+# has peers (agent.peers.wiring.Peers.annotate); else views pass unchanged.
+SOURCES: web.AppKey[Callable[[dict[str, Any]], dict[str, Any]]] = web.AppKey("sources")
+
+
+def _sourced(request: web.Request, view: dict[str, Any]) -> dict[str, Any]:
+    annotate = request.app.get(SOURCES)
+    return public(annotate(view) if annotate is not None else view)
+
+
 async def list_models(request: web.Request) -> web.Response:
     # A bare list, the same as `model-agent ls --json`.
-    return web.json_response([public(v) for v in request.app[MANAGER].views()])
+    return web.json_response([_sourced(request, v) for v in request.app[MANAGER].views()])
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(public(request.app[MANAGER].view(request.match_info["id"])))
+    return web.json_response(_sourced(request, request.app[MANAGER].view(request.match_info["id"])))
 
 
 async def delete_model(request: web.Request) -> web.Response:
@@ -187,6 +197,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
             manager.subscribe,
         )
         app.cleanup_ctx.append(lambda _: deps.peers.serve())
+        app[SOURCES] = deps.peers.annotate
     return app
 
 
@@ -195,6 +206,8 @@ def _local_app(app: web.Application) -> web.Application:
     verbs only an operator on the node runs: verify, gc, and rm --force."""
     local = web.Application(middlewares=[error_middleware], client_max_size=64 << 10)
     local[MANAGER], local[STATE], local[METRICS] = app[MANAGER], app[STATE], app[METRICS]
+    if SOURCES in app:
+        local[SOURCES] = app[SOURCES]
     local.router.add_post("/v1/models", post_model)
     local.router.add_get("/v1/models", list_models)
     local.router.add_get("/v1/models/{id}", get_model)

@@ -55,6 +55,19 @@ class Peers:
             self.podsync.held = held
             subscribe(self.podsync.poke)
 
+    def annotate(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A model's view plus where its last fetch (in this agent's life) got its bytes."""
+        tally = self.net.tallies.get(str(view.get("id")))
+        if tally is None:
+            return view
+        peers = sum(tally.peer_bytes.values())
+        return {
+            **view,
+            "origin_bytes": tally.origin_bytes,
+            "peer_bytes": peers,
+            "peers": len(tally.peer_bytes),
+        }
+
     async def serve(self) -> AsyncIterator[None]:
         """Run the peer endpoint (and the Pod's labels) while the agent runs."""
         runner = web.AppRunner(
