@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -271,10 +270,9 @@ async def test_eviction_is_counted_and_listed(
     assert (await client.get(f"/v1/models/{first.id}")).status == 404
     listing = await (await client.get("/v1/models")).json()
     assert [m["id"] for m in listing] == [second.id]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    async def evicted_once() -> bool:
         text = await (await client.get("/metrics")).text()
-        if sample(text, "model_locality_agent_evictions_total") == 1:
-            break
-        await asyncio.sleep(0.05)
-    assert sample(text, "model_locality_agent_evictions_total") == 1
+        return sample(text, "model_locality_agent_evictions_total") == 1
+
+    await eventually(evicted_once, 5, "one eviction counted", interval=0.05)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 from locality.contract import MODELS_ANNOTATION
 from locality.identity import model_ref
 from tests.fixtures.fakekube.server import FakeKube
+from tests.fixtures.polling import eventually_sync
 from tests.fixtures.ports import free_port, wait_listening
 
 A = model_ref("s3://models/org/llama-3-8b")
@@ -124,10 +124,8 @@ def test_against_fake_api_with_token(fake_kube: FakeKube, tmp_path: Path) -> Non
     token.write_text("t0ken\n")
     env = base_env() | {"KUBECONFIG": str(fake_kube.kubeconfig_path), "MODEL_LOCALITY_TOKEN_FILE": str(token)}
     with extender([], env) as (port, _):
-        deadline = time.monotonic() + 30
-        while call(port, "GET", "/readyz")[0] != 200:
-            assert time.monotonic() < deadline, "never ready"
-            time.sleep(0.1)
+        ready = lambda: call(port, "GET", "/readyz")[0] == 200  # noqa: E731
+        eventually_sync(ready, 30, "the extender ready", interval=0.1)
         body = {
             "Pod": {"metadata": {"annotations": {MODELS_ANNOTATION: A.uri}}},
             "Nodes": None,

@@ -7,7 +7,6 @@ Also the served model's name as a user meets it: named after the model (not its 
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from serving.naming import default_name, parse_names
+from tests.fixtures.polling import eventually_sync
 from tests.fixtures.ports import free_port
 from tests.integration.test_serving_cli import URI, cache_model, serve
 
@@ -34,15 +34,17 @@ def served(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"model-serve exited: {(tmp / 'stderr.log').read_text()[-2000:]}"
             try:
                 with urllib.request.urlopen(f"{base}/readyz", timeout=2):
-                    break
+                    return True
             except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"model-serve did not get ready: {(tmp / 'stderr.log').read_text()[-2000:]}")
+                return False
+
+        what = lambda: f"model-serve ready\n{(tmp / 'stderr.log').read_text()[-2000:]}"  # noqa: E731
+        eventually_sync(ready, 120, what, interval=0.2)
         yield base
     finally:
         proc.terminate()
