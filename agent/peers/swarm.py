@@ -22,17 +22,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import aiohttp
 
 from agent.fetch.chunks import Fetcher
-from agent.fetch.sources.base import HttpTarget, Source, SourceError
+from agent.fetch.sources.base import Source, SourceError
 from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
 from agent.peers.chunkmap import BadMap, FileId, expected_digest, map_from_json, usable_chunks
 from agent.peers.holdings import Holdings, LiveFetch
 from agent.peers.metrics import PeerMetrics
 from agent.peers.plan import Board, ChunkId, Limits, PeerView, next_step
+from agent.peers.source import PeerSource
 from agent.store.files import RemoteFile
 from agent.store.staging import ChunkKey, Staging
 from locality.identity import ModelRef
@@ -297,11 +297,7 @@ class SwarmFetcher(Fetcher):
         if want is None:
             self._contested(chunk)
             return False
-        target = HttpTarget(
-            url=f"{self._urls[peer]}/v1/peer/models/{self.model_id}/files/{quote(file.path)}"
-            f"?revision={quote(self.revision)}",
-            headers=(("Authorization", f"Bearer {self.net.token()}"),),
-        )
+        target = PeerSource(self._urls[peer], self.model_id, self.revision, self.net.token).target(file)
         job.restart()
         try:
             await asyncio.get_running_loop().run_in_executor(
