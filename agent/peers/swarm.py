@@ -79,7 +79,7 @@ class PeerNet:
     limits: Limits = field(default_factory=Limits)
     peer_timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
     poll_seconds: float = 0.5
-    rediscover_seconds: float = 15.0
+    rediscover_seconds: float = 15.0  # re-list peers this often; every second for a fetch's first 10 s
     tallies: dict[str, Tally] = field(default_factory=dict)  # model id -> its last fetch's tally
 
 
@@ -167,8 +167,9 @@ class SwarmFetcher(Fetcher):
             poller = asyncio.create_task(self._poll(http, board, ours))
             try:
                 await self._first_round(board)
-                if self._urls:  # peers that may be starting too: share the origin until they show
-                    board.started = asyncio.get_running_loop().time()
+                # Agents starting together may not see each other yet: share the origin for a
+                # moment (Limits.warmup) before reading alone at full concurrency.
+                board.started = asyncio.get_running_loop().time()
                 workers = [
                     asyncio.create_task(self._pull(pool, board, by_path, into))
                     for _ in range(min(self.concurrency, max(1, len(board.todo))))
@@ -347,10 +348,11 @@ class SwarmFetcher(Fetcher):
         self._board.peers.pop(peer, None)
 
     async def _poll(self, http: aiohttp.ClientSession, board: Board, ours: dict[str, FileId]) -> None:
-        discovered = -1e18
+        discovered, started = -1e18, time.monotonic()
         while True:
             now = time.monotonic()
-            if now - discovered >= self.net.rediscover_seconds:
+            young = now - started < 10.0  # agents starting together label themselves a moment apart
+            if now - discovered >= (1.0 if young else self.net.rediscover_seconds):
                 discovered = now
                 try:
                     found = await self.net.directory.peers(self.model_id, self.revision)
