@@ -17,6 +17,9 @@ them; requests/s with ``--connections`` concurrent keep-alive connections. Filte
 ``locality: required`` (the heavier path: most nodes fail and get a reason).
 
     .venv/bin/python bench/extender.py            # prints the table, writes bench/out/extender.json
+
+``--drain`` runs the other half (``bench/drain.py``): the real kube-scheduler draining pending pods
+over 500 nodes with and without the extender in its loop, interleaved, in one run.
 """
 
 from __future__ import annotations
@@ -323,6 +326,10 @@ def print_row(row: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    if "--drain" in sys.argv[1:]:  # kube-scheduler's drain with and without the extender (bench/drain.py)
+        from bench.drain import main as drain_main
+
+        return drain_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=5000)
     parser.add_argument("--models", type=int, default=200)

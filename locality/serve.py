@@ -59,11 +59,13 @@ async def serve(
     access_log_class: type[AbstractAccessLogger] = QuietProbeAccessLogger,
     before_stop: Callable[[], Awaitable[None]] | None = None,
     failed: asyncio.Future[str] | None = None,
+    site: Callable[[web.BaseRunner, socket.socket], web.BaseSite] = web.SockSite,
 ) -> int:
     """Serve ``app`` until a stop signal (exit 0) or until ``failed`` gets a message (printed, exit 1).
 
     ``before_stop``: the app's own "stop taking work" (e.g. refuse new requests and wait for the
-    admitted ones) run while the listener still answers, so probes can report not-ready. A signal
+    admitted ones) run while the listener still answers, so probes can report not-ready. ``site``:
+    the listener on the bound socket (a ``web.SockSite`` unless a service brings its own). A signal
     during start-up (``on_startup``, ``cleanup_ctx``) stops the server as soon as it has started.
     """
     try:
@@ -77,7 +79,7 @@ async def serve(
     with _StopSignals() as signalled:
         try:
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            await site(runner, sock).start()
             log.info("listening on %s:%d", host, port)
             message = await _first(signalled, failed)
             if message is not None:

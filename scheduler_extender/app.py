@@ -12,7 +12,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -21,6 +21,7 @@ from locality.authmw import NoAuthenticator
 from locality.httpkit import error_middleware, metrics_handler
 from scheduler_extender import distributions
 from scheduler_extender.config import Settings
+from scheduler_extender.fastpath import FastSite, Verbs
 from scheduler_extender.metrics import Metrics
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.startup import StartupTracker
@@ -51,6 +52,7 @@ class Deps:
 
 SETTINGS = web.AppKey("settings", Settings)
 CACHE = web.AppKey("node_cache", NodeCache)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
@@ -65,6 +67,7 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     )
     app[SETTINGS] = settings
     app[CACHE] = cache
+    app[METRICS] = metrics
     app[CONTEXT] = VerbContext(
         cache=cache,
         max_body_bytes=settings.max_body_bytes,
@@ -111,6 +114,12 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     authenticator = deps.authenticator or static or NoAuthenticator()
     app.add_subapp("/v1/", distributions.create_subapp(authenticator, ctx))
     return app
+
+
+def fast_site(app: web.Application) -> Callable[[web.BaseRunner, Any], web.BaseSite]:
+    """The listener for ``serve``: the scheduler verbs on ``fastpath.VerbProtocol``, the rest aiohttp."""
+    verbs = Verbs(app[SETTINGS].url_prefix, app[CONTEXT], app[METRICS])
+    return lambda runner, sock: FastSite(runner, sock, verbs)
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -40,10 +41,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     return run_verb("model-extender", build_parser(), argv, environ)
 
 
+# The watch threads decode JSON holding the GIL; the loop answering kube-scheduler gives the GIL up
+# on every socket write and waits up to the switch interval to get it back (5 ms by default, per
+# write). 0.5 ms bounds that wait for a serial scheduler loop (bench/README.md, the drain).
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
 def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     settings = settings_from_args(args, environ)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     kube = connect(settings)
-    from scheduler_extender.app import Deps, create_app
+    from scheduler_extender.app import Deps, create_app, fast_site
 
     if kube is None and settings.token is None:  # fail closed: no way to tell who is calling
         raise ConfigError(
@@ -67,6 +75,7 @@ def serve_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             port=settings.port,
             shutdown_timeout=settings.grace_seconds,
             access_log_class=AccessLogger,
+            site=fast_site(app),
         )
     )
 

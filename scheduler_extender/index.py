@@ -9,6 +9,7 @@ full-Nodes requests build a throwaway one from the request body.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 
 from locality.contract import PodModels
 from scheduler_extender.nodes import NodeState
@@ -136,13 +137,11 @@ class NodeIndex:
         reference = self.reference
         special = self._special(pod, names, reference)
         cold = self._cold
+        # dict.get mapped over the names runs in C: a few microseconds per 500 names.
+        base = list(map(cold.get, names, repeat(0))) if cold else [0] * len(names)
         if not special:
-            return [cold.get(n, 0) for n in names] if cold else [0] * len(names)
-        if not cold and len(set(special.values())) == 1:  # one distinct score: membership is fastest
-            score = next(iter(special.values()))
-            return [score if n in special else 0 for n in names]
-        get = special.get
-        return [s if (s := get(n)) is not None else cold.get(n, 0) for n in names]
+            return base
+        return list(map(special.get, names, base))
 
     def _special(self, pod: PodModels, names: Sequence[str], reference: int) -> dict[str, int]:
         """Scores of the offered nodes where one of the pod's models is ready or in progress."""

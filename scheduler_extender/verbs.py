@@ -45,11 +45,30 @@ class VerbContext:
     _warned_at: float | None = None
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
-        raw = await read_body(request, self.max_body_bytes)
+        return self.args_of(await read_body(request, self.max_body_bytes))
+
+    def args_of(self, raw: bytes) -> ExtenderArgs:
         args = parse_args(raw)
         if args.pod.problem:
             self.pod_problems.report("pod", args.pod_key, "", args.pod.problem)
         return args
+
+    def filter(self, args: ExtenderArgs) -> str:
+        """The filter reply (JSON text) for one request."""
+        self.observe_nodes("filter", len(args.names))
+        passed, failed = self.index_for(args).filter(args.pod, args.names)
+        return encode_filter(args, passed, failed)
+
+    def prioritize(self, args: ExtenderArgs) -> str:
+        """The prioritize reply (JSON text) for one request."""
+        self.observe_nodes("prioritize", len(args.names))
+        return encode_prioritize(args.names, self.index_for(args).scores(args.pod, args.names))
+
+    def answer(self, verb: str, raw: bytes) -> str:
+        """``filter`` or ``prioritize`` of a raw body (``errors.Invalid`` when malformed): the
+        transport-free core that the aiohttp routes and the fast path (``fastpath.py``) share."""
+        args = self.args_of(raw)
+        return self.filter(args) if verb == "filter" else self.prioritize(args)
 
     def index_for(self, args: ExtenderArgs) -> NodeIndex:
         if args.items is None:
@@ -79,15 +98,11 @@ CONTEXT = web.AppKey("verb_context", VerbContext)
 
 async def filter_handler(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    args = await ctx.read_args(request)
-    ctx.observe_nodes("filter", len(args.names))
-    passed, failed = ctx.index_for(args).filter(args.pod, args.names)
-    return web.Response(text=encode_filter(args, passed, failed), content_type="application/json")
+    text = ctx.filter(await ctx.read_args(request))
+    return web.Response(text=text, content_type="application/json")
 
 
 async def prioritize_handler(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    args = await ctx.read_args(request)
-    ctx.observe_nodes("prioritize", len(args.names))
-    scores = ctx.index_for(args).scores(args.pod, args.names)
-    return web.Response(text=encode_prioritize(args.names, scores), content_type="application/json")
+    text = ctx.prioritize(await ctx.read_args(request))
+    return web.Response(text=text, content_type="application/json")

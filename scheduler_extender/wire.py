@@ -52,11 +52,20 @@ def parse_args(raw: bytes) -> ExtenderArgs:
     if (nodes is None) == (names is None):
         raise errors.Invalid("ExtenderArgs needs exactly one of Nodes and NodeNames")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not _all_strings(names):
             raise errors.Invalid("ExtenderArgs.NodeNames must be a list of strings")
         return ExtenderArgs(pod_models(annotations), pod_key, names, None)
     items = _node_items(nodes)
     return ExtenderArgs(pod_models(annotations), pod_key, [_item_name(i) for i in items], items)
+
+
+def _all_strings(values: list[Any]) -> bool:
+    """Every item is a str (``str.join`` checks that in C; 500 names in microseconds)."""
+    try:
+        "".join(values)
+    except TypeError:
+        return False
+    return True
 
 
 def _optional_object(value: object, what: str) -> dict[str, Any]:
@@ -106,19 +115,35 @@ def encode_prioritize(names: Sequence[str], scores: Sequence[int]) -> str:
     """``json.dumps(prioritize_reply(names, scores))`` (compact), built directly when no name
     needs escaping: names and precomputed score fragments are interleaved and joined once, which
     is about ten times faster than encoding 5,000 dicts (the hot path at large clusters)."""
+    names, scores = _nonzero(names, scores)
     if not names:
         return "[]"
     if not needs_no_escaping(names) or min(scores) < 0 or max(scores) > MAX_SCORE:
         return json.dumps(prioritize_reply(names, scores), separators=(",", ":"))
     flat: list[str] = [""] * (2 * len(names))
     flat[0::2] = names
-    flat[1::2] = [_AFTER_HOST[s] for s in scores]
+    flat[1::2] = list(map(_AFTER_HOST.__getitem__, scores))
     return "[" + _OPEN + "".join(flat)[: -len("," + _OPEN)] + "]"
 
 
 def prioritize_reply(names: Sequence[str], scores: Sequence[int]) -> list[dict[str, Any]]:
-    """``HostPriorityList``: a bare array, one entry per host given, in the same order."""
+    """``HostPriorityList``: a bare array of the hosts that score above 0, in the order given.
+
+    kube-scheduler adds ``score x weight`` per host it finds in the list and nothing for a host
+    it does not (extender-wire.md 1.6), so a 0 is the same whether sent or not; leaving the zeros
+    out spares both sides encoding, sending and decoding most of 500-5,000 entries per pod.
+    """
+    names, scores = _nonzero(names, scores)
     return [{"Host": n, "Score": s} for n, s in zip(names, scores, strict=True)]
+
+
+def _nonzero(names: Sequence[str], scores: Sequence[int]) -> tuple[Sequence[str], Sequence[int]]:
+    if len(names) != len(scores):
+        raise ValueError("one score per name")
+    if all(scores):
+        return names, scores
+    kept = [i for i, s in enumerate(scores) if s]
+    return [names[i] for i in kept], [scores[i] for i in kept]
 
 
 def filter_reply(args: ExtenderArgs, passed: Sequence[str], failed: Mapping[str, str]) -> dict[str, Any]:

@@ -1,0 +1,278 @@
+"""The extender's cost per pod as kube-scheduler sees it: an unthrottled drain, with and without it.
+
+A real API server (``$KUBEBUILDER_ASSETS``, as the tests use) holds ``--nodes`` GPU nodes shaped like
+``bench/extender.py``'s synthetic cluster (30-60 labels, the agents' models/cache annotations,
+ready labels, fetches in progress with ``bytes_done``, measured fetch rates on half the nodes) and
+``--pods`` pending pods (the webhook's label, 1-2 models each, 10% ``locality: required``), all
+created before kube-scheduler starts. kube-scheduler then runs with the shipped
+``manifests/scheduler/config.yaml`` (``percentageOfNodesToScore: 100``), once with the extender
+(a real ``scheduler_extender serve`` process on the same API server: node cache, pod watch) and
+once without ``extenders``, rounds interleaved (with, without, with, ...). Both profiles lift the
+client rate limit (``clientConnection.qps/burst`` 5000) so the drain measures CPU, not the
+limiter. pods/s = (pods - 1) / (last binding - first binding), from a watch.
+
+    eval "$(bash ../shared/k8s/install.sh)"
+    .venv/bin/python bench/extender.py --drain            # 500 nodes, 1000 pods, 3 rounds each
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from locality.contract import FETCH_RATE_ANNOTATION, LOCALITY_ANNOTATION, MODELS_ANNOTATION  # noqa: E402
+from locality.identity import model_ref  # noqa: E402
+from scheduler_extender.injection import CLIENT_LABEL  # noqa: E402
+from tests.fixtures.ports import free_port  # noqa: E402
+from tests.fixtures.realkube import GPU, NOT_READY_TAINT, RealKube, _raw, assets_dir  # noqa: E402
+
+CONFIG = ROOT / "manifests" / "scheduler" / "config.yaml"
+NS = "drain"
+SCHEDULER = "model-locality-scheduler"
+
+
+def model_uris(count: int) -> list[str]:
+    return [f"s3://models/org-{i % 17}/model-{i:03d}" for i in range(count)]
+
+
+def node_bodies(nodes: int, models: int, seed: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(Node, status) pairs: Zipf-popular models ready (90%) or in flight with progress."""
+    from bench.extender import base_labels  # the same label shapes as the verb benchmark
+
+    rng = random.Random(seed)
+    refs = [model_ref(u) for u in model_uris(models)]
+    sizes = {r.id: int(rng.lognormvariate(math.log(15e9), 1.0)) for r in refs}
+    popularity = [1.0 / (i + 1) for i in range(models)]
+    out = []
+    for i in range(nodes):
+        name = f"gpu-node-{i:05d}"
+        labels = base_labels(name, rng)
+        summary: dict[str, Any] = {}
+        for m in set(rng.choices(range(models), popularity, k=rng.randint(0, 6))):
+            ref, size = refs[m], sizes[refs[m].id]
+            if rng.random() < 0.9:
+                labels[ref.label_key] = "ready"
+                summary[ref.id] = {"uri": ref.uri, "bytes": size, "state": "ready"}
+            else:
+                done = int(size * rng.random())
+                summary[ref.id] = {"uri": ref.uri, "bytes": size, "state": "fetching", "bytes_done": done}
+        annotations = {
+            MODELS_ANNOTATION: json.dumps(summary),
+            "model-locality.io/cache": json.dumps({"used_bytes": 10**12, "quota_bytes": 3 * 10**12}),
+        }
+        if rng.random() < 0.5:
+            annotations[FETCH_RATE_ANNOTATION] = str(rng.choice([200, 400, 800, 1600]) * 10**6)
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels, "annotations": annotations}}
+        resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "ephemeral-storage": "3Ti", GPU: "8"}
+        status = {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "bench"}],
+            "capacity": resources,
+            "allocatable": resources,
+        }
+        out.append((node, status))
+    return out
+
+
+def create_nodes(real: RealKube, bodies: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    with real.client() as api:
+        for node, status in bodies:
+            name = node["metadata"]["name"]
+            created = _raw(api, "POST", "/api/v1/nodes", node)
+            taints = [t for t in created.get("spec", {}).get("taints") or [] if t.get("key") != NOT_READY_TAINT]
+            merge = "application/merge-patch+json"
+            _raw(api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, merge)
+            _raw(api, "PATCH", f"/api/v1/nodes/{name}/status", {"status": status}, merge)
+
+
+def pod_bodies(count: int, models: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed + 1)
+    uris = model_uris(models)
+    out = []
+    for i in range(count):
+        chosen = rng.sample(uris[:40], 1 + (i % 4 == 0))
+        annotations = {MODELS_ANNOTATION: ",".join(chosen)}
+        if i % 10 == 0:
+            annotations = {MODELS_ANNOTATION: uris[0], LOCALITY_ANNOTATION: "required"}
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"serve-{i:05d}", "labels": {CLIENT_LABEL: "true", "app": "serve"}, "annotations": annotations},
+                "spec": {
+                    "schedulerName": SCHEDULER,
+                    "containers": [{"name": "serve", "image": "example.invalid/serve:1", "resources": {"limits": {GPU: "1"}, "requests": {"cpu": "1"}}}],
+                },
+            }
+        )  # fmt: skip
+    return out
+
+
+def create_pods(real: RealKube, bodies: list[dict[str, Any]]) -> None:
+    with real.client() as api:
+        for body in bodies:
+            _raw(api, "POST", f"/api/v1/namespaces/{NS}/pods", body)
+
+
+def delete_pods(real: RealKube) -> None:
+    real.delete_all("pods", namespace=NS)
+    with real.client() as api:
+        for _ in range(600):
+            if not _raw(api, "GET", f"/api/v1/namespaces/{NS}/pods?limit=1")["items"]:
+                return
+            time.sleep(0.1)
+    raise RuntimeError("pods were not deleted")
+
+
+def scheduler_config(real: RealKube, extender_url: str | None, workdir: Path) -> Path:
+    config = yaml.safe_load(CONFIG.read_text())
+    config["leaderElection"] = {"leaderElect": False}
+    config["clientConnection"] = {"kubeconfig": str(real.kubeconfig), "qps": 5000, "burst": 5000}
+    if extender_url is None:
+        config.pop("extenders")
+    else:
+        config["extenders"][0]["urlPrefix"] = extender_url
+    path = workdir / f"scheduler-{'with' if extender_url else 'without'}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def bind_times(real: RealKube, expected: int, started: asyncio.Event, timeout: float) -> list[float]:
+    """Monotonic times at which each pod was first seen bound (a watch from the current state)."""
+    kube = real.connect(request_timeout=30)
+    seen: dict[str, float] = {}
+    try:
+        items, version = await kube.list("pods", field_selector=f"metadata.namespace={NS}")
+        started.set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < expected and time.monotonic() < deadline:
+            async for event in kube.watch("pods", resource_version=version, timeout_seconds=60):
+                obj = event.object
+                version = obj.get("metadata", {}).get("resourceVersion", version)
+                name = obj.get("metadata", {}).get("name", "")
+                if obj.get("spec", {}).get("nodeName") and name not in seen:
+                    seen[name] = time.monotonic()
+                if len(seen) >= expected or time.monotonic() > deadline:
+                    break
+    finally:
+        await kube.close()
+    return sorted(seen.values())
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_round(real: RealKube, config: Path, pods: list[dict[str, Any]], extender_pid: int | None) -> dict[str, float]:
+    create_pods(real, pods)
+    started = asyncio.Event()
+    watcher = asyncio.create_task(bind_times(real, len(pods), started, timeout=600))
+    await started.wait()
+    cpu0 = cpu_seconds(extender_pid) if extender_pid else 0.0
+    launched = time.monotonic()
+    await asyncio.to_thread(real.start_scheduler, config)
+    times = await watcher
+    cpu = (cpu_seconds(extender_pid) - cpu0) if extender_pid else 0.0
+    real.stop_process("kube-scheduler")
+    delete_pods(real)
+    if len(times) < len(pods):
+        raise RuntimeError(f"only {len(times)}/{len(pods)} pods bound:\n{real.log('kube-scheduler')}")
+    return {
+        "pods_per_s": (len(times) - 1) / max(times[-1] - times[0], 1e-9),
+        "to_last_s": times[-1] - launched,
+        "extender_cpu_ms_per_pod": 1000 * cpu / len(pods),
+    }
+
+
+def start_extender(real: RealKube, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = (workdir / "extender.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler_extender", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--kubeconfig", str(real.kubeconfig)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"extender not ready:\n{(workdir / 'extender.log').read_text()[-3000:]}")
+
+
+async def drain(args: argparse.Namespace) -> dict[str, Any]:
+    assets = assets_dir()
+    if assets is None:
+        raise SystemExit('needs kube-apiserver, etcd, kube-scheduler: eval "$(bash ../shared/k8s/install.sh)"')
+    real = RealKube(assets).start()
+    workdir = Path(tempfile.mkdtemp(prefix="drain-"))
+    extender: subprocess.Popen[bytes] | None = None
+    try:
+        real.create_service_account(NS, "default")
+        started = time.monotonic()
+        create_nodes(real, node_bodies(args.nodes, args.models, args.seed))
+        print(f"{args.nodes} nodes created in {time.monotonic() - started:.1f} s", flush=True)
+        pods = pod_bodies(args.pods, args.models, args.seed)
+        extender, url = start_extender(real, workdir)
+        configs = {"with extender": scheduler_config(real, url, workdir), "without": scheduler_config(real, None, workdir)}
+        rows: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
+        for r in range(args.rounds):
+            for name, config in configs.items():
+                row = await one_round(real, config, pods, extender.pid if name == "with extender" else None)
+                rows[name].append(row)
+                print(f"round {r + 1} {name:<14} {row['pods_per_s']:7.1f} pods/s  "
+                      f"(all bound {row['to_last_s']:.1f} s after start; extender CPU "
+                      f"{row['extender_cpu_ms_per_pod']:.2f} ms/pod)", flush=True)  # fmt: skip
+        with_rate = statistics.median(r["pods_per_s"] for r in rows["with extender"])
+        without = statistics.median(r["pods_per_s"] for r in rows["without"])
+        print(f"median: with {with_rate:.1f} pods/s, without {without:.1f} pods/s, ratio {with_rate / without:.2f}x")
+        return {"rows": rows, "median_with": with_rate, "median_without": without, "ratio": with_rate / without}
+    finally:
+        if extender is not None:
+            extender.terminate()
+            extender.wait(20)
+        real.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", type=int, default=500)
+    parser.add_argument("--pods", type=int, default=1000)
+    parser.add_argument("--models", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "extender-drain.json"))
+    args = parser.parse_args(argv)
+    result = asyncio.run(drain(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
