@@ -21,6 +21,14 @@ Rows, each the median of ``--repeats`` runs (the S3 rows of the synthetic model 
 buffer), ``load_file`` (+ clone on CPU) and ``serving.loader``; the fastest plain read of the run
 is the floor the ratios use (bench/README.md, "Loader").
 
+``--serve-load GB`` runs only the server's own ``load`` phase gauge for a BERT-like fp32 model of
+GB in 4 shards (MiniLM widened: it embeds like MiniLM, so warm-up passes), as root: per repeat,
+page cache cold (``drop_caches``) then warm, interleaved: a raw single-thread ``readinto`` of the
+same files; ``model-serve`` with the model found at once (``--model-dir``: the torch import is
+part of what the pod waits for) and found after the server logged its imports done (a stub
+agent answers ``fetching`` until then; the caches are dropped or warmed just before it answers);
+a fresh ``import serving.model``. ``--checkout NAME=DIR`` adds the same gauges for another tree.
+
 S3 is moto's server (started here). Stock moto re-reads a whole object on every GET and is 20-60x
 slower than a real origin, so the S3 rows are an upper bound, not S3's speed; boto3
 fetches each object with one GET here, since a ranged GET costs moto the whole object.
@@ -42,6 +50,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -259,21 +268,25 @@ def bench_minilm(s3: S3Server, work: Path, repeats: int, device: str, rows: list
     s3.upload_dir(src, "models", "sentence-transformers/all-MiniLM-L6-v2")
     label = f"MiniLM ({size:.0f} MB)"
     floor_rows(label, cached, repeats, rows)
-    for state, prepare in (("warm", lambda: warm(cached)), ("cold", lambda: evict(cached))):
+    states: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("warm", lambda: warm(cached)),
+        ("cold", lambda: evict(cached)),
+    )
+    for state, prepare in states:
         runs = []
         for _ in range(repeats):
             prepare()
             runs.append(time_to_ready(cached, device))
         ready, phases = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
         rows.append((label, f"ready from node cache, page cache {state}", f"{ready:.3f}", fmt(phases)))
-    runs = []
+    s3_runs: list[tuple[float, float, dict[str, float]]] = []
     for i in range(repeats):
         dest = work / f"emptydir-{i}"
         fetched = s3_download(s3, MINILM_URI, dest)
         ready, phases = time_to_ready(dest, device)
-        runs.append((fetched + ready, fetched, phases))
+        s3_runs.append((fetched + ready, fetched, phases))
         shutil.rmtree(dest)
-    total, fetched, phases = sorted(runs)[len(runs) // 2]
+    total, fetched, phases = sorted(s3_runs, key=lambda r: r[0])[len(s3_runs) // 2]
     rows.append(
         (
             label,
@@ -420,6 +433,215 @@ def loader_rows(
         shutil.rmtree(cached)
 
 
+def bert_like(dest: Path, total_bytes: int, shards: int = 4) -> Path:
+    """MiniLM widened ``k`` times into a BERT-like fp32 model of about ``total_bytes`` in ``shards``.
+
+    Every hidden vector becomes ``k`` copies of MiniLM's (heads x k, each weight matrix tiled and
+    divided by the input copies; a LayerNorm over copies normalises as over one), so it embeds
+    exactly like MiniLM (the server's warm-up sanity check passes) at any size; the largest
+    ``k`` that fits is used and the rest is made up with word-embedding rows no token reaches.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = minilm_dir()
+    cfg = json.loads((src / "config.json").read_text())
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    state = {k: v for k, v in load_file(str(src / "model.safetensors")).items() if "position_ids" not in k}
+
+    def size(k: int) -> int:
+        scale = {n: k if t.dim() == 1 or "embeddings" in n else k * k for n, t in state.items()}
+        return 4 * sum(int(t.numel()) * scale[n] for n, t in state.items())
+
+    k = max(w for w in range(1, 16) if w == 1 or size(w) <= total_bytes)
+    pad = max(0, (total_bytes - size(k)) // (4 * hidden * k))
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if t.dim() == 1:
+            out[name] = t.repeat(k)
+        elif "embeddings" in name:
+            out[name] = t.repeat(1, k)
+            if name.endswith("word_embeddings.weight") and pad:
+                out[name] = torch.cat([out[name], out[name][:pad]])
+        else:
+            out[name] = t.repeat(k, k) / k
+    dest.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.is_file() and path.name not in ("model.safetensors", "config.json", "README.md"):
+            shutil.copy(path, dest / path.name)
+    heads = cfg["num_attention_heads"] * k
+    cfg.update(hidden_size=hidden * k, num_attention_heads=heads, intermediate_size=inter * k)
+    cfg["vocab_size"] += pad
+    (dest / "config.json").write_text(json.dumps(cfg, indent=1))
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for name, t in out.items():  # in order, a new shard when this one holds its share
+        if filled >= (len(groups)) * size_of(out) / shards and len(groups) < shards:
+            groups.append([])
+        groups[-1].append(name)
+        filled += t.numel() * 4
+    weight_map = {}
+    for i, names in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        save_file({n: out[n].contiguous() for n in names}, str(dest / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": size_of(out)}, "weight_map": weight_map}
+    (dest / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dest
+
+
+def size_of(tensors: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def drop_caches() -> None:
+    """Every clean page out of the page cache (root): the model, and torch's files too."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+class StubAgent:
+    """The node agent's two calls ``model-serve --model-uri`` makes, answering ``fetching`` until
+    ``release()`` and then ``ready`` with the model's path: a model found after the server started."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import http.server
+        import threading
+
+        self.released = threading.Event()
+        agent = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.answer({"state": "fetching"})
+
+            def do_GET(self) -> None:
+                ready = agent.released.is_set()
+                self.answer({"state": "ready", "path": str(model_dir)} if ready else {"state": "fetching"})
+
+            def answer(self, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def served_load(tree: Path, model_dir: Path, state: str, found_after: float | None) -> dict[str, float]:
+    """The phase gauges of one ``model-serve`` start from ``tree``, page cache ``state`` (cold:
+    drop_caches; warm: the model read once) when the model is found. ``found_after``: the model is
+    found through a stub agent once the server logged its imports done (at most that many seconds
+    later); None: ``--model-dir``, found at once."""
+    import threading
+
+    agent = StubAgent(model_dir) if found_after is not None else None
+    port = free_port()
+    where = ["--model-uri", "s3://models/bench/bert-like", "--agent-url", agent.url] if agent else []
+    argv = [sys.executable, "-m", "serving", *(where or ["--model-dir", str(model_dir)])]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    prepared = threading.Event()
+    if agent is None:
+        (drop_caches if state == "cold" else lambda: warm(model_dir))()
+    proc = subprocess.Popen(argv, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def collect() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "prepared (model runtime imported)" in line:
+                prepared.set()
+
+    threading.Thread(target=collect, daemon=True).start()
+    try:
+        if agent is not None:
+            if not prepared.wait(found_after):
+                raise SystemExit(f"model-serve did not log its imports done in {found_after:g}s")
+            (drop_caches if state == "cold" else lambda: warm(model_dir))()
+            agent.released.set()
+        wait_ready(proc, port, lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            return parse_phases(resp.read().decode())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if agent is not None:
+            agent.close()
+
+
+def wait_ready(proc: subprocess.Popen[str], port: int, lines: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("model-serve exited:\n" + "".join(lines[-20:]))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.02)
+    raise SystemExit("model-serve not ready in time:\n" + "".join(lines[-20:]))
+
+
+def import_floor(tree: Path, state: str, model_dir: Path) -> float:
+    """Seconds a fresh interpreter takes to import ``serving.model`` (torch, transformers)."""
+    (drop_caches if state == "cold" else lambda: warm(model_dir))()
+    code = "import time; t = time.perf_counter(); import serving.model; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def serve_load_rows(
+    work: Path, gib: float, trees: dict[str, Path], rows: list[tuple[str, ...]], *, repeats: int, after: float
+) -> None:
+    """The server's own ``load`` gauge against a raw single-thread read of the same files, cold
+    (drop_caches) and warm, interleaved per repeat; each tree started with the model found at
+    once (``--model-dir``) and found after its imports finished (stub agent)."""
+    src = bert_like(work / "bert-like-src", int(gib * 1e9))
+    cached = commit_to_cache(src, work / "cache", "s3://models/bench/bert-like")
+    shutil.rmtree(src)
+    size = sum(p.stat().st_size for p in files_of(cached))
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(repeats):
+        for state in ("cold", "warm"):
+            (drop_caches if state == "cold" else lambda: warm(cached))()
+            times.setdefault((state, "raw read, 1 thread, 8 MiB readinto"), []).append(raw_read(cached))
+            for name, tree in trees.items():
+                for found, wait in (("at start", None), ("after imports", after)):
+                    phases = served_load(tree, cached, state, wait)
+                    key = (state, f"{name}: load gauge, model found {found}")
+                    times.setdefault(key, []).append(phases["load"])
+                    load = os.getloadavg()[0]
+                    print(f"{key}: {fmt(phases)}; loadavg {load:.1f}", file=sys.stderr, flush=True)
+            times.setdefault((state, "import serving.model, fresh process"), []).append(
+                import_floor(trees[next(iter(trees))], state, cached)
+            )
+    raw_cold = statistics.median(times[("cold", "raw read, 1 thread, 8 MiB readinto")])
+    label = f"BERT-like {size / 1e9:.2f} GB (4 fp32 shards)"
+    for (state, name), values in times.items():
+        t = statistics.median(values)
+        detail = f"{t / raw_cold:.2f}x raw cold; runs " + " ".join(f"{v:.3f}" for v in values)
+        rows.append((label, f"{name}, page cache {state}", f"{t:.3f}", detail))
+
+
 def fmt(phases: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in phases.items())
 
@@ -440,6 +662,25 @@ def main() -> int:
         metavar="GIB",
         help="only the loader rows (raw read, load_file, ours; cold) for MiniLM and these synthetic sizes",
     )
+    parser.add_argument(
+        "--serve-load",
+        type=float,
+        metavar="GB",
+        help="only the server's load gauge vs a raw read, cold and warm, for a BERT-like model of GB",
+    )
+    parser.add_argument(
+        "--checkout",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="with --serve-load: also start model-serve from this tree (repeatable), e.g. before=/tmp/wt",
+    )
+    parser.add_argument(
+        "--found-after",
+        type=float,
+        default=600.0,
+        help="with --serve-load: most seconds to wait for the server's imports before the stub agent answers",
+    )
     args = parser.parse_args()
     import torch
 
@@ -448,7 +689,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="coldstart-", dir=args.work_dir))
     rows: list[tuple[str, ...]] = []
     try:
-        if args.loaders is not None:
+        if args.serve_load is not None:
+            trees = {"this tree": ROOT, **dict(parse_tree(t) for t in args.checkout)}
+            serve_load_rows(work, args.serve_load, trees, rows, repeats=args.repeats, after=args.found_after)
+        elif args.loaders is not None:
             loader_rows(work, args.loaders, args.repeats, device, rows)
         else:
             with_s3(work, args, device, rows)
@@ -461,6 +705,13 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([list(r) for r in rows], indent=1))
     return 0
+
+
+def parse_tree(spec: str) -> tuple[str, Path]:
+    name, _, path = spec.partition("=")
+    if not path or not (Path(path) / "serving").is_dir():
+        raise SystemExit(f"--checkout wants NAME=DIR with DIR a checkout of this repository, not {spec!r}")
+    return name, Path(path).resolve()
 
 
 def with_s3(work: Path, args: argparse.Namespace, device: str, rows: list[tuple[str, ...]]) -> None:

@@ -13,13 +13,14 @@
   known input is embedded and compared with its start-up vector (cosine >= 0.999), 503 if not.
 * ``GET /metrics``: ``model_locality_serving_*``: queue depth, in-flight requests, request latency
   and queue wait histograms (1 ms .. 10 s), batch size, start-up phase seconds
-  (``wait_for_cache | verify | load | warmup``; ``load`` includes the digest check, done in the
-  same pass as the read; ``verify`` is a separate re-hash, only with ``--verify full``), readiness
-  and health.
+  (``wait_for_cache | verify | load | warmup``; ``load`` runs from the model found to the model
+  ready to warm up: the digest check, done in the same pass as the read, and whatever is left of
+  the torch/transformers import, which the read overlaps on a CPU; ``verify`` is a separate
+  re-hash, only with ``--verify full``), readiness and health.
 
 Start-up fails (exit 1, one line on stderr naming the file) on a damaged safetensors header, on a
 node-cache model whose bytes differ from the agent's record, and on NaN/Inf or nonsensical
 warm-up output. With ``--model-uri`` the local agent fetches the model and returns its path; mount
 the cache read-only at the same path the agent uses. torch and transformers are imported only by
-``serving.model`` (extra ``serving``), so the rest imports in the agent image.
+``serving.model`` and ``serving.loader`` (extra ``serving``), so the rest imports in the agent image.
 """

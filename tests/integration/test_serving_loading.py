@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,14 @@ def test_a_changed_config_is_an_integrity_error_not_a_model_error(cached: Path, 
     (model_dir / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
     with pytest.raises(IntegrityError, match=r"config\.json"):
         loading.load(model_dir, device="cpu", threads=None, check=True)
+
+
+def test_the_read_side_imports_no_torch() -> None:
+    """The CLI and the host read import no torch: the read overlaps the import only while so."""
+    code = (
+        "import sys, serving.cli, serving.loading, serving.hostload;"
+        " print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    argv = [sys.executable, "-c", code]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"
