@@ -258,7 +258,13 @@ class Run:
         meta = {**(doc.get("metadata") or {}), "name": f"doc-pod-{self.count}"}
         path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}))
         asks = "model-locality.io/models" in (meta.get("annotations") or {})
-        ns = SERVING_NS if asks else "default"
+        ns = self._namespace_for(str(spec.get("serviceAccountName") or "default")) if asks else "default"
+        if ns is None:
+            sa = spec.get("serviceAccountName")
+            self.failures.append(
+                f"{where}: no opted-in namespace has the ServiceAccount {sa} (apply it first)"
+            )
+            return
         out = self.kubectl("create", "--dry-run=server", "-o", "json", "-n", ns, "-f", str(path))
         if not self._check(where, out) or not asks:
             return
@@ -270,6 +276,17 @@ class Run:
             self.failures.append(f"{where}: {out.stderr.strip()}")
         else:
             self.mutated.append(where)
+
+    def _namespace_for(self, service_account: str) -> str | None:
+        """An opted-in namespace (model-serving first) where the pod's ServiceAccount exists."""
+        found = self.kube.request(
+            "GET", "/api/v1/namespaces?labelSelector=model-locality.io/injection=enabled"
+        )
+        names = [n["metadata"]["name"] for n in found["items"] if not n["metadata"].get("deletionTimestamp")]
+        for ns in sorted(set(names) - {PROBE_NS}, key=lambda n: (n != SERVING_NS, n)):
+            if self.stand.exists(f"/api/v1/namespaces/{ns}/serviceaccounts/{service_account}"):
+                return ns
+        return None
 
     def _check(self, where: str, out: subprocess.CompletedProcess[str]) -> bool:
         if out.returncode != 0:

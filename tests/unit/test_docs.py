@@ -370,3 +370,19 @@ def test_kustomization_fragments_render(tmp_path: Path) -> None:
         rendered += 1
     assert rendered >= 3
 
+
+
+def test_paths_on_nodes_and_in_pods_are_the_ones_the_code_uses() -> None:
+    """`/var/lib/model-locality/models/<id>/`, the token path, the Secret mounts: as the code and
+    manifests write them (up to the first placeholder or model id; a file may be named by its
+    directory)."""
+    code = _code_text()
+    problems, checked = [], 0
+    for path in docs():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for found in re.findall(r"(?:/var/lib|/var/run/secrets|/etc)/model-locality[^\s`'\",)]*", line):
+                known = re.split(r"[<*{}]|/ID\b|\.\.\.|/[0-9a-f]{16}", found)[0].rstrip("/.")
+                checked += 1
+                if known not in code and known.rsplit("/", 1)[0] not in code:
+                    problems.append(f"{path.relative_to(ROOT)}:{n}: {found} is not a path the code uses")
+    assert checked >= 5 and not problems, "\n".join(problems)
