@@ -43,14 +43,22 @@ class VerbContext:
     clock: Callable[[], float]
     observe_nodes: Callable[[str, int], None]
     _warned_at: float | None = None
+    _last: tuple[bytes, ExtenderArgs] | None = None
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
         return self.args_of(await read_body(request, self.max_body_bytes))
 
     def args_of(self, raw: bytes) -> ExtenderArgs:
+        """The parsed body; the last one is kept: kube-scheduler sends ``prioritize`` the very
+        bytes it sent ``filter`` when the filter kept every node (a ``preferred`` pod), and one
+        byte comparison saves decoding them again."""
+        last = self._last
+        if last is not None and last[0] == raw:
+            return last[1]
         args = parse_args(raw)
         if args.pod.problem:
             self.pod_problems.report("pod", args.pod_key, "", args.pod.problem)
+        self._last = (raw, args)
         return args
 
     def filter(self, args: ExtenderArgs) -> str:

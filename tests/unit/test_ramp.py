@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -69,6 +70,9 @@ def test_worked_example_of_the_docs() -> None:
     assert status["podsPerNode"] == 2
     assert nodes == 9
     assert status["arithmetic"].startswith("ceil(R(90s) / podsPerNode) = ceil(18 / 2) = 9")
+    default = replace(hpa, scale_up=ScaleUp())  # the HPA default: 6 -> 12 -> 24 -> 40 (the cap)
+    assert warm_nodes(default, 90.0, 2)[0] == 20
+    assert warm_nodes(default, 20.0, 2)[0] == 12  # a 20 s cold start: two syncs, 24 replicas
 
 
 @pytest.mark.parametrize(
