@@ -282,7 +282,9 @@ class Run:
         found = self.kube.request(
             "GET", "/api/v1/namespaces?labelSelector=model-locality.io/injection=enabled"
         )
-        names = [n["metadata"]["name"] for n in found["items"] if not n["metadata"].get("deletionTimestamp")]
+        names = [
+            str(n["metadata"]["name"]) for n in found["items"] if not n["metadata"].get("deletionTimestamp")
+        ]
         for ns in sorted(set(names) - {PROBE_NS}, key=lambda n: (n != SERVING_NS, n)):
             if self.stand.exists(f"/api/v1/namespaces/{ns}/serviceaccounts/{service_account}"):
                 return ns
