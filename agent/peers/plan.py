@@ -4,7 +4,9 @@ Fetchers of the same revision split the origin's work by rendezvous hashing: chu
 from the origin by ``origin_owner(c, fetchers)``, the fetcher with the highest
 ``xxh3_64(path NUL index NUL name)``. Every fetcher computes the same owner from the same set, and
 a fetcher joining or leaving moves only the chunks it wins or held. Everything else comes from
-peers, rarest chunk first, each from the least busy holder. A chunk nobody holds or reads from
+peers, rarest chunk first, each from the least busy holder. Origin reads go in the order of the
+fetcher's own rendezvous weight, so one that has not yet seen the others starts with chunks it owns
+in any larger set. A chunk nobody holds or reads from
 the origin (its owner is gone, slow to start, or sees another fetcher set) is taken from the
 origin by anyone after ``Limits.orphan_grace`` seconds, so a lost peer costs time, never the fetch.
 """
@@ -72,6 +74,11 @@ class Board:
     unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
     started: float | None = None  # when the fetch began, if it knows of peers that may join it
 
+    def origin_order(self, chunks: Sequence[ChunkId]) -> list[ChunkId]:
+        """Our best-scoring chunks first: the ones we own in any larger fetcher set too, so a
+        fetcher that has not seen the others yet starts with work nobody else will repeat."""
+        return sorted(chunks, key=lambda c: -score(c[0], c[1], self.me))
+
     def fetchers(self) -> list[str]:
         return sorted({self.me, *(name for name, view in self.peers.items() if view.fetching)})
 
@@ -96,7 +103,7 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
     slots = limits.origin_slots if len(fetchers) > 1 or warming else limits.solo_origin_slots
     if board.origin_busy >= slots:
         return WAIT
-    for chunk in open_chunks:
+    for chunk in board.origin_order(open_chunks):
         if claimed(chunk, board.peers):
             board.unclaimed_since.pop(chunk, None)
             continue

@@ -39,7 +39,7 @@ BOTH = [ME, OTHER]
 
 ROWS = [
     # (name, todo, peers, taken, origin_busy, now, expected)
-    ("alone: every chunk from the origin, in order", [A, B], {}, set(), 0, 0.0, Step("origin", A)),
+    ("alone: the origin, best-weighted chunk first", [A, B, C], {}, set(), 0, 0.0, Step("origin", C)),
     ("alone: up to the solo slots", [A, B], {}, set(), 8, 0.0, Step("wait")),
     (
         "a peer holds it: from the peer, not the origin",
@@ -175,3 +175,20 @@ def test_a_fetch_that_knows_of_peers_warms_up_before_going_solo() -> None:
     board = Board(ME, CHUNKS[:20], origin_busy=2, started=100.0)
     assert next_step(board, 101.0, Limits(origin_slots=2, warmup=2.0)) == Step("wait")
     assert next_step(board, 102.0, Limits(origin_slots=2, warmup=2.0)).kind == "origin"
+
+
+def test_a_fetcher_alone_in_its_view_starts_with_chunks_it_owns_in_the_full_set() -> None:
+    """Eight fetchers that have not seen each other yet each read their first 4 chunks: few overlap."""
+    names = [f"n{i}" for i in range(8)]
+    firsts = {}
+    for name in names:
+        board = Board(name, list(CHUNKS))
+        picks = []
+        for _ in range(4):
+            step = next_step(board, 0.0)
+            assert step.chunk is not None
+            picks.append(step.chunk)
+            board.taken.add(step.chunk)
+        firsts[name] = picks
+    owned = sum(origin_owner(c, names) == n for n, picks in firsts.items() for c in picks)
+    assert owned >= 28  # of 32 first reads, nearly all are the reader's own share anyway
