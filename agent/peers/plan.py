@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import xxhash
 
@@ -52,6 +53,7 @@ class Step:
 WAIT = Step("wait")
 
 
+@lru_cache(maxsize=1 << 17)
 def score(*parts: object) -> int:
     """The rendezvous weight of a tuple (stable across processes and machines)."""
     return xxhash.xxh3_64("\0".join(str(p) for p in parts).encode()).intdigest()
@@ -72,12 +74,32 @@ class Board:
     taken: set[ChunkId] = field(default_factory=set)  # chunks we are fetching now
     origin_busy: int = 0  # our origin reads in flight
     unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
-    started: float | None = None  # when the fetch began, if it knows of peers that may join it
+    started: float | None = None  # when the fetch began (for the warm-up)
+    _order: list[ChunkId] = field(default_factory=list, repr=False)
+    _order_set: set[ChunkId] = field(default_factory=set, repr=False)
+    _index: dict[ChunkId, list[str]] = field(default_factory=dict, repr=False)
+    _index_key: tuple[tuple[str, int], ...] = field(default=(), repr=False)
 
     def origin_order(self, chunks: Sequence[ChunkId]) -> list[ChunkId]:
         """Our best-scoring chunks first: the ones we own in any larger fetcher set too, so a
-        fetcher that has not seen the others yet starts with work nobody else will repeat."""
-        return sorted(chunks, key=lambda c: -score(c[0], c[1], self.me))
+        fetcher that has not seen the others yet starts with work nobody else will repeat.
+        (The order is computed once per fetch; each step only filters it.)"""
+        if len(self._order) < len(chunks) or not set(chunks) <= self._order_set:
+            self._order = sorted(set(chunks) | set(self._order), key=lambda c: -score(c[0], c[1], self.me))
+            self._order_set = set(self._order)
+        wanted = set(chunks)
+        return [c for c in self._order if c in wanted]
+
+    def holders_index(self) -> dict[ChunkId, list[str]]:
+        """chunk -> peers holding it; rebuilt only when some peer's holdings changed."""
+        key = tuple((name, id(view.holds)) for name, view in self.peers.items())
+        if key != self._index_key:
+            index: dict[ChunkId, list[str]] = {}
+            for name, view in self.peers.items():
+                for chunk in view.holds:
+                    index.setdefault(chunk, []).append(name)
+            self._index, self._index_key = index, key
+        return self._index
 
     def fetchers(self) -> list[str]:
         return sorted({self.me, *(name for name, view in self.peers.items() if view.fetching)})
@@ -95,6 +117,8 @@ def claimed(chunk: ChunkId, peers: Mapping[str, PeerView]) -> bool:
 def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
     """The next chunk to start (see the module docstring); updates ``unclaimed_since``."""
     open_chunks = [c for c in board.todo if c not in board.taken]
+    inflight = {c for view in board.peers.values() for c in view.origin_inflight}
+    held = board.holders_index()
     step = _from_peer(board, open_chunks, limits)
     if step is not None:
         return step
@@ -104,7 +128,7 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
     if board.origin_busy >= slots:
         return WAIT
     for chunk in board.origin_order(open_chunks):
-        if claimed(chunk, board.peers):
+        if chunk in held or chunk in inflight:  # somebody holds it or reads it from the origin
             board.unclaimed_since.pop(chunk, None)
             continue
         owner = origin_owner(chunk, fetchers)
@@ -121,13 +145,20 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
 
 def _from_peer(board: Board, open_chunks: Sequence[ChunkId], limits: Limits) -> Step | None:
     """The rarest open chunk some peer with a free slot holds, from its least busy holder."""
-    best: tuple[tuple[int, int], ChunkId, str] | None = None
+    index = board.holders_index()
+    best: tuple[tuple[int, int], ChunkId, list[str]] | None = None
     for chunk in open_chunks:
-        free = [n for n in holders(chunk, board.peers) if board.peers[n].busy < limits.per_peer]
-        if not free:
+        names = index.get(chunk)
+        if not names:
             continue
-        rank = (len(holders(chunk, board.peers)), -score(board.me, *chunk))
-        if best is None or rank < best[0]:
-            peer = min(free, key=lambda n: (board.peers[n].busy, -score(board.me, chunk[0], chunk[1], n)))
-            best = (rank, chunk, peer)
-    return None if best is None else Step("peer", best[1], best[2])
+        rank = (len(names), -score(board.me, *chunk))
+        if best is not None and rank >= best[0]:
+            continue
+        free = [n for n in names if board.peers[n].busy < limits.per_peer]
+        if free:
+            best = (rank, chunk, free)
+    if best is None:
+        return None
+    _, chunk, free = best
+    peer = min(free, key=lambda n: (board.peers[n].busy, -score(board.me, chunk[0], chunk[1], n)))
+    return Step("peer", chunk, peer)
