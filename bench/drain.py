@@ -78,7 +78,8 @@ def node_bodies(nodes: int, models: int, seed: int) -> list[tuple[dict[str, Any]
         }
         if rng.random() < 0.5:
             annotations[FETCH_RATE_ANNOTATION] = str(rng.choice([200, 400, 800, 1600]) * 10**6)
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels, "annotations": annotations}}
+        meta = {"name": name, "labels": labels, "annotations": annotations}
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": meta}
         resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "ephemeral-storage": "3Ti", GPU: "8"}
         status = {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "bench"}],
@@ -94,7 +95,8 @@ def create_nodes(real: RealKube, bodies: list[tuple[dict[str, Any], dict[str, An
         for node, status in bodies:
             name = node["metadata"]["name"]
             created = _raw(api, "POST", "/api/v1/nodes", node)
-            taints = [t for t in created.get("spec", {}).get("taints") or [] if t.get("key") != NOT_READY_TAINT]
+            taints = created.get("spec", {}).get("taints") or []
+            taints = [t for t in taints if t.get("key") != NOT_READY_TAINT]
             merge = "application/merge-patch+json"
             _raw(api, "PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": taints or None}}, merge)
             _raw(api, "PATCH", f"/api/v1/nodes/{name}/status", {"status": status}, merge)
@@ -109,17 +111,12 @@ def pod_bodies(count: int, models: int, seed: int) -> list[dict[str, Any]]:
         annotations = {MODELS_ANNOTATION: ",".join(chosen)}
         if i % 10 == 0:
             annotations = {MODELS_ANNOTATION: uris[0], LOCALITY_ANNOTATION: "required"}
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"serve-{i:05d}", "labels": {CLIENT_LABEL: "true", "app": "serve"}, "annotations": annotations},
-                "spec": {
-                    "schedulerName": SCHEDULER,
-                    "containers": [{"name": "serve", "image": "example.invalid/serve:1", "resources": {"limits": {GPU: "1"}, "requests": {"cpu": "1"}}}],
-                },
-            }
-        )  # fmt: skip
+        labels = {CLIENT_LABEL: "true", "app": "serve"}
+        meta = {"name": f"serve-{i:05d}", "labels": labels, "annotations": annotations}
+        resources = {"limits": {GPU: "1"}, "requests": {"cpu": "1"}}
+        container = {"name": "serve", "image": "example.invalid/serve:1", "resources": resources}
+        spec = {"schedulerName": SCHEDULER, "containers": [container]}
+        out.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     return out
 
 
@@ -152,14 +149,14 @@ def scheduler_config(real: RealKube, extender_url: str | None, workdir: Path) ->
     return path
 
 
-async def bind_times(real: RealKube, expected: int, started: asyncio.Event, timeout: float) -> list[float]:
+async def bind_times(real: RealKube, expected: int, started: asyncio.Event, limit: float) -> list[float]:
     """Monotonic times at which each pod was first seen bound (a watch from the current state)."""
     kube = real.connect(request_timeout=30)
     seen: dict[str, float] = {}
     try:
-        items, version = await kube.list("pods", field_selector=f"metadata.namespace={NS}")
+        _, version = await kube.list("pods", field_selector=f"metadata.namespace={NS}")
         started.set()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit
         while len(seen) < expected and time.monotonic() < deadline:
             async for event in kube.watch("pods", resource_version=version, timeout_seconds=60):
                 obj = event.object
@@ -182,16 +179,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one_round(real: RealKube, config: Path, pods: list[dict[str, Any]], extender_pid: int | None) -> dict[str, float]:
+async def one_round(
+    real: RealKube, config: Path, pods: list[dict[str, Any]], extender_pid: int | None
+) -> dict[str, float]:
     create_pods(real, pods)
     started = asyncio.Event()
-    watcher = asyncio.create_task(bind_times(real, len(pods), started, timeout=600))
+    watcher = asyncio.create_task(bind_times(real, len(pods), started, limit=600))
     await started.wait()
     cpu0 = cpu_seconds(extender_pid) if extender_pid else 0.0
     launched = time.monotonic()
-    await asyncio.to_thread(real.start_scheduler, config)
+    scheduler = await asyncio.to_thread(real.start_scheduler, config)
+    started_cpu = cpu_seconds(scheduler.pid)  # its start-up, before the first pod, is not the drain's
     times = await watcher
     cpu = (cpu_seconds(extender_pid) - cpu0) if extender_pid else 0.0
+    scheduler_cpu = cpu_seconds(scheduler.pid) - started_cpu
     real.stop_process("kube-scheduler")
     delete_pods(real)
     if len(times) < len(pods):
@@ -200,6 +201,7 @@ async def one_round(real: RealKube, config: Path, pods: list[dict[str, Any]], ex
         "pods_per_s": (len(times) - 1) / max(times[-1] - times[0], 1e-9),
         "to_last_s": times[-1] - launched,
         "extender_cpu_ms_per_pod": 1000 * cpu / len(pods),
+        "scheduler_cpu_ms_per_pod": 1000 * scheduler_cpu / len(pods),
     }
 
 
@@ -226,7 +228,7 @@ def start_extender(real: RealKube, workdir: Path) -> tuple[subprocess.Popen[byte
 async def drain(args: argparse.Namespace) -> dict[str, Any]:
     assets = assets_dir()
     if assets is None:
-        raise SystemExit('needs kube-apiserver, etcd, kube-scheduler: eval "$(bash ../shared/k8s/install.sh)"')
+        raise SystemExit('needs etcd, kube-apiserver, kube-scheduler: see bench/README.md (drain)')
     real = RealKube(assets).start()
     workdir = Path(tempfile.mkdtemp(prefix="drain-"))
     extender: subprocess.Popen[bytes] | None = None
@@ -237,19 +239,29 @@ async def drain(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{args.nodes} nodes created in {time.monotonic() - started:.1f} s", flush=True)
         pods = pod_bodies(args.pods, args.models, args.seed)
         extender, url = start_extender(real, workdir)
-        configs = {"with extender": scheduler_config(real, url, workdir), "without": scheduler_config(real, None, workdir)}
+        configs = {
+            "with extender": scheduler_config(real, url, workdir),
+            "without": scheduler_config(real, None, workdir),
+        }
         rows: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
         for r in range(args.rounds):
             for name, config in configs.items():
                 row = await one_round(real, config, pods, extender.pid if name == "with extender" else None)
                 rows[name].append(row)
                 print(f"round {r + 1} {name:<14} {row['pods_per_s']:7.1f} pods/s  "
-                      f"(all bound {row['to_last_s']:.1f} s after start; extender CPU "
-                      f"{row['extender_cpu_ms_per_pod']:.2f} ms/pod)", flush=True)  # fmt: skip
+                      f"(all bound {row['to_last_s']:.1f} s after start; CPU per pod: kube-scheduler "
+                      f"{row['scheduler_cpu_ms_per_pod']:.2f} ms, extender "
+                      f"{row['extender_cpu_ms_per_pod']:.2f} ms)", flush=True)  # fmt: skip
         with_rate = statistics.median(r["pods_per_s"] for r in rows["with extender"])
         without = statistics.median(r["pods_per_s"] for r in rows["without"])
-        print(f"median: with {with_rate:.1f} pods/s, without {without:.1f} pods/s, ratio {with_rate / without:.2f}x")
-        return {"rows": rows, "median_with": with_rate, "median_without": without, "ratio": with_rate / without}
+        pairs = zip(rows["with extender"], rows["without"], strict=True)
+        ratios = [w["pods_per_s"] / o["pods_per_s"] for w, o in pairs]
+        each = ", ".join(f"{r:.2f}" for r in ratios)
+        middle = statistics.median(ratios)
+        print(f"median: with {with_rate:.1f} pods/s, without {without:.1f} pods/s, "
+              f"ratio {with_rate / without:.2f}x; per round {each} (median {middle:.2f}x)")  # fmt: skip
+        summary = {"median_with": with_rate, "median_without": without, "ratio": with_rate / without}
+        return {"rows": rows, **summary, "round_ratios": ratios}
     finally:
         if extender is not None:
             extender.terminate()

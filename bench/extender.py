@@ -177,14 +177,28 @@ def serve(args: argparse.Namespace) -> None:
 
         app.router.add_post("/floor", floor)
     else:
-        from scheduler_extender.app import Deps, create_app
+        from scheduler_extender.app import Deps, create_app, fast_site
         from scheduler_extender.config import Settings
         from scheduler_extender.nodecache import NodeCache
 
         cache = NodeCache()
         cache.replace(cluster(args.nodes, args.models, args.seed))
         app = create_app(Settings(), Deps(node_cache=cache))
+        asyncio.run(serve_fast(app, args.port, fast_site(app)))  # as `model-extender serve` listens
+        return
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+async def serve_fast(app: web.Application, port: int, site: Any) -> None:
+    import socket
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    await site(runner, sock).start()
+    await asyncio.Event().wait()
 
 
 # --- client side ---------------------------------------------------------------------------
