@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from agent.config import Settings
@@ -26,6 +27,7 @@ from agent.peers.swarm import PeerNet, movers
 from locality.identity import model_ref
 from tests.fixtures.origin import Faults, Origin, run_origin
 from tests.fixtures.ports import free_port
+from tests.fixtures.proxy import run_proxy
 
 MiB = 2**20
 TOKEN = "peer-secret-for-tests"
@@ -171,3 +173,30 @@ async def test_a_peer_of_another_revision_is_never_used(tmp_path: Path) -> None:
     assert record.revision != old.revision
     assert (fetcher.cache.model_path(record.id) / "model.bin").read_bytes() == new_data
     assert tally.peer_bytes == {} and egress == 8 * MiB
+
+
+async def test_origin_reads_keep_going_through_the_proxy_peer_reads_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose origin traffic goes through an HTTP proxy (Dragonfly's dfdaemon, a corporate
+    proxy) keeps it: the origin's share of the chunks goes through it, the peers' never does."""
+    data = write_model(tmp_path / "src" / "model.bin", 12 * MiB)
+    with run_proxy() as proxy, run_origin(tmp_path / "src", faults=Faults(throttle_bps=8 * MiB)) as origin:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        ref = model_ref(f"{origin.url}/model.bin")
+        async with agents(tmp_path, 3) as group:
+            records = await asyncio.gather(*(a.cache.fetch(ref) for a in group))
+            tallies = [a.net.tallies[ref.id] for a in group]
+            through = list(proxy.seen)
+    for agent, record in zip(group, records, strict=True):
+        assert (agent.cache.model_path(record.id) / "model.bin").read_bytes() == data
+    assert all(sum(t.peer_bytes.values()) > 0 for t in tallies)
+    assert through and all(target.startswith(origin.url) for _, target in through), through
+    assert egress_ok(origin, len(data))
+
+
+def egress_ok(origin: Origin, size: int) -> bool:
+    return origin_bytes(origin, "/model.bin") <= 1.15 * size
