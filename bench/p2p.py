@@ -178,6 +178,12 @@ def start_agents(
     return procs
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (``ip netns exec`` execs the agent in place)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def call(url: str, body: dict[str, str] | None = None) -> dict[str, object]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
@@ -212,6 +218,7 @@ def run_once(
                         raise SystemExit(f"{ip}: {view.get('error')}")
             time.sleep(0.2)
         egress = tx_bytes() - before
+        cpu = [cpu_seconds(proc.pid) for proc in procs]
     finally:
         for proc in procs:
             proc.terminate()
@@ -229,6 +236,8 @@ def run_once(
         "p99_x": round(times[min(len(times) - 1, round(0.99 * (len(times) - 1)))] / ideal, 2),
         "max_s": round(times[-1], 1),
         "ideal_s": round(ideal, 1),
+        "cpu_s_per_agent": round(statistics.mean(cpu), 1),
+        "load": round(os.getloadavg()[0], 1),
     }
 
 
@@ -292,8 +301,9 @@ def main() -> int:
         teardown(max(args.nodes))
         for path in work.glob("cache*"):
             shutil.rmtree(path, ignore_errors=True)
-    print("\n| nodes | peers | origin egress / S | p50 / (S/B) | p99 / (S/B) | slowest s | S/B s |")
-    print("|---|---|---|---|---|---|---|")
+    cols = ["nodes", "peers", "origin egress / S", "p50 / (S/B)", "p99 / (S/B)", "slowest s", "S/B s"]
+    print("\n| " + " | ".join([*cols, "CPU s / agent", "load"]) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['nodes']} | {'yes' if r['peers'] else 'no'} | {r['egress_x']} | {r['p50_x']} | "
