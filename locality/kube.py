@@ -438,13 +438,21 @@ class _Pump:
             self.response.shutdown()  # unblocks a read in progress in the pump thread
 
     def _put(self, item: WatchEvent | KubeError | None) -> bool:
+        return self._put_all([item])
+
+    def _put_all(self, items: list[WatchEvent | KubeError | None]) -> bool:
+        """Queue ``items`` with one wake-up of the loop (a chunk often holds dozens of events)."""
         if self.stopped.is_set():
             return False
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._deliver, items)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             return False
         return True
+
+    def _deliver(self, items: list[WatchEvent | KubeError | None]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
 
     def run(self) -> None:
         try:
@@ -462,16 +470,19 @@ class _Pump:
         """Pump events until the stream ends (None) or carries an ERROR (its KubeError)."""
         buffer = b""
         for chunk in self.response.stream(65536, decode_content=False):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            lines = (buffer + chunk).split(b"\n")
+            buffer = lines.pop()  # the part of a line still to come
+            events: list[WatchEvent | KubeError | None] = []
+            for line in lines:
                 if not line.strip():
                     continue
                 event = json.loads(line)
                 obj = event.get("object") or {}
                 if event.get("type") == "ERROR":
                     code = obj.get("code") if isinstance(obj, dict) else None
+                    self._put_all(events)
                     return _error(code, f"watch error {code}: {obj.get('message', obj)}")
-                if not self._put(WatchEvent(str(event.get("type")), obj)):
-                    return None
+                events.append(WatchEvent(str(event.get("type")), obj))
+            if events and not self._put_all(events):
+                return None
         return None
