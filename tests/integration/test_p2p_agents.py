@@ -53,8 +53,8 @@ def group(tmp_path: Path) -> Iterator[tuple[Origin, list[str]]]:
                 with (tmp_path / f"agent{i}.log").open("wb") as log:
                     procs.append(subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
             for port, peer_port in ports:
-                wait_listening(port)
-                wait_listening(peer_port)
+                wait_listening(port, timeout=120)  # a busy CI machine: start-up imports take a while
+                wait_listening(peer_port, timeout=30)
             yield origin, [f"http://127.0.0.1:{port}" for port, _ in ports]
         finally:
             for proc in procs:
