@@ -130,5 +130,7 @@ def test_printer_columns(crd: RealKube) -> None:
         )
         table = json.loads(api.call_api(method, url, header_params=headers).read())
     columns = [(c["name"], c["priority"]) for c in table["columnDefinitions"]]
-    assert columns == [("Name", 0), ("Model", 0), ("Replicas", 0), ("Ready", 0), ("Desired", 1), ("Age", 0)]
-    assert table["rows"][0]["cells"][:5] == ["d", "s3://b/m", "all", 1, 3]
+    assert columns == [
+        ("Name", 0), ("Model", 0), ("Replicas", 0), ("Desired", 0), ("Ready", 0), ("Cold-TTR", 0), ("Age", 0)
+    ]  # fmt: skip
+    assert table["rows"][0]["cells"][:5] == ["d", "s3://b/m", "all", 3, 1]
