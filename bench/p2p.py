@@ -211,7 +211,10 @@ def run_once(
         while len(done) < len(agents) and time.monotonic() < deadline:
             for _, ip in agents:
                 if ip not in done:
-                    view = call(f"http://{ip}:8470/v1/models/{model_id}")
+                    try:
+                        view = call(f"http://{ip}:8470/v1/models/{model_id}")
+                    except OSError:  # a busy agent answers late: ask again next round
+                        continue
                     if view.get("state") == "ready":
                         done[ip] = float(view["fetched_at"]) - t0  # type: ignore[arg-type]
                     elif view.get("state") == "failed":
@@ -223,7 +226,11 @@ def run_once(
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(30)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     if len(done) < len(agents):
         raise SystemExit(f"only {len(done)}/{len(agents)} agents finished within {args.timeout}s")
     ideal = size / (args.rate_mib * MiB)
