@@ -99,6 +99,8 @@ def teardown(nodes: int) -> None:
     for ns in [ORIGIN_NS, *(f"mlp-a{i}" for i in range(1, max(nodes, 64) + 1))]:
         sh("ip", "netns", "del", ns, check=False)
     sh("ip", "link", "del", BRIDGE, check=False)
+    for i in range(max(nodes, 64) + 1):  # a veth whose namespace outlived a crash
+        sh("ip", "link", "del", f"mlpv{i}", check=False)
 
 
 def origin_child(root: str, port: int) -> None:
