@@ -316,7 +316,7 @@ def main() -> int:
     for r in results:
         print(
             f"| {r['nodes']} | {'yes' if r['peers'] else 'no'} | {r['egress_x']} | {r['p50_x']} | "
-            f"{r['p99_x']} | {r['max_s']} | {r['ideal_s']} |"
+            f"{r['p99_x']} | {r['max_s']} | {r['ideal_s']} | {r['cpu_s_per_agent']} | {r['load']} |"
         )
     return 0
 
