@@ -573,7 +573,7 @@ def served_load(tree: Path, model_dir: Path, state: str, found_after: float | No
             (drop_caches if state == "cold" else lambda: warm(model_dir))()
             agent.released.set()
         wait_ready(proc, port, lines)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
             return parse_phases(resp.read().decode())
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -592,10 +592,10 @@ def wait_ready(proc: subprocess.Popen[str], port: int, lines: list[str], timeout
         if proc.poll() is not None:
             raise SystemExit("model-serve exited:\n" + "".join(lines[-20:]))
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as resp:
                 if resp.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):  # refused, 503, or a busy loop's timeout
             pass
         time.sleep(0.02)
     raise SystemExit("model-serve not ready in time:\n" + "".join(lines[-20:]))
