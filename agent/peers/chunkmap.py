@@ -8,6 +8,7 @@ file as ours (same size, ETag, version and origin checksum): ``usable_chunks`` a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from agent.peers.plan import ChunkId
 
 MAX_FILES = 100_000
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 MAX_CHUNKS = 10_000_000
 
 
@@ -103,7 +105,7 @@ def _opt(entry: Mapping[str, Any], key: str) -> str | None:
 
 def _digest(value: object) -> str:
     text = str(value)
-    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+    if not _HEX32.fullmatch(text):
         raise ValueError("a chunk digest is 32 lower-case hex digits")
     return text
 
