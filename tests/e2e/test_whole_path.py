@@ -174,9 +174,9 @@ def test_distribution_scores_and_fetch_on_schedule(cluster: dict[str, Any]) -> N
         body = _scheduler_body("prioritize", cache_capable, uri, nodes)
         status, scores = _call("POST", f"{cluster['extender']}/prioritize", body, token=None)
         assert status == 200, scores
-        by_host = {s["Host"]: s["Score"] for s in scores}
+        by_host = {s["Host"]: s["Score"] for s in scores}  # a host left out scores 0
         assert all(isinstance(v, int) for v in by_host.values())
-        assert min(by_host[w] for w in warm) > by_host[cold], by_host
+        assert min(by_host[w] for w in warm) > by_host.get(cold, 0), by_host
 
         body = _scheduler_body("filter", cache_capable, uri, nodes)
         body["Pod"]["metadata"]["annotations"][LOCALITY_ANNOTATION] = "required"
