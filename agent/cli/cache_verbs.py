@@ -16,7 +16,7 @@ from agent.cli.render import ls_table, usage_line
 from agent.config import add_cache_args, settings_from_args
 from agent.face.socket import Daemon, open_for_cli
 from agent.fetch.cache import Cache, CacheError, Progress
-from agent.lifecycle.manager import cache_views
+from agent.lifecycle.views import cache_views
 from agent.store.lock import Busy
 from locality.cli import CliError
 from locality.identity import InvalidURI, model_ref

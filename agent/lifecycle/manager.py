@@ -30,7 +30,7 @@ from agent.lifecycle.states import (
     is_verification_failure,
     retry_delay,
 )
-from agent.lifecycle.views import partial_view, quarantined_view, record_view
+from agent.lifecycle.views import cache_views, states_of
 from agent.metrics import AgentMetrics
 from agent.store.revswitch import same_revision
 from locality import errors
@@ -368,28 +368,7 @@ class ModelManager:
     # -- state for labels and metrics --------------------------------------------------------
 
     def model_states(self) -> list[ModelState]:
-        states = {
-            r.id: ModelState(
-                id=r.id,
-                uri=r.uri,
-                label_key=r.label,
-                state="ready",
-                bytes=r.total_bytes,
-                revision=r.revision,
-            )
-            for r in self.cache.records()
-            if not r.superseded  # ready = the URI's current revision is ready
-        }
-        for mid, job in self._jobs.items():
-            states[mid] = ModelState(
-                id=mid,
-                uri=job.ref.uri,
-                label_key=job.ref.label_key,
-                state=job.state,
-                bytes=job.bytes_total or 0,
-                bytes_done=job.bytes_done if job.state in ("queued", "fetching") else None,
-            )
-        return list(states.values())
+        return states_of(self.cache.records(), self._jobs)
 
     def _cache_changed(self, model_id: str) -> None:
         """The cache's ``on_change`` hook; it may run in a worker thread."""
@@ -410,17 +389,10 @@ class ModelManager:
 
     def _pinned_bytes(self) -> int:
         """Committed bytes eviction may not free (read at scrape time: pins change no state)."""
-        if not self._scanned:
-            return 0
-        return sum(r.total_bytes for r in self.cache.records() if r.pins)
+        return self.cache.pinned_bytes() if self._scanned else 0
 
     def _high_watermark_bytes(self) -> int:
-        if not self._scanned:
-            return 0
-        try:
-            return int(self.cache.usage()[1] * self.settings.high_watermark)
-        except OSError:  # the disk's size unreadable (no quota set): no value, not a failed scrape
-            return 0
+        return self.cache.high_watermark_bytes() if self._scanned else 0
 
     def _changed(self) -> None:
         self.metrics.set_model_counts(s.state for s in self.model_states())
@@ -429,11 +401,3 @@ class ModelManager:
             self.metrics.set_usage(*self.cache.usage())
         for listener in self._listeners:
             listener()
-
-
-def cache_views(cache: Cache) -> list[dict[str, Any]]:
-    """What the cache holds, as REST objects: committed, then partial, then quarantined models."""
-    views = [record_view(r, cache.model_path(r.id)) for r in cache.records()]
-    views += [partial_view(p, cache.layout.stage(p.id)) for p in cache.partials()]
-    views += [quarantined_view(q) for q in cache.quarantined()]
-    return views

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.lifecycle.modelstate import ModelState
+from agent.lifecycle.states import Job
 from agent.store.partials import Partial, Quarantined
+from agent.store.shelf import Shelf
 from locality.contract import READY
 from locality.identity import redact_text, redact_uri
 from locality.records import ModelRecord
@@ -68,3 +72,38 @@ def quarantined_view(entry: Quarantined) -> dict[str, Any]:
         "path": str(entry.path),
         "error": entry.reason,
     }
+
+
+def cache_views(cache: Shelf) -> list[dict[str, Any]]:
+    """What the cache holds, as REST objects: committed, then partial, then quarantined models."""
+    views = [record_view(r, cache.model_path(r.id)) for r in cache.records()]
+    views += [partial_view(p, cache.layout.stage(p.id)) for p in cache.partials()]
+    views += [quarantined_view(q) for q in cache.quarantined()]
+    return views
+
+
+def states_of(records: Iterable[ModelRecord], jobs: Mapping[str, Job]) -> list[ModelState]:
+    """What the Node should advertise: the current revision of each committed model, then every
+    model in flight (its state and, while queued or fetching, the bytes done)."""
+    states = {
+        r.id: ModelState(
+            id=r.id,
+            uri=r.uri,
+            label_key=r.label,
+            state="ready",
+            bytes=r.total_bytes,
+            revision=r.revision,
+        )
+        for r in records
+        if not r.superseded  # ready = the URI's current revision is ready
+    }
+    for mid, job in jobs.items():
+        states[mid] = ModelState(
+            id=mid,
+            uri=job.ref.uri,
+            label_key=job.ref.label_key,
+            state=job.state,
+            bytes=job.bytes_total or 0,
+            bytes_done=job.bytes_done if job.state in ("queued", "fetching") else None,
+        )
+    return list(states.values())

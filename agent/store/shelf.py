@@ -168,6 +168,17 @@ class Shelf:
         st = os.statvfs(self.root)
         return used, st.f_blocks * st.f_frsize
 
+    def pinned_bytes(self) -> int:
+        """Committed bytes eviction may not free."""
+        return sum(r.total_bytes for r in self.records() if r.pins)
+
+    def high_watermark_bytes(self) -> int:
+        """Where eviction starts; 0 when the disk's size cannot be read (no quota set)."""
+        try:
+            return int(self.usage()[1] * self.settings.high_watermark)
+        except OSError:
+            return 0
+
     def verify(self, model_id: str) -> list[str]:
         return verify_files(self.model_path(model_id), self._require(model_id))
 
