@@ -26,6 +26,7 @@ from agent.fetch.cache import Cache
 from agent.lifecycle.manager import ModelManager
 from agent.lifecycle.views import public
 from agent.metrics import AgentMetrics
+from agent.peers.metrics import PeerMetrics
 from agent.store.lock import Busy, Owner, hold
 from locality import errors
 from locality.auth import Authenticator, Rule, StaticToken, rules_table
@@ -174,9 +175,12 @@ def create_app(settings: Settings, deps: Deps | None = None) -> web.Application:
     )
     app[METRICS] = metrics
     cache_factory = deps.cache_factory
+    # The peer counters are always exported (zero with peers off), so dashboards and alerts that
+    # name them read 0 rather than "no data".
+    peer_metrics = deps.peers.net.metrics if deps.peers is not None else PeerMetrics()
+    for counter in peer_metrics.collectors():
+        metrics.registry.register(counter)
     if deps.peers is not None:
-        for counter in deps.peers.net.metrics.collectors():
-            metrics.registry.register(counter)
         cache_factory = deps.peers.cache_factory()
     app[MANAGER] = ModelManager(settings, metrics, cache_factory=cache_factory)
     app[STATE] = AgentState(standalone=deps.kube is None or not settings.node_name)
