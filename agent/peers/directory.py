@@ -17,8 +17,10 @@ class StaticDirectory:
     async def peers(self, model_id: str, revision: str) -> dict[str, str]:
         return dict(self._urls)
 
-    async def joined(self, model_id: str, revision: str) -> None:
-        """Nothing to announce: peers learn of this fetch from its chunk map."""
+    async def joined(self, model_id: str, revision: str) -> dict[str, str]:
+        """Nothing to announce (peers learn of this fetch from its chunk map); the list itself: any
+        of them may be fetching, so only an empty list means alone."""
+        return dict(self._urls)
 
 
 def parse_peer_list(text: str) -> dict[str, str]:

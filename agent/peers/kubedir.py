@@ -8,6 +8,7 @@ holders). Annotation ``peer.model-locality.io/url``: the agent's peer endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -88,26 +89,72 @@ def peers_of(pods: Iterable[Mapping[str, Any]], model_id: str, me: str) -> tuple
 
 class KubeDirectory:
     """Agent Pods in ``namespace`` by label; this agent is ``pod``. ``joined`` pokes the ``PodSync``
-    that keeps this Pod's labels equal to what the agent fetches and holds."""
+    that keeps this Pod's labels equal to what the agent fetches and holds, and waits to be listed."""
 
-    def __init__(self, api: PodApi, namespace: str, pod: str, poke: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        api: PodApi,
+        namespace: str,
+        pod: str,
+        poke: Callable[[], None],
+        *,
+        visible_within: float = 3.0,
+    ) -> None:
         self.api, self.namespace, self.me, self._poke = api, namespace, pod, poke
+        self.visible_within = visible_within  # seconds ``joined`` waits to see our own fetching label
 
     async def peers(self, model_id: str, revision: str) -> dict[str, str]:
-        found, holders = await self._list(model_id, selector(model_id, revision, self.me))
-        if holders < FEW_HOLDERS:
-            more, _ = await self._list(model_id, selector(model_id, revision, self.me, all_holders=True))
-            found.update(more)
-        return found
+        return (await self._discover(model_id, revision))[0]
 
-    async def _list(self, model_id: str, label_selector: str) -> tuple[dict[str, str], int]:
+    async def _discover(
+        self, model_id: str, revision: str, *, need_me: bool = False
+    ) -> tuple[dict[str, str], bool]:
+        """The peers of the revision, and whether our own Pod was listed as fetching it (with
+        ``need_me``, nothing more is asked when it was not)."""
+        pods = await self._list(selector(model_id, revision, self.me))
+        me = lists_me_fetching(pods, self.me, model_id, revision)
+        found, holders = peers_of(pods, model_id, self.me)
+        if holders < FEW_HOLDERS and (me or not need_me):
+            more = await self._list(selector(model_id, revision, self.me, all_holders=True))
+            found.update(peers_of(more, model_id, self.me)[0])
+        return found, me
+
+    async def _list(self, label_selector: str) -> list[dict[str, Any]]:
         pods, _ = await self.api.list(
             "pods", label_selector=label_selector, namespace=self.namespace, resource_version="0"
         )
-        return peers_of(pods, model_id, self.me)
+        return pods
 
-    async def joined(self, model_id: str, revision: str) -> None:
+    async def joined(self, model_id: str, revision: str) -> dict[str, str] | None:
+        """Announce the fetch (our Pod's label), then the revision's peers as the first LIST that
+        shows our own label sees them; None when it does not show it within ``visible_within``.
+
+        A LIST that shows our label comes from a cache at least as new as our write, so of two
+        agents that label themselves at the same moment, the later writer sees the earlier one:
+        an empty answer means nobody else fetches or holds the revision (docs/peers.md).
+        """
         self._poke()
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.visible_within, 0.05
+        while True:
+            found, seen = await self._discover(model_id, revision, need_me=True)
+            if seen:
+                return found
+            if loop.time() + delay > deadline:
+                log.info("model %s: our Pod's peer label is not listed yet; assuming others fetch", model_id)
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.8)
+
+
+def lists_me_fetching(pods: Iterable[Mapping[str, Any]], me: str, model_id: str, revision: str) -> bool:
+    """Our own Pod is among ``pods`` with the label of a fetch of ``revision``."""
+    want = fetching_value(revision)
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("name") == me and (meta.get("labels") or {}).get(f"{PREFIX}{model_id}") == want:
+            return True
+    return False
 
 
 def desired_labels(

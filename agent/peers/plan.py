@@ -36,9 +36,9 @@ class PeerView:
 class Limits:
     per_peer: int = 2  # our requests in flight to one peer
     origin_slots: int = 2  # our origin reads in flight while other fetchers share the work
-    solo_origin_slots: int = 8  # ... and when we fetch alone (as fast as without peers)
+    solo_origin_slots: int = 8  # ... and alone (a fetch sets its --concurrency: as fast as without peers)
     orphan_grace: float = 3.0  # seconds a chunk may be unclaimed before anyone takes it from the origin
-    warmup: float = 2.0  # seconds a fetch that knows of peers stays at origin_slots before going solo
+    warmup: float = 2.0  # seconds a fetch whose first discovery found peers stays at origin_slots
 
 
 @dataclass(frozen=True, slots=True)

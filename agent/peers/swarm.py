@@ -48,7 +48,9 @@ class Directory(Protocol):
 
     async def peers(self, model_id: str, revision: str) -> dict[str, str]: ...
 
-    async def joined(self, model_id: str, revision: str) -> None: ...
+    async def joined(self, model_id: str, revision: str) -> dict[str, str] | None:
+        """Announce our fetch; the peers that may serve or share it ({}: nobody, None: unknown)."""
+        ...
 
 
 @dataclass
@@ -118,12 +120,15 @@ class SwarmFetcher(Fetcher):
         self._no_peers: set[ChunkId] = set()  # contested chunks: from the origin only
         self._seen: dict[str, float] = {}  # peer -> when its chunk map was last read
         self._board = Board("", [])
+        # Alone, origin reads go to --concurrency at once (as fast as without peers).
+        self.limits = dataclasses.replace(net.limits, solo_origin_slots=self.concurrency)
 
     async def run(self, files: Sequence[RemoteFile], done: dict[ChunkKey, str]) -> dict[ChunkKey, str]:
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="swarm")
         ours = {f.path: FileId(f.size, f.etag, f.version, f.checksum) for f in files}
         live = LiveFetch(self.model_id, self.revision, self.chunk_bytes, ours, self.staging.files_dir, done)
+        complete = False
         try:
             await loop.run_in_executor(pool, self._open_files, files)
             bad = await loop.run_in_executor(pool, self._recheck, files, dict(done))
@@ -140,10 +145,12 @@ class SwarmFetcher(Fetcher):
             ]
             board = self._board = Board(self.net.directory.me, todo)
             self.net.holdings.start(live)
-            await self.net.directory.joined(self.model_id, self.revision)
-            await self._swarm(pool, board, by_path, ours, (live, done))
+            first = await self._announce()
+            await self._swarm(pool, board, by_path, ours, (live, done), first=first)
+            complete = True
         finally:
-            self.net.holdings.finish(self.model_id)
+            # Complete: served from staging until the commit is on disk (``Holdings.settle``).
+            (self.net.holdings.settle if complete else self.net.holdings.finish)(self.model_id)
             self._halt()
             pool.shutdown(wait=True)
             for reader in self._readers:
@@ -161,15 +168,19 @@ class SwarmFetcher(Fetcher):
         by_path: dict[str, RemoteFile],
         ours: dict[str, FileId],
         into: tuple[LiveFetch, dict[ChunkKey, str]],
+        *,
+        first: dict[str, str] | None,
     ) -> None:
         timeout = aiohttp.ClientTimeout(total=max(1.0, self.net.poll_seconds * 4))
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            poller = asyncio.create_task(self._poll(http, board, ours))
+            poller = asyncio.create_task(self._poll(http, board, ours, listed=first is not None))
             try:
-                await self._first_round(board)
-                # Agents starting together may not see each other yet: share the origin for a
-                # moment (Limits.warmup) before reading alone at full concurrency.
-                board.started = asyncio.get_running_loop().time()
+                if first != {}:
+                    # Others fetch or hold the revision, or we cannot tell: agents starting
+                    # together may not see each other yet, so share the origin for a moment
+                    # (Limits.warmup) before reading alone at full concurrency.
+                    await self._first_round(board)
+                    board.started = asyncio.get_running_loop().time()
                 workers = [
                     asyncio.create_task(self._pull(pool, board, by_path, into))
                     for _ in range(min(self.concurrency, max(1, len(board.todo))))
@@ -185,14 +196,29 @@ class SwarmFetcher(Fetcher):
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
 
+    async def _announce(self) -> dict[str, str] | None:
+        """Tell the directory we fetch; the peers it found (seeded into ``_urls``), None: unknown."""
+        try:
+            found = await self.net.directory.joined(self.model_id, self.revision)
+        except Exception as exc:  # the directory is a help, never a reason to fail
+            log.warning("model %s: cannot announce the fetch to peers: %s", self.model_id, exc)
+            return None
+        if found is not None:
+            me = self.net.directory.me
+            self._urls.update({n: u.rstrip("/") for n, u in found.items() if n != me})
+            found = {n: u for n, u in found.items() if n != me}
+        return found
+
     async def _first_round(self, board: Board) -> None:
-        """Wait for the first poll; when peers are known but none fetches yet, one more, so that
-        agents starting together see each other before anyone reads the whole model alone."""
+        """Wait for the first poll; when peers are known but none fetches yet, or a fetcher has
+        not started reading (its origin reads are not in its map yet), one more, so that agents
+        starting together see each other's work before choosing their own."""
         for _ in range(2):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.net.poll_seconds * 4)
-            if not self._urls or len(board.fetchers()) > 1:
+            fetching = [view for view in board.peers.values() if view.fetching]
+            if not self._urls or (fetching and all(v.origin_inflight or v.holds for v in fetching)):
                 return
 
     async def _pull(
@@ -210,7 +236,7 @@ class SwarmFetcher(Fetcher):
         peers = RangeReader(self._stop, timeout=self.net.peer_timeout, connect_timeout=self.net.peer_timeout)
         self._readers += [origin, peers]
         while board.todo:
-            step = next_step(board, loop.time(), self.net.limits)
+            step = next_step(board, loop.time(), self.limits)
             if step.kind == "wait" or step.chunk is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -347,8 +373,13 @@ class SwarmFetcher(Fetcher):
         self._advertised.pop(peer, None)
         self._board.peers.pop(peer, None)
 
-    async def _poll(self, http: aiohttp.ClientSession, board: Board, ours: dict[str, FileId]) -> None:
-        discovered, started = -1e18, time.monotonic()
+    async def _poll(
+        self, http: aiohttp.ClientSession, board: Board, ours: dict[str, FileId], *, listed: bool
+    ) -> None:
+        """Read every known peer's chunk map each ``poll_seconds``; re-list peers every second
+        for the fetch's first 10 s, then every ``rediscover_seconds`` (``listed``: just done)."""
+        started = time.monotonic()
+        discovered = started if listed else -1e18
         while True:
             now = time.monotonic()
             young = now - started < 10.0  # agents starting together label themselves a moment apart
