@@ -1,11 +1,18 @@
 """What this agent can serve to peers: the verified chunks of its fetches in progress (live, in
 memory) and its committed models (their records), each as a ``ChunkMap`` plus the directory the
-bytes are in."""
+bytes are in.
+
+A fetch whose chunks are all verified stays served from its staging directory (``settle``) until
+its commit is on disk: the commit (fsync of every file, then the record, then one rename) can take
+seconds on a big model, and a holder that answered 404 meanwhile would be dropped by the peers
+copying from it just then.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +32,14 @@ class LiveFetch:
     dir: Path  # the staging files directory
     done: dict[ChunkId, str] = field(default_factory=dict)
     origin_inflight: set[ChunkId] = field(default_factory=set)
+    settled: float | None = None  # when every chunk was verified (monotonic); None while fetching
 
     def chunk_map(self) -> ChunkMap:
         return ChunkMap(
             self.model_id,
             self.revision,
             self.chunk_bytes,
-            "fetching",
+            "fetching" if self.settled is None else "ready",
             dict(self.files),
             dict(self.done),
             frozenset(self.origin_inflight),
@@ -56,6 +64,8 @@ def record_map(record: ModelRecord) -> ChunkMap:
 class Holdings:
     """The registry the peer endpoint reads and the fetch path writes (one per agent process)."""
 
+    SETTLED_SECONDS = 600.0  # a settled fetch whose commit never shows (it failed) is forgotten then
+
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self._live: dict[str, LiveFetch] = {}
@@ -67,24 +77,50 @@ class Holdings:
             self._live[live.model_id] = live
 
     def finish(self, model_id: str) -> None:
+        """The fetch ended without all of its chunks: nothing of it is served any more."""
         with self._lock:
             self._live.pop(model_id, None)
 
+    def settle(self, model_id: str) -> None:
+        """Every chunk is verified: serve them from staging until the commit is on disk."""
+        with self._lock:
+            live = self._live.get(model_id)
+            if live is not None:
+                live.origin_inflight.clear()
+                live.settled = time.monotonic()
+
     def live_revisions(self) -> list[tuple[str, str]]:
-        """``(model id, revision)`` of every fetch in progress."""
+        """``(model id, revision)`` of every fetch in progress (settled ones until committed)."""
+        for model_id in list(self._live):
+            self._committed_or_live(model_id)  # forgets settled fetches that are committed
         with self._lock:
             return [(live.model_id, live.revision) for live in self._live.values()]
 
     def find(self, model_id: str, revision: str) -> tuple[ChunkMap, Path] | None:
         """This revision's map and byte directory, a fetch in progress first; None if not held."""
+        found = self._committed_or_live(model_id)
+        if found is not None and found[0].revision == revision:
+            return found
+        return None
+
+    def _committed_or_live(self, model_id: str) -> tuple[ChunkMap, Path] | None:
+        """The fetch in progress; else the committed revision, or a settled fetch until its commit
+        is on disk (record written and files renamed)."""
         with self._lock:
             live = self._live.get(model_id)
-            if live is not None and live.revision == revision:
+            if live is not None and live.settled is None:
                 return live.chunk_map(), live.dir
         committed = self._committed_map(model_id)
-        if committed is not None and committed[0].revision == revision:
+        if live is None or live.settled is None:
             return committed
-        return None
+        done = committed is not None and committed[0].revision == live.revision and committed[1].is_dir()
+        stale = time.monotonic() - live.settled > self.SETTLED_SECONDS or not live.dir.is_dir()
+        if done or stale:  # committed, or the commit failed and its staging went
+            with self._lock:
+                if self._live.get(model_id) is live:
+                    del self._live[model_id]
+            return committed
+        return live.chunk_map(), live.dir
 
     def _committed_map(self, model_id: str) -> tuple[ChunkMap, Path] | None:
         try:
