@@ -341,14 +341,15 @@ def bench_synthetic(
     shutil.rmtree(dest)
 
 
-def load_ours(model_dir: Path, device: str) -> float:
-    """Seconds for ``serving.loader`` (one pass: read + per-chunk digest check) onto ``device``."""
+def load_ours(model_dir: Path, device: str, mapped: bool = True) -> float:
+    """Seconds for ``serving.loader`` (one pass: read + per-chunk digest check) onto ``device``;
+    ``mapped``: on the CPU, tensors over maps of the files (else over private copies)."""
     import torch
 
     from serving.loader import load_state_dict
 
     start = time.perf_counter()
-    tensors = load_state_dict(model_dir, device=device, check=True)
+    tensors = load_state_dict(model_dir, device=device, check=True, mapped=mapped)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -385,6 +386,8 @@ def bench_loaders(label: str, cached: Path, repeats: int, device: str, rows: lis
         f"safetensors load_file to {device}, cold": lambda: load_tensors(cached, device),
         f"ours (serving.loader, digests checked) to {device}, cold": lambda: load_ours(cached, device),
     }
+    if device == "cpu":  # the default above maps the files; the private copy it replaced, side by side
+        ways["ours, private copy (mapped=False), cpu, cold"] = lambda: load_ours(cached, device, mapped=False)
     times: dict[str, list[float]] = {k: [] for k in ways}
     for _ in range(repeats):
         for name, measure in ways.items():
@@ -610,7 +613,14 @@ def import_floor(tree: Path, state: str, model_dir: Path) -> float:
 
 
 def serve_load_rows(
-    work: Path, gib: float, trees: dict[str, Path], rows: list[tuple[str, ...]], *, repeats: int, after: float
+    work: Path,
+    gib: float,
+    trees: dict[str, Path],
+    rows: list[tuple[str, ...]],
+    *,
+    repeats: int,
+    after: float,
+    found: str = "both",
 ) -> None:
     """The server's own ``load`` gauge against a raw single-thread read of the same files, cold
     (drop_caches) and warm, interleaved per repeat; each tree started with the model found at
@@ -625,9 +635,11 @@ def serve_load_rows(
             (drop_caches if state == "cold" else lambda: warm(cached))()
             times.setdefault((state, "raw read, 1 thread, 8 MiB readinto"), []).append(raw_read(cached))
             for name, tree in trees.items():
-                for found, wait in (("at start", None), ("after imports", after)):
+                for when, wait in (("at start", None), ("after imports", after)):
+                    if found != "both" and not when.startswith(found):
+                        continue
                     phases = served_load(tree, cached, state, wait)
-                    key = (state, f"{name}: load gauge, model found {found}")
+                    key = (state, f"{name}: load gauge, model found {when}")
                     times.setdefault(key, []).append(phases["load"])
                     load = os.getloadavg()[0]
                     print(f"{key}: {fmt(phases)}; loadavg {load:.1f}", file=sys.stderr, flush=True)
@@ -676,6 +688,12 @@ def main() -> int:
         help="with --serve-load: also start model-serve from this tree (repeatable), e.g. before=/tmp/wt",
     )
     parser.add_argument(
+        "--found",
+        choices=("both", "at", "after"),
+        default="both",
+        help="with --serve-load: the model found at start (at), after the imports (after), or both",
+    )
+    parser.add_argument(
         "--found-after",
         type=float,
         default=600.0,
@@ -691,7 +709,15 @@ def main() -> int:
     try:
         if args.serve_load is not None:
             trees = {"this tree": ROOT, **dict(parse_tree(t) for t in args.checkout)}
-            serve_load_rows(work, args.serve_load, trees, rows, repeats=args.repeats, after=args.found_after)
+            serve_load_rows(
+                work,
+                args.serve_load,
+                trees,
+                rows,
+                repeats=args.repeats,
+                after=args.found_after,
+                found=args.found,
+            )
         elif args.loaders is not None:
             loader_rows(work, args.loaders, args.repeats, device, rows)
         else:

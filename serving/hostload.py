@@ -1,4 +1,8 @@
-"""The part of a load that needs no torch: weights read into private host memory, hashed as read.
+"""The part of a load that needs no torch: weights in host memory, every chunk checked.
+
+A committed model (it has a node cache record) is mapped, not copied (``serving.mapped``:
+why the mapped pages are the verified bytes, and what that gives up); otherwise, or with
+``mapped=False``, the weights are read into private memory as follows.
 
 Each shard is read into one buffer by several worker threads (a task is one record chunk, so
 each read is large and sequential and each chunk is hashed by the thread that read it). Pages
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving import mapped as maps
 from serving import weights
 from serving.integrity import IntegrityError
 from serving.reads import ALIGN, Source
@@ -35,25 +40,40 @@ WORKERS = 4
 
 @dataclass(frozen=True, slots=True)
 class HostWeights:
-    """Every shard of a model in host memory, its chunks checked: ``buffers[i]`` is ``plan.shards[i]``."""
+    """Every shard of a model in host memory, its chunks checked: ``buffers[i]`` is ``plan.shards[i]``.
+
+    ``mapped``: the buffers are maps of the files (``serving.mapped``), else private copies.
+    """
 
     plan: weights.Plan
-    buffers: tuple[mmap.mmap, ...]
+    buffers: tuple[HostBuffer, ...]
     seconds: float
+    mapped: bool = False
+
+
+HostBuffer = mmap.mmap | maps.FileMap
 
 
 def read_host(
-    model_dir: Path, *, check: bool = True, workers: int = WORKERS, block_bytes: int = BLOCK_BYTES
+    model_dir: Path,
+    *,
+    check: bool = True,
+    workers: int = WORKERS,
+    block_bytes: int = BLOCK_BYTES,
+    mapped: bool = True,
 ) -> HostWeights:
-    """Read every shard of ``model_dir`` into host memory and check it, with the small files.
+    """Every shard of ``model_dir`` in host memory and checked, with the small files.
 
     ``check``: compare each chunk with the node cache record when the directory has one (a
-    directory outside a cache loads with header checks only). Raises ``IntegrityError`` naming
-    the file (and the chunk's byte range) on any damage.
+    directory outside a cache loads with header checks only). ``mapped``: map a committed
+    model's files instead of copying them (where the kernel can report read errors so).
+    Raises ``IntegrityError`` naming the file (and the chunk's byte range) on any damage.
     """
     start = time.perf_counter()
     plan = weights.plan(model_dir, check=check)
-    buffers = tuple(host_buffer(s.header.size) for s in plan.shards)
+    if mapped and plan.record is not None and maps.supported():
+        return HostWeights(plan, maps.map_checked(plan, workers), time.perf_counter() - start, True)
+    buffers: tuple[HostBuffer, ...] = tuple(host_buffer(s.header.size) for s in plan.shards)
     meanwhile = lambda: weights.check_other_files(plan)  # noqa: E731
     read_all(plan, buffers, cpu_worker, workers, block_bytes, meanwhile=meanwhile)
     return HostWeights(plan, buffers, time.perf_counter() - start)

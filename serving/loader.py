@@ -1,7 +1,8 @@
 """Tensors over a load's buffers: host memory on CPU, a pinned double-buffered pass on CUDA.
 
-On CPU the buffers are ``serving.hostload``'s (read and checked without torch) and every tensor
-is ``torch.frombuffer`` over its byte range, no second copy. On CUDA each worker reads into two
+On CPU the buffers are ``serving.hostload``'s (checked without torch: maps of a committed
+model's files, else private copies) and every tensor is ``torch.frombuffer`` over its byte
+range, no second copy. On CUDA each worker reads into two
 pinned host buffers in turn and copies each to the shard's device buffer with ``non_blocking``
 on its own stream while it reads the next (double buffering); tensors are views of the device
 buffer. Imported by ``serving.model`` only.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import mmap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from serving import hostload, weights
-from serving.hostload import BLOCK_BYTES, WORKERS, HostWeights, Run
+from serving.hostload import BLOCK_BYTES, WORKERS, HostBuffer, HostWeights, Run
 from serving.integrity import IntegrityError, TensorEntry
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,20 @@ def load_state_dict(
     check: bool = True,
     workers: int = WORKERS,
     block_bytes: int = BLOCK_BYTES,
+    mapped: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of every shard in ``model_dir`` on ``device``, checked in the same pass.
 
     ``check``: compare each chunk with the node cache record when the directory has one (a
     directory outside a cache loads with header checks only). Raises ``IntegrityError`` naming
-    the file (and the chunk's byte range) on any damage.
+    the file (and the chunk's byte range) on any damage. ``mapped`` (CPU): tensors over maps of
+    a committed model's files (``serving.mapped``) rather than over private copies.
     """
     target = torch.device(device)
     if target.type != "cuda":
-        host = hostload.read_host(model_dir, check=check, workers=workers, block_bytes=block_bytes)
+        host = hostload.read_host(
+            model_dir, check=check, workers=workers, block_bytes=block_bytes, mapped=mapped
+        )
         return tensors_of(host)
     start = time.perf_counter()
     plan = weights.plan(model_dir, check=check)
@@ -60,11 +64,11 @@ def load_state_dict(
 
 def tensors_of(host: HostWeights) -> dict[str, torch.Tensor]:
     """The tensors of a host read, each a view of its shard's buffer (no copy)."""
-    return _tensors(host.plan, host.buffers, "cpu", host.seconds)
+    return _tensors(host.plan, host.buffers, "cpu (mapped)" if host.mapped else "cpu", host.seconds)
 
 
 def _tensors(
-    plan: weights.Plan, buffers: Sequence[torch.Tensor | mmap.mmap], where: str, seconds: float
+    plan: weights.Plan, buffers: Sequence[torch.Tensor | HostBuffer], where: str, seconds: float
 ) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for shard, buf in zip(plan.shards, buffers, strict=True):
@@ -123,7 +127,7 @@ def _writable(t: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_ubyte * t.numel()).from_address(t.data_ptr())).cast("B")
 
 
-def _tensor(buf: torch.Tensor | mmap.mmap, data_start: int, e: TensorEntry, path: Path) -> torch.Tensor:
+def _tensor(buf: torch.Tensor | HostBuffer, data_start: int, e: TensorEntry, path: Path) -> torch.Tensor:
     """The tensor over its bytes in ``buf`` (no copy), or an aligned copy when its offset is odd."""
     name = TORCH_DTYPES.get(e.dtype)
     dtype = getattr(torch, name, None) if name else None

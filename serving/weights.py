@@ -131,10 +131,15 @@ def read_segment(
         filled(seg.offset + done, n, view)
         done += n
     if h is not None and h.hexdigest() != seg.digest:
-        raise IntegrityError(
-            f"{source.path}: chunk {seg.chunk} (bytes {seg.offset}..{seg.offset + seg.length}) does not match"
-            " the node cache record"
-        )
+        raise chunk_mismatch(source.path, seg)
+
+
+def chunk_mismatch(path: Path, seg: Segment) -> IntegrityError:
+    """The error for a chunk whose digest differs from the record's, naming file and byte range."""
+    return IntegrityError(
+        f"{path}: chunk {seg.chunk} (bytes {seg.offset}..{seg.offset + seg.length}) does not match"
+        " the node cache record"
+    )
 
 
 def check_other_files(plan: Plan) -> None:

@@ -72,6 +72,7 @@ def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         assert torch.equal(got[name], tensor), name
 
 
+@pytest.mark.parametrize("mapped", [pytest.param(True, id="mapped"), pytest.param(False, id="copied")])
 @pytest.mark.parametrize(
     ("workers", "block"),
     [
@@ -79,9 +80,11 @@ def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         pytest.param(3, 4096, id="three workers, blocks smaller than a chunk"),
     ],
 )
-def test_cached_model_loads_the_same_tensors_as_safetensors(tmp_path: Path, workers: int, block: int) -> None:
+def test_cached_model_loads_the_same_tensors_as_safetensors(
+    tmp_path: Path, workers: int, block: int, mapped: bool
+) -> None:
     model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
-    got = load_state_dict(model_dir, workers=workers, block_bytes=block)
+    got = load_state_dict(model_dir, workers=workers, block_bytes=block, mapped=mapped)
     assert_same(got, reference(model_dir))
 
 
@@ -132,7 +135,7 @@ def cached_pages(path: Path) -> bool:
     ],
 )
 def test_cold_pages_load_the_same_tensors(tmp_path: Path, warm_bytes: int, workers: int, block: int) -> None:
-    """Cold pages are read around the page cache (O_DIRECT) into the tensors, tails and all."""
+    """Cold pages are read around the page cache (O_DIRECT) into private copies, tails and all."""
     model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
     want = {k: t.clone() for k, t in reference(model_dir).items()}  # no file map left to pin pages
     shards = sorted(model_dir.glob("*.safetensors"))
@@ -141,7 +144,7 @@ def test_cold_pages_load_the_same_tensors(tmp_path: Path, warm_bytes: int, worke
         with path.open("rb") as f:
             f.read(warm_bytes)
     evictable = not cached_pages(shards[0])
-    assert_same(load_state_dict(model_dir, workers=workers, block_bytes=block), want)
+    assert_same(load_state_dict(model_dir, workers=workers, block_bytes=block, mapped=False), want)
     # Where pages can be dropped (not tmpfs), the cold read bypassed the cache: past the first
     # chunk, since reading the header reads ahead a little. Only with blocks larger than that
     # readahead: a block it covers whole is copied from the cache, and that read reads ahead too.
@@ -154,6 +157,7 @@ def test_cold_pages_load_the_same_tensors(tmp_path: Path, warm_bytes: int, worke
                 source.close()
 
 
+@pytest.mark.parametrize("mapped", [pytest.param(True, id="mapped"), pytest.param(False, id="copied")])
 @pytest.mark.parametrize(
     ("shard", "offset"),
     [
@@ -162,13 +166,15 @@ def test_cold_pages_load_the_same_tensors(tmp_path: Path, warm_bytes: int, worke
         pytest.param(1, -1, id="second shard, last byte"),
     ],
 )
-def test_flipped_byte_fails_naming_file_and_chunk(tmp_path: Path, shard: int, offset: int) -> None:
+def test_flipped_byte_fails_naming_file_and_chunk(
+    tmp_path: Path, shard: int, offset: int, mapped: bool
+) -> None:
     model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
     path = sorted(model_dir.glob("*.safetensors"))[shard]
     at = offset % path.stat().st_size
     flip(path, at)
     with pytest.raises(IntegrityError) as info:
-        load_state_dict(model_dir, workers=2, block_bytes=8192)
+        load_state_dict(model_dir, workers=2, block_bytes=8192, mapped=mapped)
     chunk = at // CHUNK
     end = min((chunk + 1) * CHUNK, path.stat().st_size)
     assert str(info.value) == (
@@ -260,7 +266,7 @@ def test_cold_range_reads_whole_direct_or_buffered(tmp_path: Path, misalign: int
 def test_read_error_in_a_worker_is_an_integrity_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A disk error (EIO) on a worker thread fails the load with a one-line reason, not an OSError."""
+    """A disk error (EIO) on a copying worker fails the load with a one-line reason, not an OSError."""
     model_dir = commit_copy(mixed_model(tmp_path / "src"), tmp_path / "cache", URI, CHUNK)
 
     def failing(self: Source, view: memoryview, n: int, offset: int) -> None:
@@ -268,4 +274,4 @@ def test_read_error_in_a_worker_is_an_integrity_error(
 
     monkeypatch.setattr(Source, "fill", failing)
     with pytest.raises(IntegrityError, match=r"cannot read \(Input/output error\)"):
-        load_state_dict(model_dir)
+        load_state_dict(model_dir, mapped=False)
