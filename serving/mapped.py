@@ -13,9 +13,11 @@ Why the mapped pages are the verified bytes: a committed model file is immutable
 writes only under ``staging/``, commits by renaming the directory into ``models/``, and evicts
 or quarantines by renaming it to ``trash/`` before unlinking (an unlinked file's data stay
 intact while mapped); peers only read it; the serving pod's mount of the cache is read-only (the
-webhook injects it so). So pages the kernel reclaims and reads again come from the same,
-unchanged file. A directory outside a node cache has no such guarantee (its owner may rewrite
-it while it is served) and gets the private copy, as does ``--no-check``-style loading.
+webhook injects it so; a pod that mounts the cache itself chooses for itself). So pages the
+kernel reclaims and reads again come from the same, unchanged file. A directory outside a node
+cache has no such guarantee (its owner may rewrite it while it is served) and gets the private
+copy, as does a load that checks no digest (``--verify full``, checked in a pass before, or
+``off``): only the default ``stream`` maps.
 
 What this gives up against the private copy, knowingly: a page reclaimed under memory pressure
 is read again from the disk without a new digest check, so silent media corruption arising
