@@ -48,21 +48,9 @@ import xxhash
 
 from serving import weights
 from serving.integrity import Header, IntegrityError
+from serving.reads import LIBC, MAP_FAILED  # a foreign call releases the GIL: threads populate at once
 
 MADV_POPULATE_READ = 22  # Linux 5.14; Python 3.11's mmap module does not name it
-_libc = ctypes.CDLL(None, use_errno=True)  # a foreign call releases the GIL: threads populate at once
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 FileMap = ctypes.Array[ctypes.c_ubyte]  # the bytes of one mapped shard; unmapped when collected
 
@@ -103,14 +91,14 @@ def map_file(header: Header) -> FileMap:
         if os.fstat(fd).st_size != header.size:
             raise IntegrityError(f"{header.path}: changed size while loading (truncated?)")
         prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE
-        addr = _libc.mmap(None, header.size, prot, flags, fd, 0)
-        if addr in (None, _MAP_FAILED):
+        addr = LIBC.mmap(None, header.size, prot, flags, fd, 0)
+        if addr in (None, MAP_FAILED):
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(header.path))
     finally:
         os.close(fd)  # the map holds the file
     array = (ctypes.c_ubyte * header.size).from_address(addr)
-    weakref.finalize(array, _libc.munmap, addr, header.size)  # after the last tensor over it
+    weakref.finalize(array, LIBC.munmap, addr, header.size)  # after the last tensor over it
     return array
 
 
@@ -153,4 +141,4 @@ def _check(path: Path, array: FileMap, seg: weights.Segment) -> None:
 
 
 def _populate(addr: int, length: int) -> int:
-    return int(_libc.madvise(addr, length, MADV_POPULATE_READ))
+    return int(LIBC.madvise(addr, length, MADV_POPULATE_READ))

@@ -22,9 +22,9 @@ from serving.integrity import IntegrityError
 
 ALIGN = 4096  # O_DIRECT: buffer address, file offset and length in multiples of this
 PAGE = mmap.PAGESIZE
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
+LIBC = ctypes.CDLL(None, use_errno=True)  # mmap, munmap, mincore, madvise (serving.mapped too)
+LIBC.mmap.restype = ctypes.c_void_p
+LIBC.mmap.argtypes = [
     ctypes.c_void_p,
     ctypes.c_size_t,
     ctypes.c_int,
@@ -32,9 +32,10 @@ _libc.mmap.argtypes = [
     ctypes.c_int,
     ctypes.c_long,
 ]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
+LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+LIBC.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 class Source:
@@ -55,12 +56,12 @@ class Source:
         # pages beside them into the cache, the second read this module exists to avoid
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
         if self.size:
-            addr = _libc.mmap(None, self.size, mmap.PROT_READ, mmap.MAP_SHARED, self.fd, 0)
-            self.map = None if addr in (None, _MAP_FAILED) else addr
+            addr = LIBC.mmap(None, self.size, mmap.PROT_READ, mmap.MAP_SHARED, self.fd, 0)
+            self.map = None if addr in (None, MAP_FAILED) else addr
 
     def close(self) -> None:
         if self.map is not None:
-            _libc.munmap(self.map, self.size)
+            LIBC.munmap(self.map, self.size)
         for fd in (self.fd, self.direct):
             if fd is not None:
                 os.close(fd)
@@ -92,7 +93,7 @@ class Source:
         first = offset - offset % PAGE
         length = min(offset + n, self.size) - first
         vec = (ctypes.c_ubyte * -(-length // PAGE))()
-        if _libc.mincore(self.map + first, length, vec) != 0:
+        if LIBC.mincore(self.map + first, length, vec) != 0:
             return False
         return b"\x00" not in bytes(vec)  # bit 0: resident; the other bits are reserved (0)
 
