@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fetch import _sample_rss  # noqa: E402  (peak RSS of a process tree, as fetch.py measures it)
 from tests.fixtures.registry import OCI_MANIFEST, Registry, descriptor, run_registry  # noqa: E402
 
 MiB = 2**20
@@ -125,30 +126,6 @@ def run_one(argv: list[str]) -> tuple[float, float, float, float]:
     subprocess.run(["sync"], check=True)
     synced = time.monotonic() - start
     return wall, synced, usage.ru_utime + usage.ru_stime, peak[0] / 1024
-
-
-def _sample_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
-    while not stop.wait(0.02):
-        for p in _tree(pid):
-            try:
-                for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except OSError:
-            pass
-    return out
 
 
 def settle(reg_dir: Path) -> None:
