@@ -24,6 +24,14 @@ class BadMap(ValueError):
     """A chunk map that is not the documented JSON."""
 
 
+def map_version(data: object) -> tuple[str | None, bool]:
+    """The version token of a map answer and whether it is a delta (``(None, False)``: an agent
+    that does not version its maps; the reader then polls whole maps)."""
+    if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+        return None, False
+    return data["version"], data.get("delta") is True
+
+
 @dataclass(frozen=True, slots=True)
 class FileId:
     """What the origin said one file is; two peers' chunks mix only when these are equal."""
@@ -45,26 +53,40 @@ class ChunkMap:
     origin_inflight: frozenset[ChunkId] = field(default_factory=frozenset)
 
     def as_json(self) -> dict[str, Any]:
-        by_file: dict[str, dict[str, str]] = {}
-        for (path, index), digest in self.chunks.items():
-            by_file.setdefault(path, {})[str(index)] = digest
-        return {
-            "id": self.model_id,
-            "revision": self.revision,
-            "chunk_bytes": self.chunk_bytes,
-            "state": self.state,
-            "files": {
-                path: {
-                    "size": f.size,
-                    "etag": f.etag,
-                    "version": f.version,
-                    "checksum": f.checksum,
-                    "chunks": by_file.get(path, {}),
-                }
-                for path, f in self.files.items()
-            },
-            "origin_inflight": sorted([p, i] for p, i in self.origin_inflight),
-        }
+        return encode_map(self, self.chunks.items())
+
+
+def encode_map(
+    m: ChunkMap, chunks: Iterable[tuple[ChunkId, str]], *, version: str | None = None, delta: bool = False
+) -> dict[str, Any]:
+    """The JSON of ``m`` with ``chunks`` (all of its chunks, or only those added since the version
+    the reader named: ``delta``, which then lists only the files those chunks are in). ``version``
+    is the token a reader passes back as ``since``."""
+    by_file: dict[str, dict[str, str]] = {}
+    for (path, index), digest in chunks:
+        by_file.setdefault(path, {})[str(index)] = digest
+    paths = by_file if delta else m.files
+    out: dict[str, Any] = {
+        "id": m.model_id,
+        "revision": m.revision,
+        "chunk_bytes": m.chunk_bytes,
+        "state": m.state,
+        "files": {
+            path: {
+                "size": f.size,
+                "etag": f.etag,
+                "version": f.version,
+                "checksum": f.checksum,
+                "chunks": by_file.get(path, {}),
+            }
+            for path in paths
+            if (f := m.files.get(path)) is not None
+        },
+        "origin_inflight": sorted([p, i] for p, i in m.origin_inflight),
+    }
+    if version is not None:
+        out["version"], out["delta"] = version, delta
+    return out
 
 
 def map_from_json(data: object) -> ChunkMap:

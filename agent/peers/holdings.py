@@ -2,6 +2,10 @@
 memory) and its committed models (their records), each as a ``ChunkMap`` plus the directory the
 bytes are in.
 
+Readers follow a map by its version token (``MapFeed``): a reader that names the token it has gets
+only the chunks verified since (a delta), or waits until something changes (a long poll), so a
+swarm's map traffic is proportional to what changes, not to the size of the map times a poll rate.
+
 A fetch whose chunks are all verified stays served from its staging directory (``settle``) until
 its commit is on disk: the commit (fsync of every file, then the record, then one rename) can take
 seconds on a big model, and a holder that answered 404 meanwhile would be dropped by the peers
@@ -10,13 +14,17 @@ copying from it just then.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from agent.peers.chunkmap import ChunkMap, FileId
+from agent.peers.chunkmap import ChunkMap, FileId, encode_map
 from agent.peers.plan import ChunkId
 from locality.records import Layout, ModelRecord, load_record
 
@@ -33,17 +41,83 @@ class LiveFetch:
     done: dict[ChunkId, str] = field(default_factory=dict)
     origin_inflight: set[ChunkId] = field(default_factory=set)
     settled: float | None = None  # when every chunk was verified (monotonic); None while fetching
+    epoch: str = field(default_factory=lambda: secrets.token_hex(6))  # this fetch, among its restarts
+    version: int = 0  # bumped by ``changed``
+    _waiters: set[asyncio.Future[None]] = field(default_factory=set, repr=False)
 
-    def chunk_map(self) -> ChunkMap:
+    def changed(self) -> None:
+        """A chunk was verified (``done`` only grows while the fetch runs), an origin read began or
+        ended, or the fetch settled or ended: wake the readers waiting for news."""
+        self.version += 1
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+    def token(self) -> str:
+        return f"{self.epoch}.{self.version}.{len(self.done)}"
+
+    async def wait_change(self, token: str, seconds: float) -> None:
+        """Return when ``token`` is no longer current, or after ``seconds``."""
+        if token != self.token() or seconds <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(fut)
+
+    def answer(self, since: str | None) -> dict[str, Any]:
+        """The map's JSON: whole, or the chunks verified since ``since`` when it names this fetch."""
+        m = self.chunk_map(chunks=False)
+        epoch, _, rest = (since or "").partition(".")
+        counted = rest.partition(".")[2]
+        if epoch == self.epoch and counted.isdigit() and int(counted) <= len(self.done):
+            news = itertools.islice(self.done.items(), int(counted), None)  # dicts keep insertion order
+            return encode_map(m, list(news), version=self.token(), delta=True)
+        return encode_map(m, list(self.done.items()), version=self.token())
+
+    def chunk_map(self, *, chunks: bool = True, copy: bool = True) -> ChunkMap:
+        """The map now (``copy=False``: over the live dicts, for a look within one step of the loop)."""
         return ChunkMap(
             self.model_id,
             self.revision,
             self.chunk_bytes,
             "fetching" if self.settled is None else "ready",
-            dict(self.files),
-            dict(self.done),
+            dict(self.files) if copy else self.files,
+            (dict(self.done) if copy else self.done) if chunks else {},
             frozenset(self.origin_inflight),
         )
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass(frozen=True)
+class MapFeed:
+    """One held revision as its map's readers see it: the current version token, the answer to a
+    reader that has ``since``, and a wait for the next change (``Holdings.feed``)."""
+
+    token: str
+    live: LiveFetch | None
+    committed: ChunkMap | None
+
+    def answer(self, since: str | None) -> dict[str, Any]:
+        if self.live is not None:
+            return self.live.answer(since)
+        assert self.committed is not None
+        return encode_map(self.committed, self.committed.chunks.items(), version=self.token)
+
+    async def wait_change(self, seconds: float) -> None:
+        """Until the map may have changed; a committed map changes only when its record does."""
+        if self.live is not None:
+            await self.live.wait_change(self.token, seconds)
+        else:
+            await asyncio.sleep(seconds)
 
 
 def record_files(record: ModelRecord) -> dict[str, FileId]:
@@ -79,7 +153,9 @@ class Holdings:
     def finish(self, model_id: str) -> None:
         """The fetch ended without all of its chunks: nothing of it is served any more."""
         with self._lock:
-            self._live.pop(model_id, None)
+            live = self._live.pop(model_id, None)
+        if live is not None:
+            live.changed()
 
     def settle(self, model_id: str) -> None:
         """Every chunk is verified: serve them from staging until the commit is on disk."""
@@ -88,6 +164,8 @@ class Holdings:
             if live is not None:
                 live.origin_inflight.clear()
                 live.settled = time.monotonic()
+        if live is not None:
+            live.changed()
 
     def live_revisions(self) -> list[tuple[str, str]]:
         """``(model id, revision)`` of every fetch in progress (settled ones until committed)."""
@@ -97,11 +175,28 @@ class Holdings:
             return [(live.model_id, live.revision) for live in self._live.values()]
 
     def find(self, model_id: str, revision: str) -> tuple[ChunkMap, Path] | None:
-        """This revision's map and byte directory, a fetch in progress first; None if not held."""
+        """This revision's map and byte directory, a fetch in progress first (over its live dicts:
+        read it within one step of the event loop); None if not held."""
         found = self._committed_or_live(model_id)
         if found is not None and found[0].revision == revision:
             return found
         return None
+
+    def feed(self, model_id: str, revision: str) -> MapFeed | None:
+        """What a map reader follows for this revision (a fetch in progress first); None if not held."""
+        with self._lock:
+            live = self._live.get(model_id)
+        if live is not None and live.settled is None and live.revision == revision:
+            return MapFeed(live.token(), live, None)
+        found = self._committed_or_live(model_id)
+        if found is None or found[0].revision != revision:
+            return None
+        with self._lock:
+            live = self._live.get(model_id)
+        if live is not None and live.revision == revision:  # settled, its commit not on disk yet
+            return MapFeed(live.token(), live, None)
+        mtime = self._committed.get(model_id, (0, None, None))[0]
+        return MapFeed(f"c{mtime}", None, found[0])
 
     def _committed_or_live(self, model_id: str) -> tuple[ChunkMap, Path] | None:
         """The fetch in progress; else the committed revision, or a settled fetch until its commit
@@ -109,7 +204,7 @@ class Holdings:
         with self._lock:
             live = self._live.get(model_id)
             if live is not None and live.settled is None:
-                return live.chunk_map(), live.dir
+                return live.chunk_map(copy=False), live.dir
         committed = self._committed_map(model_id)
         if live is None or live.settled is None:
             return committed
@@ -120,7 +215,7 @@ class Holdings:
                 if self._live.get(model_id) is live:
                     del self._live[model_id]
             return committed
-        return live.chunk_map(), live.dir
+        return live.chunk_map(copy=False), live.dir
 
     def _committed_map(self, model_id: str) -> tuple[ChunkMap, Path] | None:
         try:

@@ -35,7 +35,8 @@ class PeerView:
 @dataclass(frozen=True, slots=True)
 class Limits:
     per_peer: int = 2  # our requests in flight to one peer
-    origin_slots: int = 2  # our origin reads in flight while other fetchers share the work
+    peer_slots: int = 8  # our peer transfers in flight in all (a fetch sets its --concurrency)
+    origin_slots: int = 1  # our origin reads in flight while other fetchers share the work
     solo_origin_slots: int = 8  # ... and alone (a fetch sets its --concurrency: as fast as without peers)
     orphan_grace: float = 3.0  # seconds a chunk may be unclaimed before anyone takes it from the origin
     warmup: float = 2.0  # seconds a fetch whose first discovery found peers stays at origin_slots
@@ -75,10 +76,13 @@ class Board:
     origin_busy: int = 0  # our origin reads in flight
     unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
     started: float | None = None  # when the fetch began (for the warm-up)
+    resting: dict[str, float] = field(default_factory=dict)  # peer -> until when (it said busy)
     _order: list[ChunkId] = field(default_factory=list, repr=False)
     _order_set: set[ChunkId] = field(default_factory=set, repr=False)
     _index: dict[ChunkId, list[str]] = field(default_factory=dict, repr=False)
-    _index_key: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    _indexed: dict[str, frozenset[ChunkId]] = field(default_factory=dict, repr=False)  # as indexed
+    _owners: dict[ChunkId, str] = field(default_factory=dict, repr=False)  # origin_owner, memoized
+    _owners_of: tuple[str, ...] = field(default=(), repr=False)  # ... for this fetcher set
 
     def origin_order(self, chunks: Sequence[ChunkId]) -> list[ChunkId]:
         """Our best-scoring chunks first: the ones we own in any larger fetcher set too, so a
@@ -91,18 +95,42 @@ class Board:
         return [c for c in self._order if c in wanted]
 
     def holders_index(self) -> dict[ChunkId, list[str]]:
-        """chunk -> peers holding it; rebuilt only when some peer's holdings changed."""
-        key = tuple((name, id(view.holds)) for name, view in self.peers.items())
-        if key != self._index_key:
-            index: dict[ChunkId, list[str]] = {}
-            for name, view in self.peers.items():
-                for chunk in view.holds:
-                    index.setdefault(chunk, []).append(name)
-            self._index, self._index_key = index, key
-        return self._index
+        """chunk -> peers holding it; kept up to date as peers' holdings grow (a peer's holdings
+        usually only grow while a swarm runs: a peer that lost some, or left, rebuilds it)."""
+        index, seen = self._index, self._indexed
+        if seen.keys() - self.peers.keys():
+            index, seen = self._rebuild()
+        for name, view in self.peers.items():
+            old = seen.get(name)
+            if old is view.holds:
+                continue
+            if old is not None and not old <= view.holds:
+                return self._rebuild()[0]
+            for chunk in view.holds - old if old is not None else view.holds:
+                index.setdefault(chunk, []).append(name)
+            seen[name] = view.holds
+        return index
+
+    def _rebuild(self) -> tuple[dict[ChunkId, list[str]], dict[str, frozenset[ChunkId]]]:
+        index: dict[ChunkId, list[str]] = {}
+        for name, view in self.peers.items():
+            for chunk in view.holds:
+                index.setdefault(chunk, []).append(name)
+        self._index, self._indexed = index, {name: view.holds for name, view in self.peers.items()}
+        return self._index, self._indexed
 
     def fetchers(self) -> list[str]:
         return sorted({self.me, *(name for name, view in self.peers.items() if view.fetching)})
+
+    def owner(self, chunk: ChunkId, fetchers: Sequence[str]) -> str:
+        """``origin_owner(chunk, fetchers)``, remembered while the fetcher set stays the same."""
+        key = tuple(fetchers)
+        if key != self._owners_of:
+            self._owners, self._owners_of = {}, key
+        found = self._owners.get(chunk)
+        if found is None:
+            found = self._owners[chunk] = origin_owner(chunk, key)
+        return found
 
 
 def holders(chunk: ChunkId, peers: Mapping[str, PeerView]) -> list[str]:
@@ -115,23 +143,33 @@ def claimed(chunk: ChunkId, peers: Mapping[str, PeerView]) -> bool:
 
 
 def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
-    """The next chunk to start (see the module docstring); updates ``unclaimed_since``."""
+    """The next chunk to start (see the module docstring); updates ``unclaimed_since``.
+
+    Our share of the origin comes first, on slots of its own: the origin's link is the one every
+    fetcher waits on, so it must never idle while our workers copy from peers."""
     open_chunks = [c for c in board.todo if c not in board.taken]
-    inflight = {c for view in board.peers.values() for c in view.origin_inflight}
-    held = board.holders_index()
-    step = _from_peer(board, open_chunks, limits)
+    step = _from_origin(board, open_chunks, now, limits)
     if step is not None:
         return step
+    if sum(view.busy for view in board.peers.values()) < limits.peer_slots:
+        step = _from_peer(board, open_chunks, now, limits)
+    return WAIT if step is None else step
+
+
+def _from_origin(board: Board, open_chunks: Sequence[ChunkId], now: float, limits: Limits) -> Step | None:
+    """The best-weighted open chunk that is ours to read from the origin, if an origin slot is free."""
     fetchers = board.fetchers()
     warming = board.started is not None and now - board.started < limits.warmup
     slots = limits.origin_slots if len(fetchers) > 1 or warming else limits.solo_origin_slots
     if board.origin_busy >= slots:
-        return WAIT
+        return None
+    inflight = {c for view in board.peers.values() for c in view.origin_inflight}
+    held = board.holders_index()
     for chunk in board.origin_order(open_chunks):
         if chunk in held or chunk in inflight:  # somebody holds it or reads it from the origin
             board.unclaimed_since.pop(chunk, None)
             continue
-        owner = origin_owner(chunk, fetchers)
+        owner = board.owner(chunk, fetchers)
         if owner == board.me:
             return Step("origin", chunk)
         if board.peers[owner].origin_inflight:  # the owner is working through its share
@@ -140,12 +178,14 @@ def next_step(board: Board, now: float, limits: Limits = Limits()) -> Step:
         since = board.unclaimed_since.setdefault(chunk, now)
         if now - since >= limits.orphan_grace:
             return Step("origin", chunk)
-    return WAIT
+    return None
 
 
-def _from_peer(board: Board, open_chunks: Sequence[ChunkId], limits: Limits) -> Step | None:
-    """The rarest open chunk some peer with a free slot holds, from its least busy holder."""
+def _from_peer(board: Board, open_chunks: Sequence[ChunkId], now: float, limits: Limits) -> Step | None:
+    """The rarest open chunk some peer with a free slot holds, from its least busy holder; a peer
+    that said it is at its upload limit rests until ``board.resting`` says."""
     index = board.holders_index()
+    resting = {name for name, until in board.resting.items() if until > now}
     best: tuple[tuple[int, int], ChunkId, list[str]] | None = None
     for chunk in open_chunks:
         names = index.get(chunk)
@@ -154,7 +194,7 @@ def _from_peer(board: Board, open_chunks: Sequence[ChunkId], limits: Limits) -> 
         rank = (len(names), -score(board.me, *chunk))
         if best is not None and rank >= best[0]:
             continue
-        free = [n for n in names if board.peers[n].busy < limits.per_peer]
+        free = [n for n in names if board.peers[n].busy < limits.per_peer and n not in resting]
         if free:
             best = (rank, chunk, free)
     if best is None:

@@ -3,7 +3,11 @@
 Its own listener (``--peer-port``, default 8472), apart from the REST API: every route needs an
 agent's token (``agent.peers.auth``), nothing here is open. Routes:
 
-- ``GET /v1/peer/models/{id}?revision=R``: the chunk map of that revision (404 when not held);
+- ``GET /v1/peer/models/{id}?revision=R[&since=V][&wait=S]``: the chunk map of that revision (404
+  when not held), with its version token ``version``. With ``since`` (a token this agent gave),
+  only the chunks verified since (``"delta": true``) when it names the same fetch, else the whole
+  map; when nothing changed, the answer waits up to ``wait`` seconds (at most ``MAX_WAIT``) for a
+  change, then says 304;
 - ``GET /v1/peer/models/{id}/files/{path}?revision=R`` with ``Range: bytes=A-B``: 206 and those
   bytes, when every chunk they touch is verified here (404 otherwise); 503 when the node is at its
   concurrent-upload limit. Bytes go out through ``sendfile`` paced by the node's upload rate.
@@ -33,6 +37,7 @@ from locality.identity import UnsafePath, safe_relpath
 log = logging.getLogger(__name__)
 _RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 SLICE = 1 << 20  # bytes per sendfile call (the pacing granularity)
+MAX_WAIT = 30.0  # seconds a map request may wait for a change
 
 HOLDINGS = web.AppKey("holdings", Holdings)
 GATE: web.AppKey[PeerGate] = web.AppKey("gate")
@@ -80,8 +85,24 @@ def _held(request: web.Request) -> tuple[ChunkMap, Path]:
 
 
 async def chunk_map(request: web.Request) -> web.Response:
-    held, _ = _held(request)
-    return web.json_response(held.as_json())
+    model_id, revision = request.match_info["id"], request.query.get("revision", "")
+    if not revision:
+        raise errors.Invalid("the revision query parameter is required")
+    since = request.query.get("since") or None
+    try:
+        wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "0"))))
+    except ValueError as exc:
+        raise errors.Invalid("wait is a number of seconds") from exc
+    holdings = request.app[HOLDINGS]
+    feed = holdings.feed(model_id, revision)
+    if feed is not None and since == feed.token and wait > 0:
+        await feed.wait_change(wait)
+        feed = holdings.feed(model_id, revision)
+    if feed is None:
+        raise errors.NotFound("this agent holds no such model revision")
+    if since == feed.token:
+        return web.Response(status=304)
+    return web.json_response(feed.answer(since))
 
 
 async def chunk_bytes(request: web.Request) -> web.StreamResponse:

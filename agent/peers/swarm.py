@@ -28,7 +28,7 @@ import aiohttp
 from agent.fetch.chunks import Fetcher
 from agent.fetch.sources.base import Source, SourceError
 from agent.fetch.sources.transfer import ChunkJob, RangeReader, Stopped
-from agent.peers.chunkmap import BadMap, FileId, expected_digest, map_from_json, usable_chunks
+from agent.peers.chunkmap import BadMap, FileId, expected_digest, map_from_json, map_version, usable_chunks
 from agent.peers.holdings import Holdings, LiveFetch
 from agent.peers.metrics import PeerMetrics
 from agent.peers.plan import Board, ChunkId, Limits, PeerView, next_step
@@ -81,6 +81,9 @@ class PeerNet:
     limits: Limits = field(default_factory=Limits)
     peer_timeout: float = 10.0  # seconds without a byte from a peer before its transfer fails
     poll_seconds: float = 0.5
+    map_wait: float = 10.0  # seconds a peer may hold a map request until something changes
+    busy_rest: float = 0.5  # seconds a peer that said busy (503) is not asked
+    map_answers: float = 10.0  # map answers a second this agent takes from all its peers together
     rediscover_seconds: float = 15.0  # re-list peers this often; every second for a fetch's first 10 s
     tallies: dict[str, Tally] = field(default_factory=dict)  # model id -> its last fetch's tally
 
@@ -120,12 +123,16 @@ class SwarmFetcher(Fetcher):
         self._no_peers: set[ChunkId] = set()  # contested chunks: from the origin only
         self._seen: dict[str, float] = {}  # peer -> when its chunk map was last read
         self._board = Board("", [])
-        # Alone, origin reads go to --concurrency at once (as fast as without peers).
-        self.limits = dataclasses.replace(net.limits, solo_origin_slots=self.concurrency)
+        # Alone, origin reads go to --concurrency at once (as fast as without peers); peer
+        # transfers take up to --concurrency workers and origin reads have workers of their own.
+        self.limits = dataclasses.replace(
+            net.limits, solo_origin_slots=self.concurrency, peer_slots=self.concurrency
+        )
+        self.workers = self.limits.peer_slots + self.limits.origin_slots
 
     async def run(self, files: Sequence[RemoteFile], done: dict[ChunkKey, str]) -> dict[ChunkKey, str]:
         loop = asyncio.get_running_loop()
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="swarm")
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="swarm")
         ours = {f.path: FileId(f.size, f.etag, f.version, f.checksum) for f in files}
         live = LiveFetch(self.model_id, self.revision, self.chunk_bytes, ours, self.staging.files_dir, done)
         complete = False
@@ -183,7 +190,7 @@ class SwarmFetcher(Fetcher):
                     board.started = asyncio.get_running_loop().time()
                 workers = [
                     asyncio.create_task(self._pull(pool, board, by_path, into))
-                    for _ in range(min(self.concurrency, max(1, len(board.todo))))
+                    for _ in range(min(self.workers, max(1, len(board.todo))))
                 ]
                 try:
                     await asyncio.gather(*workers)
@@ -240,7 +247,7 @@ class SwarmFetcher(Fetcher):
             if step.kind == "wait" or step.chunk is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.2)
+                    await asyncio.wait_for(self._wake.wait(), 1.0)  # orphans are timed in seconds
                 continue
             chunk = step.chunk
             file = by_path[chunk[0]]
@@ -253,6 +260,7 @@ class SwarmFetcher(Fetcher):
                     )
                 else:
                     live.origin_inflight.add(chunk)
+                    live.changed()
                     board.origin_busy += 1
                     try:
                         ok = await self._from_origin(pool, origin, file, chunk, job)
@@ -262,6 +270,7 @@ class SwarmFetcher(Fetcher):
                 if ok:
                     await self._finish(pool, file, chunk[1], job, done)
                     board.todo.remove(chunk)
+                live.changed()
             finally:
                 board.taken.discard(chunk)
                 self._wake.set()
@@ -335,6 +344,8 @@ class SwarmFetcher(Fetcher):
             if self._stop.is_set():
                 raise
             busy = isinstance(exc, SourceError) and "HTTP 503" in exc.message
+            if busy:  # at its upload limit: ask others for a moment rather than again at once
+                self._board.resting[peer] = asyncio.get_running_loop().time() + self.net.busy_rest
             self._failed(peer, "busy" if busy else f"transfer failed: {exc}")
             job.restart()
             return False
@@ -376,65 +387,110 @@ class SwarmFetcher(Fetcher):
     async def _poll(
         self, http: aiohttp.ClientSession, board: Board, ours: dict[str, FileId], *, listed: bool
     ) -> None:
-        """Read every known peer's chunk map each ``poll_seconds``; re-list peers every second
-        for the fetch's first 10 s, then every ``rediscover_seconds`` (``listed``: just done)."""
+        """Follow every known peer's chunk map (``_follow``, one task each); re-list peers every
+        second for the fetch's first 10 s, then every ``rediscover_seconds`` (``listed``: just done)."""
         started = time.monotonic()
         discovered = started if listed else -1e18
-        while True:
+        followers: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                now = time.monotonic()
+                young = now - started < 10.0  # agents starting together label themselves a moment apart
+                if now - discovered >= (1.0 if young else self.net.rediscover_seconds):
+                    discovered = now
+                    try:
+                        found = await self.net.directory.peers(self.model_id, self.revision)
+                        self._urls.update(
+                            {n: u.rstrip("/") for n, u in found.items() if n != self.net.directory.me}
+                        )
+                    except Exception as exc:  # the directory is a help, never a reason to fail
+                        log.warning("model %s: cannot list peers: %s", self.model_id, exc)
+                for name in self._urls:
+                    if name not in followers and name not in self.tally.dropped:
+                        followers[name] = asyncio.create_task(self._follow(http, name, board, ours))
+                await asyncio.sleep(1.0 if young else self.net.poll_seconds * 4)
+        finally:
+            for task in followers.values():
+                task.cancel()
+            await asyncio.gather(*followers.values(), return_exceptions=True)
+
+    async def _follow(
+        self, http: aiohttp.ClientSession, name: str, board: Board, ours: dict[str, FileId]
+    ) -> None:
+        """Keep ``board.peers[name]`` current: ask for what changed since the map's version, the
+        peer holding the question until something does (``agent.peers.server``). A quiet peer's
+        news comes at once; a busy one's in batches, at most one answer per ``_gap`` seconds, so
+        that an agent takes about ``map_answers`` answers a second however many peers it follows."""
+        since: str | None = None
+        while name not in self.tally.dropped:
             now = time.monotonic()
-            young = now - started < 10.0  # agents starting together label themselves a moment apart
-            if now - discovered >= (1.0 if young else self.net.rediscover_seconds):
-                discovered = now
-                try:
-                    found = await self.net.directory.peers(self.model_id, self.revision)
-                    self._urls.update(
-                        {n: u.rstrip("/") for n, u in found.items() if n != self.net.directory.me}
-                    )
-                except Exception as exc:  # the directory is a help, never a reason to fail
-                    log.warning("model %s: cannot list peers: %s", self.model_id, exc)
-            names = [n for n in self._urls if n not in self.tally.dropped]
-            views = await asyncio.gather(*(self._read_map(http, n, ours) for n in names))
-            for name, view in zip(names, views, strict=True):
-                busy = board.peers[name].busy if name in board.peers else 0
-                if view is not None:
-                    board.peers[name] = dataclasses.replace(view, busy=busy)
-                    self._seen[name] = now
-                elif (
-                    name not in self._advertised or now - self._seen.get(name, -1e18) > self.net.peer_timeout
-                ):
+            try:
+                since, changed = await self._read_map(http, name, board, ours, since)
+            except _NoMap:
+                if name not in self._advertised or now - self._seen.get(name, -1e18) > self.net.peer_timeout:
                     board.peers.pop(name, None)  # holds nothing, or gone: its share moves to others
-            for name in list(board.peers):
-                if name in self.tally.dropped:
-                    del board.peers[name]
-            self._wake.set()
-            await asyncio.sleep(self.net.poll_seconds)
+                    self._advertised.pop(name, None)
+                since = None
+                self._wake.set()
+                await asyncio.sleep(self.net.poll_seconds)
+                continue
+            if changed:
+                self._wake.set()
+            await asyncio.sleep(self._gap())
+        board.peers.pop(name, None)
+
+    def _gap(self) -> float:
+        following = sum(1 for name in self._urls if name not in self.tally.dropped)
+        return max(self.net.poll_seconds, following / self.net.map_answers)
 
     async def _read_map(
-        self, http: aiohttp.ClientSession, name: str, ours: dict[str, FileId]
-    ) -> PeerView | None:
+        self, http: aiohttp.ClientSession, name: str, board: Board, ours: dict[str, FileId], since: str | None
+    ) -> tuple[str | None, bool]:
+        """One map request; the version to ask from next and whether the view changed (``_NoMap``:
+        the peer does not hold the revision, or gave no usable answer)."""
         url = f"{self._urls[name]}/v1/peer/models/{self.model_id}"
+        params = {"revision": self.revision}
+        if since is not None:
+            params.update(since=since, wait=f"{self.net.map_wait:g}")
+        timeout = aiohttp.ClientTimeout(total=self.net.peer_timeout + (self.net.map_wait if since else 0))
         try:
             async with http.get(
-                url,
-                params={"revision": self.revision},
-                headers={"Authorization": f"Bearer {self.net.token()}"},
+                url, params=params, headers={"Authorization": f"Bearer {self.net.token()}"}, timeout=timeout
             ) as resp:
+                if resp.status == 304:
+                    self._seen[name] = time.monotonic()
+                    return since, False
                 if resp.status == 404:
                     self._advertised.pop(name, None)
-                    return None
+                    raise _NoMap()
                 if resp.status != 200:
                     raise BadMap(f"HTTP {resp.status}")
-                theirs = map_from_json(await resp.json())
+                data = await resp.json()
+                theirs = map_from_json(data)
         except (aiohttp.ClientError, TimeoutError, BadMap, ValueError) as exc:
             # A slow answer keeps the last view until peer_timeout (a busy peer is not a gone one).
             self.net.metrics.peer_errors.labels("map").inc()
             log.debug("model %s: no chunk map from %s: %s", self.model_id, name, exc)
-            return None
+            raise _NoMap() from exc
+        version, delta = map_version(data)
         usable = usable_chunks(theirs, self.revision, self.chunk_bytes, ours)
         for chunk in self._no_peers & usable.keys():
             del usable[chunk]
-        self._advertised[name] = usable
+        if delta and name in self._advertised:
+            self._advertised[name].update(usable)
+        else:
+            self._advertised[name] = usable
         inflight = frozenset(c for c in theirs.origin_inflight if c[0] in ours)
-        return PeerView(
-            holds=frozenset(usable), origin_inflight=inflight, fetching=theirs.state == "fetching"
+        busy = board.peers[name].busy if name in board.peers else 0
+        old = board.peers.get(name)
+        unchanged = delta and not usable and old is not None
+        holds = old.holds if unchanged and old is not None else frozenset(self._advertised[name])
+        board.peers[name] = PeerView(
+            holds=holds, origin_inflight=inflight, fetching=theirs.state == "fetching", busy=busy
         )
+        self._seen[name] = time.monotonic()
+        return version, True
+
+
+class _NoMap(Exception):
+    """A peer gave no usable chunk map this time."""

@@ -192,3 +192,41 @@ def test_a_fetcher_alone_in_its_view_starts_with_chunks_it_owns_in_the_full_set(
         firsts[name] = picks
     owned = sum(origin_owner(c, names) == n for n, picks in firsts.items() for c in picks)
     assert owned >= 28  # of 32 first reads, nearly all are the reader's own share anyway
+
+
+def test_a_peer_that_said_busy_rests_and_another_holder_is_asked() -> None:
+    peers = {"p1": PeerView(holds=frozenset({A})), "p2": PeerView(holds=frozenset({A}), busy=1)}
+    board = Board(ME, [A], dict(peers))
+    assert next_step(board, 0.0) == Step("peer", A, "p1")
+    board.resting["p1"] = 0.5
+    assert next_step(board, 0.1) == Step("peer", A, "p2")
+    board.peers["p2"] = PeerView(holds=frozenset({A}), busy=2)
+    assert next_step(board, 0.1) == Step("wait")  # p1 rests, p2 is at its limit
+    assert next_step(board, 0.6) == Step("peer", A, "p1")
+
+
+def test_our_origin_share_is_started_even_while_peer_chunks_are_on_offer() -> None:
+    mine = owned_by(ME, BOTH)
+    held = next(c for c in CHUNKS if c != mine)
+    board = Board(ME, [held, mine], {OTHER: PeerView(holds=frozenset({held}), fetching=True)})
+    assert next_step(board, 0.0) == Step("origin", mine)  # the origin's link must never idle
+    board.taken.add(mine)
+    board.origin_busy = 1
+    assert next_step(board, 0.0) == Step("peer", held, OTHER)
+
+
+def test_peer_transfers_stop_at_the_peer_slots() -> None:
+    board = Board(ME, [A, B], {"p1": PeerView(holds=frozenset({A, B}), busy=1)})
+    assert next_step(board, 0.0, Limits(peer_slots=1)) == Step("wait")
+    assert next_step(board, 0.0, Limits(peer_slots=2)).kind == "peer"
+
+
+def test_the_holders_index_follows_growing_and_shrinking_holdings() -> None:
+    board = Board(ME, [A, B, C], {"p1": PeerView(holds=frozenset({A}))})
+    assert board.holders_index() == {A: ["p1"]}
+    board.peers["p1"] = PeerView(holds=frozenset({A, B}))
+    board.peers["p2"] = PeerView(holds=frozenset({B}))
+    assert {c: sorted(n) for c, n in board.holders_index().items()} == {A: ["p1"], B: ["p1", "p2"]}
+    board.peers["p1"] = PeerView(holds=frozenset({C}))  # shrank: rebuilt
+    del board.peers["p2"]
+    assert board.holders_index() == {C: ["p1"]}

@@ -121,6 +121,10 @@ class RangeReader:
         try:
             self._check(url, resp, job, etag, redirected=url != first.url)
             self._stream(resp, job, on_bytes)
+        except SourceError:
+            if not resp.isclosed():  # an error answer read to its end leaves the connection usable
+                self._drop(url)
+            raise
         except LocalWriteError:
             self._drop(url)
             raise  # the caller decides (ENOSPC is "no space", not a flaky origin)
@@ -194,7 +198,9 @@ class RangeReader:
     ) -> None:
         status = resp.status
         if status >= 300:
-            body = resp.read(512).decode("utf-8", "replace").strip().replace("\n", " ")
+            small = resp.length is not None and resp.length <= 4096  # read whole: keep the connection
+            body = (resp.read() if small else resp.read(512)).decode("utf-8", "replace")
+            body = body.strip().replace("\n", " ")
             detail = f"{_redact(url)}: origin answered HTTP {status}" + (f" ({body[:200]})" if body else "")
             # A 403 at the end of a redirect is a signed URL that expired: the next try follows
             # the redirect afresh (a new URL) and keeps what this chunk already staged.
