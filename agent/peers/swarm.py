@@ -1,11 +1,12 @@
 """A fetch that takes each chunk from the best source: a peer that holds it verified, else the origin.
 
 ``SwarmFetcher`` is a ``Fetcher`` (same staging, journal, data path and origin retries) whose
-workers ask the planner (``agent.peers.plan``) what to do next. A poller reads every known
-peer's chunk map each ``poll_seconds``; a peer's chunk counts only for the same revision, chunk
-size and origin file (``agent.peers.chunkmap``). Each chunk from a peer is hashed in-stream and
-must equal the digest another peer advertises (``expected_digest``); a peer that sends a bad chunk
-is dropped for this fetch, logged and counted, and the chunk comes from elsewhere. Peers that
+workers ask the planner (``agent.peers.plan``) what to do next. One follower per known peer keeps
+its chunk map current by long-polling for deltas (``agent.peers.server``); a peer's chunk counts
+only for the same revision, chunk size and origin file (``agent.peers.chunkmap``). Each chunk
+from a peer is hashed in-stream and must equal the digest another peer advertises
+(``expected_digest``); a peer that sends a bad chunk is dropped for this fetch, logged and
+counted, and the chunk comes from elsewhere. Peers that
 time out or fail twice are dropped too; what they held or were reading falls back to the origin.
 While it runs, this fetch's verified chunks are served to others (``Holdings``).
 """
