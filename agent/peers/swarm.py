@@ -482,12 +482,13 @@ class SwarmFetcher(Fetcher):
         else:
             self._advertised[name] = usable
         inflight = frozenset(c for c in theirs.origin_inflight if c[0] in ours)
-        busy = board.peers[name].busy if name in board.peers else 0
         old = board.peers.get(name)
-        unchanged = delta and not usable and old is not None
-        holds = old.holds if unchanged and old is not None else frozenset(self._advertised[name])
+        holds = old.holds if old is not None and delta and not usable else frozenset(self._advertised[name])
         board.peers[name] = PeerView(
-            holds=holds, origin_inflight=inflight, fetching=theirs.state == "fetching", busy=busy
+            holds=holds,
+            origin_inflight=inflight,
+            fetching=theirs.state == "fetching",
+            busy=old.busy if old is not None else 0,
         )
         self._seen[name] = time.monotonic()
         return version, True
