@@ -45,19 +45,19 @@ class Verbs:
     def respond(self, verb: str, body: bytes) -> tuple[int, bytes]:
         started = time.perf_counter()
         try:
-            status, text = 200, self.ctx.answer(verb, body)
+            status, payload = 200, self.ctx.answer(verb, body)
         except errors.LocalityError as exc:
-            status, text = status_of(exc), _error(exc.message)
+            status, payload = status_of(exc), _error(exc.message)
         except Exception:
             log.exception("unhandled error on POST %s", verb)
-            status, text = 500, _error("internal error; see the server log")
+            status, payload = 500, _error("internal error; see the server log")
         self.metrics.requests.labels(verb, str(status)).inc()
         self.metrics.latency.labels(verb).observe(time.perf_counter() - started)
-        return status, text.encode()
+        return status, payload
 
 
-def _error(message: str) -> str:
-    return json.dumps({"error": message})
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 class VerbProtocol(asyncio.Protocol):

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 
 from locality.contract import PodModels
+from locality.identity import ModelRef
 from scheduler_extender.nodes import NodeState
 from scheduler_extender.scoring import (
     MAX_SCORE,
@@ -21,6 +22,8 @@ from scheduler_extender.scoring import (
     reference_rate,
     time_score,
 )
+
+MAX_TABLES = 128  # score tables kept per index version (one per set of models asked for)
 
 
 class NodeIndex:
@@ -36,6 +39,11 @@ class NodeIndex:
         self._reference: int | None = None  # reference_rate(rates), None: recompute
         self._cold: dict[str, int] = {}  # node -> score of a node holding none of a pod's models (> 0 only)
         self.sizes: dict[str, int] = {}  # model id -> max bytes reported by any node
+        # Per set of a pod's models: {node: score} of every node scoring above 0, built on first use
+        # and dropped at any change of the index (kube-scheduler asks once per pod; pods of one
+        # Deployment ask for the same models, hundreds a second in a scale-up).
+        self._tables: dict[tuple[ModelRef, ...], dict[str, int]] = {}
+        self.version = 0  # counts changes: whatever was derived from an older version is stale
         for state in states:
             self.upsert(state)
 
@@ -55,6 +63,7 @@ class NodeIndex:
     def upsert(self, state: NodeState) -> None:
         """Add or replace a node's state."""
         self.remove(state.name)
+        self._changed()
         self._states[state.name] = state
         for label in state.ready_labels:
             self._holders.setdefault(label, set()).add(state.name)
@@ -73,6 +82,7 @@ class NodeIndex:
         old = self._states.pop(name, None)
         if old is None:
             return
+        self._changed()
         for label in old.ready_labels:
             holders = self._holders.get(label)
             if holders is not None:
@@ -110,6 +120,11 @@ class NodeIndex:
         """Borrow sizes of models no node here reported (a full-Nodes request using the cache's)."""
         for mid, size in sizes.items():
             self.sizes.setdefault(mid, size)
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._tables.clear()
 
     @property
     def reference(self) -> int:
@@ -127,28 +142,43 @@ class NodeIndex:
     def scores(self, pod: PodModels, names: Sequence[str]) -> list[int]:
         """Scores for ``names`` in the order given (``scoring.score_node`` per node).
 
-        Hot path: a node holding none of the pod's models scores by its rate alone (``_cold``,
-        precomputed when rates change: 0 for most nodes); only nodes where a requested model is
-        ready (a bitmask from the holder sets) or being fetched are scored one by one, and each
-        (mask, rate) of those without a fetch in progress once.
+        Hot path: the scores of every node for the pod's set of models (``table``) are built once
+        per set and index version; a request then maps ``dict.get`` over its names, in C.
         """
         if not pod.refs:
             return [0] * len(names)
-        reference = self.reference
-        special = self._special(pod, names, reference)
-        cold = self._cold
-        # dict.get mapped over the names runs in C: a few microseconds per 500 names.
-        base = list(map(cold.get, names, repeat(0))) if cold else [0] * len(names)
-        if not special:
-            return base
-        return list(map(special.get, names, base))
+        return list(map(self.table(pod).get, names, repeat(0)))
 
-    def _special(self, pod: PodModels, names: Sequence[str], reference: int) -> dict[str, int]:
-        """Scores of the offered nodes where one of the pod's models is ready or in progress."""
+    def table(self, pod: PodModels) -> dict[str, int]:
+        """``{node: score}`` of every node that scores above 0 for the pod's models (cached).
+
+        A node holding none of them scores by its rate alone (``_cold``, precomputed when rates
+        change: 0 for most nodes); nodes where a requested model is ready (a bitmask from the
+        holder sets) or being fetched are scored one by one, each (mask, rate) of those without a
+        fetch in progress once.
+        """
+        key = pod.refs
+        found = self._tables.get(key)
+        if found is not None:
+            return found
+        reference = self.reference
+        table = dict(self._cold)
+        for name, score in self._special(pod, reference).items():
+            if score:
+                table[name] = score
+            else:
+                table.pop(name, None)
+        if len(self._tables) >= MAX_TABLES:
+            del self._tables[next(iter(self._tables))]  # the oldest: insertion order
+        self._tables[key] = table
+        return table
+
+    def _special(self, pod: PodModels, reference: int) -> dict[str, int]:
+        """Scores of the nodes where one of the pod's models is ready or in progress."""
         weights = model_weights(pod.refs, self.sizes)
         total = sum(weights)
-        masks = self._masks(pod, names)
-        fetching = self._fetching(pod, names)
+        masks = self._masks(pod)
+        fetching = self._fetching(pod)
         memo: dict[tuple[int, int], int] = {}
         out: dict[str, int] = {}
         for name, mask in masks.items():
@@ -173,26 +203,23 @@ class NodeIndex:
         total = sum(weights)
         return MAX_SCORE if have >= total else time_score(total - have, total, self.rate(name), reference)
 
-    def _fetching(self, pod: PodModels, names: Sequence[str]) -> set[str]:
-        """Offered nodes fetching one of the pod's models with progress reported."""
+    def _fetching(self, pod: PodModels) -> set[str]:
+        """Nodes fetching one of the pod's models with progress reported."""
         found: set[str] = set()
-        offered: set[str] | None = None
         for ref in pod.refs:
-            nodes = self._progress.get(ref.id)
-            if nodes:
-                offered = offered if offered is not None else set(names)
-                found |= nodes & offered
+            found |= self._progress.get(ref.id, set())
         return found
 
-    def _masks(self, pod: PodModels, names: Sequence[str]) -> dict[str, int]:
-        """``{offered name: bitmask of the pod's models ready there}``, names holding none left out."""
+    def _masks(self, pod: PodModels, names: Sequence[str] | None = None) -> dict[str, int]:
+        """``{node: bitmask of the pod's models ready there}`` over ``names`` (None: every node),
+        nodes holding none left out."""
         masks: dict[str, int] = {}
         offered: set[str] | None = None
         for bit, ref in enumerate(pod.refs):
             holders = self._holders.get(ref.label_key)
             if not holders:
                 continue
-            if len(holders) > len(names):
+            if names is not None and len(holders) > len(names):
                 offered = offered if offered is not None else set(names)
                 holders = holders & offered
             flag = 1 << bit

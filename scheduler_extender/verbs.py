@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from locality.httpkit import read_body
-from scheduler_extender.index import NodeIndex
+from locality.identity import ModelRef
+from scheduler_extender.index import MAX_TABLES, NodeIndex
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state
-from scheduler_extender.wire import ExtenderArgs, encode_filter, encode_prioritize, parse_args
+from scheduler_extender.wire import (
+    ExtenderArgs,
+    NamesOnly,
+    encode_filter,
+    encode_pass_all,
+    encode_prioritize,
+    parse_args,
+    split_names_only,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,8 @@ class VerbContext:
     observe_nodes: Callable[[str, int], None]
     _warned_at: float | None = None
     _last: tuple[bytes, ExtenderArgs] | None = None
+    # Prioritize replies over every node that scores, per set of models: (index version, JSON).
+    _replies: dict[tuple[ModelRef, ...], tuple[int, bytes]] = field(default_factory=dict)
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
         return self.args_of(await read_body(request, self.max_body_bytes))
@@ -72,11 +83,49 @@ class VerbContext:
         self.observe_nodes("prioritize", len(args.names))
         return encode_prioritize(args.names, self.index_for(args).scores(args.pod, args.names))
 
-    def answer(self, verb: str, raw: bytes) -> str:
+    def answer(self, verb: str, raw: bytes) -> bytes:
         """``filter`` or ``prioritize`` of a raw body (``errors.Invalid`` when malformed): the
-        transport-free core that the aiohttp routes and the fast path (``fastpath.py``) share."""
+        transport-free core that the aiohttp routes and the fast path (``fastpath.py``) share.
+
+        kube-scheduler's own names-only requests are answered without decoding their names where
+        the answer does not depend on them (``_names_free``); anything else is parsed in full."""
+        names_only = split_names_only(raw)
+        if names_only is not None:
+            reply = self._names_free(verb, names_only)
+            if reply is not None:
+                return reply
         args = self.args_of(raw)
-        return self.filter(args) if verb == "filter" else self.prioritize(args)
+        return (self.filter(args) if verb == "filter" else self.prioritize(args)).encode()
+
+    def _names_free(self, verb: str, req: NamesOnly) -> bytes | None:
+        """The answer when it needs no names: a filter that keeps every node (a ``preferred``
+        pod: the request's own ``NodeNames`` go back), and a prioritize when the scheduler offers
+        at least half the nodes (the scores of every node that scores: kube-scheduler ignores
+        hosts it did not offer, extender-wire.md 1.6). None: the full path answers."""
+        index = self.cache.index
+        if verb == "filter":
+            if req.pod.required:
+                return None
+        elif 2 * req.offered < len(index):
+            return None  # a sample of a large cluster: score only the offered nodes
+        if req.pod.problem:
+            self.pod_problems.report("pod", req.pod_key, "", req.pod.problem)
+        if self.standalone:
+            self._warn_standalone()
+        self.observe_nodes(verb, req.offered)
+        if verb == "filter":
+            return encode_pass_all(req.names_json)
+        if not req.pod.refs:
+            return b"[]"
+        cached = self._replies.get(req.pod.refs)
+        if cached is not None and cached[0] == index.version:
+            return cached[1]
+        table = index.table(req.pod)
+        reply = encode_prioritize(list(table), list(table.values())).encode()
+        if len(self._replies) >= MAX_TABLES:
+            del self._replies[next(iter(self._replies))]
+        self._replies[req.pod.refs] = (index.version, reply)
+        return reply
 
     def index_for(self, args: ExtenderArgs) -> NodeIndex:
         if args.items is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 from locality import errors
@@ -57,6 +58,76 @@ def parse_args(raw: bytes) -> ExtenderArgs:
         return ExtenderArgs(pod_models(annotations), pod_key, names, None)
     items = _node_items(nodes)
     return ExtenderArgs(pod_models(annotations), pod_key, [_item_name(i) for i in items], items)
+
+
+# kube-scheduler's own layout of a names-only request: Go's encoding/json writes ExtenderArgs's
+# fields in struct order (Pod, Nodes, NodeNames), with no spaces.
+_GO_HEAD = b'{"Pod":'
+_GO_NAMES = b',"Nodes":null,"NodeNames":['
+
+
+@dataclass(frozen=True, slots=True)
+class NamesOnly:
+    """A names-only request read without decoding its names: the pod's models and the
+    ``NodeNames`` array exactly as sent."""
+
+    pod: PodModels
+    pod_key: str
+    names_json: bytes  # b'["a","b",...]'
+    offered: int  # how many names
+
+    def names(self) -> list[str]:
+        return list(json.loads(self.names_json))
+
+
+def split_names_only(raw: bytes) -> NamesOnly | None:
+    """``raw`` as kube-scheduler lays out a ``nodeCacheCapable`` request, with only the pod
+    decoded: the node names (most of the body: 500-5,000 of them) are counted, not parsed.
+
+    Anything laid out otherwise, or not plainly a list of simple quoted names (no ``\\``, a
+    ``,`` only between two names), is None: ``parse_args`` then reads it in full (and words its
+    errors). The names' ``NodeNames`` is the last occurrence of its key, after which only the
+    array and the closing brace may follow, so a pod annotation holding the same text cannot
+    move it.
+    """
+    if not raw.startswith(_GO_HEAD) or not raw.endswith(b"]}"):
+        return None
+    cut = raw.rfind(_GO_NAMES)
+    if cut < 0:
+        return None
+    names_json = raw[cut + len(_GO_NAMES) - 1 : -1]
+    if names_json == b"[]":
+        offered = 0
+    else:
+        commas = names_json.count(b",")
+        if (
+            not names_json.startswith(b'["')
+            or not names_json.endswith(b'"]')
+            or b"\\" in names_json
+            or names_json.count(b'","') != commas
+            or names_json.count(b'"') != 2 * (commas + 1)
+        ):
+            return None
+        offered = commas + 1
+    try:
+        pod = json.loads(raw[len(_GO_HEAD) : cut])
+    except ValueError:
+        return None
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(annotations, dict | None):
+        return None
+    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    return NamesOnly(pod_models(annotations), key, names_json, offered)
+
+
+def encode_pass_all(names_json: bytes) -> bytes:
+    """The filter reply that keeps every offered node: its ``NodeNames`` is the request's own."""
+    return (
+        b'{"Nodes":null,"NodeNames":'
+        + names_json
+        + b',"FailedNodes":{},"FailedAndUnresolvableNodes":{},"Error":""}'
+    )
 
 
 def _all_strings(values: list[Any]) -> bool:
@@ -142,8 +213,7 @@ def _nonzero(names: Sequence[str], scores: Sequence[int]) -> tuple[Sequence[str]
         raise ValueError("one score per name")
     if all(scores):
         return names, scores
-    kept = [i for i, s in enumerate(scores) if s]
-    return [names[i] for i in kept], [scores[i] for i in kept]
+    return list(compress(names, scores)), list(filter(None, scores))  # both in C
 
 
 def filter_reply(args: ExtenderArgs, passed: Sequence[str], failed: Mapping[str, str]) -> dict[str, Any]:
