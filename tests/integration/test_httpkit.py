@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import web
 
 from locality.auth import Rule, StaticToken
 from locality.authmw import auth_middleware
 from locality.httpkit import error_middleware, read_json_object
+from tests.fixtures.ports import free_port
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -22,6 +27,25 @@ async def _boom(request: web.Request) -> web.Response:
     raise RuntimeError("secret internals")
 
 
+HUNG_UP = web.AppKey("hung_up", asyncio.Event)
+
+
+async def _late(request: web.Request) -> web.StreamResponse:
+    """Answers only after its client has hung up: the answer's first write fails."""
+    for _ in range(500):
+        if request.transport is None or request.transport.is_closing():
+            break
+        await asyncio.sleep(0.01)
+    request.app[HUNG_UP].set()
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    return resp
+
+
+async def _upstream_refused(request: web.Request) -> web.Response:
+    raise ConnectionRefusedError("upstream refused")
+
+
 def _app() -> web.Application:
     rules = {("POST", "echo"): Rule("create", "echoes")}
     app = web.Application(
@@ -29,6 +53,9 @@ def _app() -> web.Application:
     )
     app.router.add_post("/echo", _echo, name="echo")
     app.router.add_get("/boom", _boom)
+    app.router.add_get("/late", _late)
+    app.router.add_get("/refused", _upstream_refused)
+    app[HUNG_UP] = asyncio.Event()
     return app
 
 
@@ -86,3 +113,36 @@ async def test_unknown_route_and_method_are_json(aiohttp_client: Any) -> None:
     assert (await client.get("/nope")).status == 404
     resp = await client.get("/echo")
     assert resp.status == 405 and "error" in await resp.json()
+
+
+async def test_a_client_that_hung_up_is_not_logged_as_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A hang-up (the client timed out) is the client's business: no traceback, no ERROR line.
+    Served as ``locality.serve`` runs apps (handlers are not cancelled when a client leaves)."""
+    app = _app()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    caplog.set_level(logging.DEBUG, logger="locality.httpkit")
+    try:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(asyncio.TimeoutError):
+                await session.get(f"http://127.0.0.1:{port}/late", timeout=aiohttp.ClientTimeout(total=0.2))
+        await asyncio.wait_for(app[HUNG_UP].wait(), 5)
+        for _ in range(100):  # the handler's failed write comes right after the event
+            if any("client went away" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await runner.cleanup()
+    assert any("client went away during GET /late" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_connection_error_of_our_own_is_still_a_logged_500(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await aiohttp_client(_app())
+    resp = await client.get("/refused")
+    assert resp.status == 500 and "upstream" not in (await resp.json())["error"]
+    assert any(r.levelno == logging.ERROR and "GET /refused" in r.getMessage() for r in caplog.records)
