@@ -91,10 +91,14 @@ class VerbContext:
         the answer does not depend on them (``_names_free``); anything else is parsed in full."""
         names_only = split_names_only(raw)
         if names_only is not None:
+            if names_only.pod.problem:
+                self.pod_problems.report("pod", names_only.pod_key, "", names_only.pod.problem)
             reply = self._names_free(verb, names_only)
             if reply is not None:
                 return reply
-        args = self.args_of(raw)
+            args = names_only.args()  # the pod is decoded already: only the names are left
+        else:
+            args = self.args_of(raw)
         return (self.filter(args) if verb == "filter" else self.prioritize(args)).encode()
 
     def _names_free(self, verb: str, req: NamesOnly) -> bytes | None:
@@ -108,8 +112,6 @@ class VerbContext:
                 return None
         elif 2 * req.offered < len(index):
             return None  # a sample of a large cluster: score only the offered nodes
-        if req.pod.problem:
-            self.pod_problems.report("pod", req.pod_key, "", req.pod.problem)
         if self.standalone:
             self._warn_standalone()
         self.observe_nodes(verb, req.offered)

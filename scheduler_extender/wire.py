@@ -77,7 +77,11 @@ class NamesOnly:
     offered: int  # how many names
 
     def names(self) -> list[str]:
-        return list(json.loads(self.names_json))
+        return list(json.loads(self.names_json))  # plain quoted names: a list of str (checked)
+
+    def args(self) -> ExtenderArgs:
+        """The request as ``parse_args`` reads it, the names decoded now."""
+        return ExtenderArgs(self.pod, self.pod_key, self.names(), None)
 
 
 def split_names_only(raw: bytes) -> NamesOnly | None:
