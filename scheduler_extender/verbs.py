@@ -53,8 +53,8 @@ class VerbContext:
     observe_nodes: Callable[[str, int], None]
     _warned_at: float | None = None
     _last: tuple[bytes, ExtenderArgs] | None = None
-    # Prioritize replies over every node that scores, per set of models: (index version, JSON).
-    _replies: dict[tuple[ModelRef, ...], tuple[int, bytes]] = field(default_factory=dict)
+    # Prioritize replies over every node that scores, per set of models: (index, its version, JSON).
+    _replies: dict[tuple[ModelRef, ...], tuple[NodeIndex, int, bytes]] = field(default_factory=dict)
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
         return self.args_of(await read_body(request, self.max_body_bytes))
@@ -120,13 +120,13 @@ class VerbContext:
         if not req.pod.refs:
             return b"[]"
         cached = self._replies.get(req.pod.refs)
-        if cached is not None and cached[0] == index.version:
-            return cached[1]
+        if cached is not None and cached[0] is index and cached[1] == index.version:
+            return cached[2]
         table = index.table(req.pod)
         reply = encode_prioritize(list(table), list(table.values())).encode()
         if len(self._replies) >= MAX_TABLES:
             del self._replies[next(iter(self._replies))]
-        self._replies[req.pod.refs] = (index.version, reply)
+        self._replies[req.pod.refs] = (index, index.version, reply)
         return reply
 
     def index_for(self, args: ExtenderArgs) -> NodeIndex:
