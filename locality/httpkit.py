@@ -96,15 +96,12 @@ def make_error_middleware(render: Render, *, applies: Callable[[web.Request], bo
                 raise
             reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
             return render(exc.status, reason or "error", _allow_header(exc), exc)
-        except ConnectionError as exc:
-            if not client_gone(request):
-                log.exception("unhandled error on %s %s", request.method, request.path)
-                return render(500, "internal error; see the server log", {}, exc)
-            # The client hung up mid-answer (a timeout or a cancel on its side): nothing of ours
-            # failed, and a traceback per hang-up costs a busy server more than the answer did.
-            log.debug("client went away during %s %s: %s", request.method, request.path, exc)
-            return web.Response(status=CLIENT_CLOSED)  # never sent; the request metrics count it
         except Exception as exc:
+            if isinstance(exc, ConnectionError) and client_gone(request):
+                # The client hung up mid-answer (a timeout or a cancel on its side): nothing of ours
+                # failed, and a traceback per hang-up costs a busy server more than the answer did.
+                log.debug("client went away during %s %s: %s", request.method, request.path, exc)
+                return web.Response(status=CLIENT_CLOSED)  # never sent; the request metrics count it
             log.exception("unhandled error on %s %s", request.method, request.path)
             return render(500, "internal error; see the server log", {}, exc)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
+from typing import TypeVar
 
 from locality.contract import PodModels
 from locality.identity import ModelRef
@@ -23,7 +24,18 @@ from scheduler_extender.scoring import (
     time_score,
 )
 
-MAX_TABLES = 128  # score tables kept per index version (one per set of models asked for)
+K = TypeVar("K")
+V = TypeVar("V")
+
+MAX_TABLES = 128  # score tables kept (one per set of models asked for since the index last changed)
+
+
+def remember(cache: dict[K, V], key: K, value: V, limit: int = MAX_TABLES) -> V:
+    """``cache[key] = value``, the oldest entry (insertion order) dropped first when full."""
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
 
 
 class NodeIndex:
@@ -43,7 +55,6 @@ class NodeIndex:
         # and dropped at any change of the index (kube-scheduler asks once per pod; pods of one
         # Deployment ask for the same models, hundreds a second in a scale-up).
         self._tables: dict[tuple[ModelRef, ...], dict[str, int]] = {}
-        self.version = 0  # counts changes: whatever was derived from an older version is stale
         for state in states:
             self.upsert(state)
 
@@ -63,7 +74,7 @@ class NodeIndex:
     def upsert(self, state: NodeState) -> None:
         """Add or replace a node's state."""
         self.remove(state.name)
-        self._changed()
+        self._tables.clear()
         self._states[state.name] = state
         for label in state.ready_labels:
             self._holders.setdefault(label, set()).add(state.name)
@@ -82,7 +93,7 @@ class NodeIndex:
         old = self._states.pop(name, None)
         if old is None:
             return
-        self._changed()
+        self._tables.clear()
         for label in old.ready_labels:
             holders = self._holders.get(label)
             if holders is not None:
@@ -120,10 +131,6 @@ class NodeIndex:
         """Borrow sizes of models no node here reported (a full-Nodes request using the cache's)."""
         for mid, size in sizes.items():
             self.sizes.setdefault(mid, size)
-        self._changed()
-
-    def _changed(self) -> None:
-        self.version += 1
         self._tables.clear()
 
     @property
@@ -150,7 +157,8 @@ class NodeIndex:
         return list(map(self.table(pod).get, names, repeat(0)))
 
     def table(self, pod: PodModels) -> dict[str, int]:
-        """``{node: score}`` of every node that scores above 0 for the pod's models (cached).
+        """``{node: score}`` of every node that scores above 0 for the pod's models (cached: the
+        same object until the index changes, so what is derived from it can be kept by identity).
 
         A node holding none of them scores by its rate alone (``_cold``, precomputed when rates
         change: 0 for most nodes); nodes where a requested model is ready (a bitmask from the
@@ -168,10 +176,7 @@ class NodeIndex:
                 table[name] = score
             else:
                 table.pop(name, None)
-        if len(self._tables) >= MAX_TABLES:
-            del self._tables[next(iter(self._tables))]  # the oldest: insertion order
-        self._tables[key] = table
-        return table
+        return remember(self._tables, key, table)
 
     def _special(self, pod: PodModels, reference: int) -> dict[str, int]:
         """Scores of the nodes where one of the pod's models is ready or in progress."""

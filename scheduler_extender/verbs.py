@@ -25,7 +25,7 @@ from aiohttp import web
 
 from locality.httpkit import read_body
 from locality.identity import ModelRef
-from scheduler_extender.index import MAX_TABLES, NodeIndex
+from scheduler_extender.index import NodeIndex, remember
 from scheduler_extender.nodecache import NodeCache, ProblemLog
 from scheduler_extender.nodes import node_state
 from scheduler_extender.wire import (
@@ -53,8 +53,8 @@ class VerbContext:
     observe_nodes: Callable[[str, int], None]
     _warned_at: float | None = None
     _last: tuple[bytes, ExtenderArgs] | None = None
-    # Prioritize replies over every node that scores, per set of models: (index, its version, JSON).
-    _replies: dict[tuple[ModelRef, ...], tuple[NodeIndex, int, bytes]] = field(default_factory=dict)
+    # Prioritize replies over every node that scores, per set of models: (the table, its JSON).
+    _replies: dict[tuple[ModelRef, ...], tuple[dict[str, int], bytes]] = field(default_factory=dict)
 
     async def read_args(self, request: web.Request) -> ExtenderArgs:
         return self.args_of(await read_body(request, self.max_body_bytes))
@@ -119,15 +119,12 @@ class VerbContext:
             return encode_pass_all(req.names_json)
         if not req.pod.refs:
             return b"[]"
+        table = index.table(req.pod)  # the same object until the index changes
         cached = self._replies.get(req.pod.refs)
-        if cached is not None and cached[0] is index and cached[1] == index.version:
-            return cached[2]
-        table = index.table(req.pod)
+        if cached is not None and cached[0] is table:
+            return cached[1]
         reply = encode_prioritize(list(table), list(table.values())).encode()
-        if len(self._replies) >= MAX_TABLES:
-            del self._replies[next(iter(self._replies))]
-        self._replies[req.pod.refs] = (index, index.version, reply)
-        return reply
+        return remember(self._replies, req.pod.refs, (table, reply))[1]
 
     def index_for(self, args: ExtenderArgs) -> NodeIndex:
         if args.items is None:

@@ -74,20 +74,22 @@ def _auth(gate: PeerGate, metrics: PeerMetrics) -> Middleware:
     return middleware
 
 
-def _held(request: web.Request) -> tuple[ChunkMap, Path]:
+def _revision(request: web.Request) -> str:
     revision = request.query.get("revision", "")
     if not revision:
         raise errors.Invalid("the revision query parameter is required")
-    found = request.app[HOLDINGS].find(request.match_info["id"], revision)
+    return revision
+
+
+def _held(request: web.Request) -> tuple[ChunkMap, Path]:
+    found = request.app[HOLDINGS].find(request.match_info["id"], _revision(request))
     if found is None:
         raise errors.NotFound("this agent holds no such model revision")
     return found
 
 
 async def chunk_map(request: web.Request) -> web.Response:
-    model_id, revision = request.match_info["id"], request.query.get("revision", "")
-    if not revision:
-        raise errors.Invalid("the revision query parameter is required")
+    model_id, revision = request.match_info["id"], _revision(request)
     since = request.query.get("since") or None
     try:
         wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "0"))))

@@ -424,11 +424,11 @@ class SwarmFetcher(Fetcher):
         that an agent takes about ``map_answers`` answers a second however many peers it follows."""
         since: str | None = None
         while name not in self.tally.dropped:
-            now = time.monotonic()
             try:
                 since, changed = await self._read_map(http, name, board, ours, since)
             except _NoMap:
-                if name not in self._advertised or now - self._seen.get(name, -1e18) > self.net.peer_timeout:
+                silent = time.monotonic() - self._seen.get(name, -1e18)  # after the read: it may have waited
+                if name not in self._advertised or silent > self.net.peer_timeout:
                     board.peers.pop(name, None)  # holds nothing, or gone: its share moves to others
                     self._advertised.pop(name, None)
                 since = None
