@@ -282,7 +282,7 @@ async def test_webhook_down_pods_are_still_created(real_kube: RealKube) -> None:
         pod = await create(hook, ns, pod_body("down"))
         seconds = asyncio.get_running_loop().time() - started
     assert pod["metadata"]["name"] == "down" and "initContainers" not in pod["spec"]
-    assert seconds < 4  # refused at once, or at worst the 3s timeout
+    assert seconds < 8  # refused at once, or at worst the 3s timeout (the default would be 10s)
 
 
 async def test_replicas_share_one_ca_and_renewal_keeps_serving(real_kube: RealKube) -> None:
