@@ -5,6 +5,8 @@ bytes are in.
 Readers follow a map by its version token (``MapFeed``): a reader that names the token it has gets
 only the chunks verified since (a delta), or waits until something changes (a long poll), so a
 swarm's map traffic is proportional to what changes, not to the size of the map times a poll rate.
+A reader of a revision not held yet may wait for its fetch to start here (``wait_arrival``): agents
+that start one model together see each other as soon as they begin, not a poll interval later.
 
 A fetch whose chunks are all verified stays served from its staging directory (``settle``) until
 its commit is on disk: the commit (fsync of every file, then the record, then one rename) can take
@@ -15,6 +17,7 @@ copying from it just then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -145,10 +148,38 @@ class Holdings:
         self._live: dict[str, LiveFetch] = {}
         self._lock = threading.Lock()
         self._committed: dict[str, tuple[int, ChunkMap, Path]] = {}  # id -> (record mtime, map, dir)
+        self._arrivals: dict[str, set[asyncio.Future[None]]] = {}  # id -> readers waiting for a fetch
 
     def start(self, live: LiveFetch) -> None:
         with self._lock:
             self._live[live.model_id] = live
+            waiters = self._arrivals.pop(live.model_id, set())
+        for fut in waiters:
+            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+    async def wait_arrival(self, model_id: str, revision: str, seconds: float) -> MapFeed | None:
+        """This revision's feed once it is held here (a fetch of it starts), or None after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (found := self.feed(model_id, revision)) is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._arrivals.setdefault(model_id, set()).add(fut)
+            try:
+                if self.feed(model_id, revision) is None:  # a start between the look and the wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(fut, left)
+            finally:
+                with self._lock:
+                    waiting = self._arrivals.get(model_id)
+                    if waiting is not None:
+                        waiting.discard(fut)
+                        if not waiting:
+                            del self._arrivals[model_id]
+        return found
 
     def finish(self, model_id: str) -> None:
         """The fetch ended without all of its chunks: nothing of it is served any more."""

@@ -4,9 +4,10 @@ Fetchers of the same revision split the origin's work by rendezvous hashing: chu
 from the origin by ``origin_owner(c, fetchers)``, the fetcher with the highest
 ``xxh3_64(path NUL index NUL name)``. Every fetcher computes the same owner from the same set, and
 a fetcher joining or leaving moves only the chunks it wins or held. Everything else comes from
-peers, rarest chunk first, each from the least busy holder. Origin reads go in the order of the
-fetcher's own rendezvous weight, so one that has not yet seen the others starts with chunks it owns
-in any larger set. A chunk nobody holds or reads from
+peers, rarest chunk first, each from the least busy holder. Origin reads go first to the chunks the
+fetcher owns among every agent it knows of (``Board.known``: fetching or not yet), then in the order
+of its own rendezvous weight, so one that has not yet seen the others fetch starts with chunks
+nobody else will read. A chunk nobody holds or reads from
 the origin (its owner is gone, slow to start, or sees another fetcher set) is taken from the
 origin by anyone after ``Limits.orphan_grace`` seconds, so a lost peer costs time, never the fetch.
 """
@@ -77,20 +78,26 @@ class Board:
     unclaimed_since: dict[ChunkId, float] = field(default_factory=dict)
     started: float | None = None  # when the fetch began (for the warm-up)
     resting: dict[str, float] = field(default_factory=dict)  # peer -> until when (it said busy)
+    known: frozenset[str] = frozenset()  # every peer we know of, fetching or not (yet)
     _order: list[ChunkId] = field(default_factory=list, repr=False)
     _order_set: set[ChunkId] = field(default_factory=set, repr=False)
+    _order_known: frozenset[str] = field(default=frozenset(), repr=False)  # ... the order was made for
     _index: dict[ChunkId, list[str]] = field(default_factory=dict, repr=False)
     _indexed: dict[str, frozenset[ChunkId]] = field(default_factory=dict, repr=False)  # as indexed
     _owners: dict[ChunkId, str] = field(default_factory=dict, repr=False)  # origin_owner, memoized
     _owners_of: tuple[str, ...] = field(default=(), repr=False)  # ... for this fetcher set
 
     def origin_order(self, chunks: Sequence[ChunkId]) -> list[ChunkId]:
-        """Our best-scoring chunks first: the ones we own in any larger fetcher set too, so a
-        fetcher that has not seen the others yet starts with work nobody else will repeat.
-        (The order is computed once per fetch; each step only filters it.)"""
-        if len(self._order) < len(chunks) or not set(chunks) <= self._order_set:
-            self._order = sorted(set(chunks) | set(self._order), key=lambda c: -score(c[0], c[1], self.me))
-            self._order_set = set(self._order)
+        """The chunks we own among every agent we know of first, then our best-scoring ones (those
+        we own in most larger fetcher sets), so a fetcher that has not seen the others fetch yet
+        starts with work nobody else will repeat. (Computed again only when ``known`` changes.)"""
+        if self._order_known != self.known or not set(chunks) <= self._order_set:
+            everyone = sorted(self.known | {self.me})
+            self._order = sorted(
+                set(chunks) | set(self._order),
+                key=lambda c: (origin_owner(c, everyone) != self.me, -score(c[0], c[1], self.me)),
+            )
+            self._order_set, self._order_known = set(self._order), self.known
         wanted = set(chunks)
         return [c for c in self._order if c in wanted]
 

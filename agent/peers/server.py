@@ -7,7 +7,8 @@ agent's token (``agent.peers.auth``), nothing here is open. Routes:
   when not held), with its version token ``version``. With ``since`` (a token this agent gave),
   only the chunks verified since (``"delta": true``) when it names the same fetch, else the whole
   map; when nothing changed, the answer waits up to ``wait`` seconds (at most ``MAX_WAIT``) for a
-  change, then says 304;
+  change, then says 304. Without ``since``, a revision not held yet is waited for the same way (its
+  fetch may start here any moment), then 404;
 - ``GET /v1/peer/models/{id}/files/{path}?revision=R`` with ``Range: bytes=A-B``: 206 and those
   bytes, when every chunk they touch is verified here (404 otherwise); 503 when the node is at its
   concurrent-upload limit. Bytes go out through ``sendfile`` paced by the node's upload rate.
@@ -97,7 +98,9 @@ async def chunk_map(request: web.Request) -> web.Response:
         raise errors.Invalid("wait is a number of seconds") from exc
     holdings = request.app[HOLDINGS]
     feed = holdings.feed(model_id, revision)
-    if feed is not None and since == feed.token and wait > 0:
+    if feed is None and since is None and wait > 0:
+        feed = await holdings.wait_arrival(model_id, revision, wait)
+    elif feed is not None and since == feed.token and wait > 0:
         await feed.wait_change(wait)
         feed = holdings.feed(model_id, revision)
     if feed is None:

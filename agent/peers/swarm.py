@@ -154,6 +154,7 @@ class SwarmFetcher(Fetcher):
             board = self._board = Board(self.net.directory.me, todo)
             self.net.holdings.start(live)
             first = await self._announce()
+            board.known = frozenset(self._urls)
             await self._swarm(pool, board, by_path, ours, (live, done), first=first)
             complete = True
         finally:
@@ -404,6 +405,7 @@ class SwarmFetcher(Fetcher):
                         self._urls.update(
                             {n: u.rstrip("/") for n, u in found.items() if n != self.net.directory.me}
                         )
+                        board.known = frozenset(self._urls)
                     except Exception as exc:  # the directory is a help, never a reason to fail
                         log.warning("model %s: cannot list peers: %s", self.model_id, exc)
                 for name in self._urls:
@@ -423,18 +425,25 @@ class SwarmFetcher(Fetcher):
         news comes at once; a busy one's in batches, at most one answer per ``_gap`` seconds, so
         that an agent takes about ``map_answers`` answers a second however many peers it follows."""
         since: str | None = None
+        absent = False  # it said it does not hold the revision: ask it to say when it starts
         while name not in self.tally.dropped:
+            asked = time.monotonic()
             try:
-                since, changed = await self._read_map(http, name, board, ours, since)
-            except _NoMap:
+                since, changed = await self._read_map(http, name, board, ours, since, arrival=absent)
+            except _NoMap as exc:
                 silent = time.monotonic() - self._seen.get(name, -1e18)  # after the read: it may have waited
                 if name not in self._advertised or silent > self.net.peer_timeout:
                     board.peers.pop(name, None)  # holds nothing, or gone: its share moves to others
                     self._advertised.pop(name, None)
-                since = None
+                # A first 404, or one that waited (the peer long-polls for the fetch's start), is
+                # asked again at once, waiting; any other miss after a pause.
+                waited = time.monotonic() - asked >= self.net.map_wait / 2
+                again = exc.absent and (not absent or waited)
+                since, absent = None, exc.absent
                 self._wake.set()
-                await asyncio.sleep(self.net.poll_seconds)
+                await asyncio.sleep(0 if again else self.net.poll_seconds)
                 continue
+            absent = False
             if changed:
                 self._wake.set()
             await asyncio.sleep(self._gap())
@@ -445,15 +454,27 @@ class SwarmFetcher(Fetcher):
         return max(self.net.poll_seconds, following / self.net.map_answers)
 
     async def _read_map(
-        self, http: aiohttp.ClientSession, name: str, board: Board, ours: dict[str, FileId], since: str | None
+        self,
+        http: aiohttp.ClientSession,
+        name: str,
+        board: Board,
+        ours: dict[str, FileId],
+        since: str | None,
+        *,
+        arrival: bool = False,
     ) -> tuple[str | None, bool]:
         """One map request; the version to ask from next and whether the view changed (``_NoMap``:
-        the peer does not hold the revision, or gave no usable answer)."""
+        the peer does not hold the revision, or gave no usable answer). With ``since`` the peer
+        holds the question until the map changes; with ``arrival``, until the revision's fetch
+        starts there."""
         url = f"{self._urls[name]}/v1/peer/models/{self.model_id}"
         params = {"revision": self.revision}
         if since is not None:
-            params.update(since=since, wait=f"{self.net.map_wait:g}")
-        timeout = aiohttp.ClientTimeout(total=self.net.peer_timeout + (self.net.map_wait if since else 0))
+            params.update(since=since)
+        waits = since is not None or arrival
+        if waits:
+            params.update(wait=f"{self.net.map_wait:g}")
+        timeout = aiohttp.ClientTimeout(total=self.net.peer_timeout + (self.net.map_wait if waits else 0))
         try:
             async with http.get(
                 url, params=params, headers={"Authorization": f"Bearer {self.net.token()}"}, timeout=timeout
@@ -463,7 +484,7 @@ class SwarmFetcher(Fetcher):
                     return since, False
                 if resp.status == 404:
                     self._advertised.pop(name, None)
-                    raise _NoMap()
+                    raise _NoMap(absent=True)
                 if resp.status != 200:
                     raise BadMap(f"HTTP {resp.status}")
                 data = await resp.json()
@@ -495,4 +516,8 @@ class SwarmFetcher(Fetcher):
 
 
 class _NoMap(Exception):
-    """A peer gave no usable chunk map this time."""
+    """A peer gave no usable chunk map this time (``absent``: it said it does not hold the revision)."""
+
+    def __init__(self, *, absent: bool = False) -> None:
+        super().__init__()
+        self.absent = absent

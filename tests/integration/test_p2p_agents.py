@@ -75,7 +75,7 @@ def test_agents_report_origin_and_peer_bytes_per_fetch(group: tuple[Origin, list
 
     views = eventually_sync(all_ready, within=60, what="three agents ready")
     egress = sum(int(r[6:].split("-")[1]) - int(r[6:].split("-")[0]) + 1 for r in origin.gets("/model.bin"))
-    assert egress <= 1.15 * 24 * MiB
+    assert egress <= 1.05 * 24 * MiB  # agents starting a moment apart see each other at once
     assert sum(v["origin_bytes"] for v in views) == egress
     assert all(v["origin_bytes"] + v["peer_bytes"] == 24 * MiB for v in views)
     assert all(v["peer_bytes"] > 0 and v["peers"] >= 1 for v in views)

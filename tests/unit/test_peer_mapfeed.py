@@ -1,4 +1,5 @@
-"""A live fetch's chunk map as its readers follow it: version tokens, deltas, the long poll."""
+"""A live fetch's chunk map as its readers follow it: version tokens, deltas, the long poll, and the
+wait for a fetch that has not started here yet."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 from pathlib import Path
 
 from agent.peers.chunkmap import FileId, map_from_json, map_version
-from agent.peers.holdings import LiveFetch
+from agent.peers.holdings import Holdings, LiveFetch, MapFeed
+from locality.records import Layout
 
 D = [f"{i:032x}" for i in range(4)]
 
@@ -54,3 +56,22 @@ def test_the_long_poll_returns_on_a_change_and_after_its_time(tmp_path: Path) ->
 
     woke, idle = asyncio.run(scenario())
     assert woke < 1.0 and 0.09 <= idle < 1.0
+
+
+def test_a_reader_waiting_for_a_revision_gets_its_feed_when_the_fetch_starts(tmp_path: Path) -> None:
+    holdings = Holdings(Layout(tmp_path))
+
+    async def scenario() -> tuple[MapFeed | None, MapFeed | None, MapFeed | None]:
+        waiter = asyncio.create_task(holdings.wait_arrival("m1", "r1", 10.0))
+        other = asyncio.create_task(holdings.wait_arrival("m1", "r0", 0.3))  # another revision
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        holdings.start(live(tmp_path))
+        arrived = await asyncio.wait_for(waiter, 1.0)
+        never = await holdings.wait_arrival("m2", "r1", 0.05)
+        return arrived, await other, never
+
+    arrived, other, never = asyncio.run(scenario())
+    assert arrived is not None and arrived.live is not None and arrived.live.revision == "r1"
+    assert other is None and never is None
+    assert not holdings._arrivals  # nobody left waiting

@@ -194,6 +194,22 @@ def test_a_fetcher_alone_in_its_view_starts_with_chunks_it_owns_in_the_full_set(
     assert owned >= 28  # of 32 first reads, nearly all are the reader's own share anyway
 
 
+def test_a_fetcher_that_knows_its_peers_reads_only_its_own_share_before_it_sees_them_fetch() -> None:
+    """The same eight, each knowing the others' names (the directory) but not yet that they fetch:
+    every first read is the reader's share of the full set, so none is repeated when they meet."""
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        board = Board(name, list(CHUNKS), known=frozenset(names) - {name})
+        share = sum(origin_owner(c, names) == name for c in CHUNKS)
+        for _ in range(share):
+            step = next_step(board, 0.0)
+            assert step.kind == "origin" and step.chunk is not None
+            assert origin_owner(step.chunk, names) == name
+            board.taken.add(step.chunk)
+        step = next_step(board, 0.0)  # alone in its view: then the others' shares, still from the origin
+        assert step.kind == "origin" and step.chunk is not None and origin_owner(step.chunk, names) != name
+
+
 def test_a_peer_that_said_busy_rests_and_another_holder_is_asked() -> None:
     peers = {"p1": PeerView(holds=frozenset({A})), "p2": PeerView(holds=frozenset({A}), busy=1)}
     board = Board(ME, [A], dict(peers))
