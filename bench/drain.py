@@ -11,8 +11,13 @@ once without ``extenders``, rounds interleaved (with, without, with, ...). Both 
 client rate limit (``clientConnection.qps/burst`` 5000) so the drain measures CPU, not the
 limiter. pods/s = (pods - 1) / (last binding - first binding), from a watch.
 
+``--floor`` adds a third profile: a do-nothing extender (``stub_serve``: raw asyncio, no framework,
+no decoding; filter answers every node it was offered, prioritize ``[]``) at the same place in
+the loop, so the run also shows what any HTTP extender costs on this machine.
+
     eval "$(bash ../shared/k8s/install.sh)"
     .venv/bin/python bench/extender.py --drain            # 500 nodes, 1000 pods, 3 rounds each
+    .venv/bin/python bench/extender.py --drain --floor    # ... and the do-nothing extender
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ def delete_pods(real: RealKube) -> None:
     raise RuntimeError("pods were not deleted")
 
 
-def scheduler_config(real: RealKube, extender_url: str | None, workdir: Path) -> Path:
+def scheduler_config(real: RealKube, extender_url: str | None, workdir: Path, *, name: str = "") -> Path:
     config = yaml.safe_load(CONFIG.read_text())
     config["leaderElection"] = {"leaderElect": False}
     config["clientConnection"] = {"kubeconfig": str(real.kubeconfig), "qps": 5000, "burst": 5000}
@@ -144,7 +149,7 @@ def scheduler_config(real: RealKube, extender_url: str | None, workdir: Path) ->
         config.pop("extenders")
     else:
         config["extenders"][0]["urlPrefix"] = extender_url
-    path = workdir / f"scheduler-{'with' if extender_url else 'without'}.yaml"
+    path = workdir / f"scheduler-{name or ('with' if extender_url else 'without')}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -205,14 +210,19 @@ async def one_round(
     }
 
 
-def start_extender(real: RealKube, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_extender(
+    real: RealKube, workdir: Path, *, stub: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The real extender (``scheduler_extender serve``), or with ``stub`` the do-nothing one."""
     port = free_port()
-    log = (workdir / "extender.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler_extender", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--kubeconfig", str(real.kubeconfig)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    name = "stub" if stub else "extender"
+    log = (workdir / f"{name}.log").open("wb")
+    if stub:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--stub-child", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "scheduler_extender", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--kubeconfig", str(real.kubeconfig)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 
@@ -222,16 +232,60 @@ def start_extender(real: RealKube, workdir: Path) -> tuple[subprocess.Popen[byte
                 return proc, url
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"extender not ready:\n{(workdir / 'extender.log').read_text()[-3000:]}")
+    raise RuntimeError(f"{name} not ready:\n{(workdir / f'{name}.log').read_text()[-3000:]}")
+
+
+_NAMES = b'"NodeNames":'
+
+
+def stub_answer(path: bytes, body: bytes) -> bytes:
+    """What the do-nothing extender answers: every offered node passes the filter (their names
+    sent back as kube-scheduler sent them, unparsed), and prioritize scores nobody."""
+    if path == b"/prioritize":
+        return b"[]"
+    if path == b"/filter":
+        at = body.rfind(_NAMES)
+        names = body[at + len(_NAMES) : body.rindex(b"}")] if at >= 0 else b"null"
+        return b'{"NodeNames":' + names + b',"FailedNodes":{},"Error":""}'
+    return b"{}"  # /readyz
+
+
+async def stub_serve(port: int) -> None:
+    """A keep-alive HTTP/1.1 server in raw asyncio that answers ``stub_answer``: the least any HTTP
+    extender can do per request on this machine."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    key, _, value = line.partition(b":")
+                    if key.strip().lower() == b"content-length":
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b""
+                out = stub_answer(path, body)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                writer.write(head % len(out) + out)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
 
 
 async def drain(args: argparse.Namespace) -> dict[str, Any]:
     assets = assets_dir()
     if assets is None:
-        raise SystemExit('needs etcd, kube-apiserver, kube-scheduler: see bench/README.md (drain)')
+        raise SystemExit("needs etcd, kube-apiserver, kube-scheduler: see bench/README.md (drain)")
     real = RealKube(assets).start()
     workdir = Path(tempfile.mkdtemp(prefix="drain-"))
     extender: subprocess.Popen[bytes] | None = None
+    stub: subprocess.Popen[bytes] | None = None
     try:
         real.create_service_account(NS, "default")
         started = time.monotonic()
@@ -243,10 +297,15 @@ async def drain(args: argparse.Namespace) -> dict[str, Any]:
             "with extender": scheduler_config(real, url, workdir),
             "without": scheduler_config(real, None, workdir),
         }
+        pids = {"with extender": extender.pid}
+        if args.floor:
+            stub, stub_url = start_extender(real, workdir, stub=True)
+            configs["do-nothing"] = scheduler_config(real, stub_url, workdir, name="do-nothing")
+            pids["do-nothing"] = stub.pid
         rows: dict[str, list[dict[str, float]]] = {k: [] for k in configs}
         for r in range(args.rounds):
             for name, config in configs.items():
-                row = await one_round(real, config, pods, extender.pid if name == "with extender" else None)
+                row = await one_round(real, config, pods, pids.get(name))
                 rows[name].append(row)
                 print(f"round {r + 1} {name:<14} {row['pods_per_s']:7.1f} pods/s  "
                       f"(all bound {row['to_last_s']:.1f} s after start; CPU per pod: kube-scheduler "
@@ -261,11 +320,18 @@ async def drain(args: argparse.Namespace) -> dict[str, Any]:
         print(f"median: with {with_rate:.1f} pods/s, without {without:.1f} pods/s, "
               f"ratio {with_rate / without:.2f}x; per round {each} (median {middle:.2f}x)")  # fmt: skip
         summary = {"median_with": with_rate, "median_without": without, "ratio": with_rate / without}
+        if args.floor:
+            floor = statistics.median(r["pods_per_s"] for r in rows["do-nothing"])
+            pairs = zip(rows["do-nothing"], rows["without"], strict=True)
+            each = ", ".join(f"{w['pods_per_s'] / o['pods_per_s']:.2f}" for w, o in pairs)
+            print(f"do-nothing extender: {floor:.1f} pods/s, ratio {floor / without:.2f}x; per round {each}")
+            summary.update(median_do_nothing=floor, floor_ratio=floor / without)
         return {"rows": rows, **summary, "round_ratios": ratios}
     finally:
-        if extender is not None:
-            extender.terminate()
-            extender.wait(20)
+        for proc in (extender, stub):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(20)
         real.stop()
 
 
@@ -277,8 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--floor", action="store_true", help="also run a do-nothing extender")
+    parser.add_argument("--stub-child", type=int, help=argparse.SUPPRESS)  # the do-nothing extender
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "extender-drain.json"))
     args = parser.parse_args(argv)
+    if args.stub_child:
+        asyncio.run(stub_serve(args.stub_child))
+        return 0
     result = asyncio.run(drain(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
