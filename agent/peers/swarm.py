@@ -221,11 +221,13 @@ class SwarmFetcher(Fetcher):
     async def _first_round(self, board: Board) -> None:
         """Wait for the first poll; when peers are known but none fetches yet, or a fetcher has
         not started reading (its origin reads are not in its map yet), one more, so that agents
-        starting together see each other's work before choosing their own."""
-        for _ in range(2):
+        starting together see each other's work before choosing their own. The second is short
+        (``poll_seconds``): a peer that starts meanwhile says so at once (its held 404 turns into
+        its map), and a fetch among idle peers should not wait for nothing."""
+        for wait in (self.net.poll_seconds * 4, self.net.poll_seconds):
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.net.poll_seconds * 4)
+                await asyncio.wait_for(self._wake.wait(), wait)
             fetching = [view for view in board.peers.values() if view.fetching]
             if not self._urls or (fetching and all(v.origin_inflight or v.holds for v in fetching)):
                 return
