@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from locality.contract import FETCH_RATE_ANNOTATION, LOCALITY_ANNOTATION, MODELS_ANNOTATION  # noqa: E402
 from locality.identity import model_ref  # noqa: E402
 from scheduler_extender.injection import CLIENT_LABEL  # noqa: E402
+from scheduler_extender.wire import encode_pass_all  # noqa: E402
 from tests.fixtures.ports import free_port  # noqa: E402
 from tests.fixtures.realkube import GPU, NOT_READY_TAINT, RealKube, _raw, assets_dir  # noqa: E402
 
@@ -243,10 +244,9 @@ def stub_answer(path: bytes, body: bytes) -> bytes:
     sent back as kube-scheduler sent them, unparsed), and prioritize scores nobody."""
     if path == b"/prioritize":
         return b"[]"
-    if path == b"/filter":
+    if path == b"/filter":  # kube-scheduler sends NodeNames last (scheduler_extender.wire)
         at = body.rfind(_NAMES)
-        names = body[at + len(_NAMES) : body.rindex(b"}")] if at >= 0 else b"null"
-        return b'{"NodeNames":' + names + b',"FailedNodes":{},"Error":""}'
+        return encode_pass_all(body[at + len(_NAMES) : body.rindex(b"}")] if at >= 0 else b"null")
     return b"{}"  # /readyz
 
 
